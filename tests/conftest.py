@@ -1,0 +1,46 @@
+"""Test set-up: strict JAX, a persistent compile cache, shared small fixtures.
+
+* dtype promotion "strict" and rank promotion "raise" catch silent upcasts
+  and accidental broadcasting in library code.
+* The persistent compilation cache makes reruns of the suite cheap.
+* One tiny phantom and one smoke-trained model are built once per session and
+  shared by every test that needs data or a trained network.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+_CACHE = pathlib.Path(
+    os.environ.get("RODENT_GBP_JAX_CACHE",
+                   pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+# Small phantom shared by the suite: 5 animals -> 3 train, 1 val, 1 test.
+SMOKE_ANIMALS = 5
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> pathlib.Path:
+  """A 5-animal phantom at the default geometry, written once per session."""
+  from rodent_gbp import phantom
+  root = tmp_path_factory.mktemp("phantom")
+  phantom.write_phantom(root, animals=SMOKE_ANIMALS, seed=0, size=96)
+  return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, phantom_dir):
+  """The ``smoke`` config trained once on ``phantom_dir``; shared, read-only."""
+  from rodent_gbp import configs, train
+  workdir = tmp_path_factory.mktemp("smoke_run")
+  config = configs.get_config("smoke")
+  result = train.train_and_evaluate(config, workdir, data_dir=phantom_dir)
+  return result
