@@ -1,0 +1,231 @@
+"""Tests for rodent_gbp.lognormal: known laws are recognised, formulas hold."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from rodent_gbp import lognormal
+
+N = 20000
+
+
+def _sample(law: str, seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  if law == "lognormal":
+    return rng.lognormal(mean=0.3, sigma=0.8, size=N)
+  if law == "gamma":
+    return rng.gamma(shape=5.0, scale=0.7, size=N)
+  if law == "weibull":
+    return 1.3 * rng.weibull(2.5, size=N)
+  if law == "exponential":
+    return rng.exponential(scale=2.0, size=N)
+  raise ValueError(law)
+
+
+@pytest.mark.parametrize("law,param,value", [
+    ("lognormal", "sigma", 0.8),
+    ("gamma", "shape", 5.0),
+    ("weibull", "shape", 2.5),
+])
+def test_known_law_wins_by_aic_with_margin(law, param, value):
+  v = lognormal.fit_families(_sample(law, seed=1))
+  assert v["winner"] == law
+  assert v["aic_margin"] > 50.0, v["delta_aic"]
+  assert v["delta_aic"][law] == 0.0
+  assert all(d >= 0 for d in v["delta_aic"].values())
+  # The MLE recovers the generating parameter.
+  assert v["families"][law]["params"][param] == pytest.approx(value, rel=0.03)
+
+
+def test_lognormal_params_are_closed_form_mle():
+  x = _sample("lognormal", seed=2)
+  p = lognormal.fit_families(x)["families"]["lognormal"]["params"]
+  logx = np.log(x)
+  assert p["mu"] == pytest.approx(logx.mean(), rel=1e-6)
+  assert p["sigma"] == pytest.approx(logx.std(), rel=1e-6)
+
+
+def test_exponential_sample():
+  # Gamma and Weibull nest the exponential (shape 1): their logL can only be a
+  # little higher, so by AIC they lose by <= 2 (their extra parameter) and by
+  # BIC by about ln n; the heavy-tailed log-normal and the normal lose clearly.
+  v = lognormal.fit_families(_sample("exponential", seed=3))
+  f = v["families"]
+  assert v["winner"] == "exponential"
+  for nested in ("gamma", "weibull"):
+    assert f[nested]["params"]["shape"] == pytest.approx(1.0, abs=0.03)
+    assert 0.0 <= v["delta_aic"][nested] <= 2.0 + 1e-9
+    assert f[nested]["bic"] - f["exponential"]["bic"] > math.log(N) - 2.0
+  assert f["exponential"]["params"]["scale"] == pytest.approx(2.0, rel=0.03)
+  assert v["delta_aic"]["lognormal"] > 100 and v["delta_aic"]["normal"] > 100
+
+
+@pytest.mark.parametrize("law", ["lognormal", "gamma", "weibull", "exponential"])
+def test_ks_matches_scipy_kstest_on_fitted_law(law):
+  x = _sample(law, seed=4)[:3000]
+  v = lognormal.fit_families(x)
+  for fam, r in v["families"].items():
+    p = r["params"]
+    frozen = {
+        "lognormal": lambda: stats.lognorm(p["sigma"], loc=0, scale=p["scale"]),
+        "normal": lambda: stats.norm(loc=p["mean"], scale=p["std"]),
+        "gamma": lambda: stats.gamma(p["shape"], loc=0, scale=p["scale"]),
+        "weibull": lambda: stats.weibull_min(p["shape"], loc=0, scale=p["scale"]),
+        "exponential": lambda: stats.expon(loc=0, scale=p["scale"]),
+    }[fam]()
+    assert r["ks"] == pytest.approx(stats.kstest(x, frozen.cdf).statistic, abs=1e-12)
+    assert r["loglik"] == pytest.approx(np.sum(frozen.logpdf(x)), rel=1e-12)
+
+
+def test_fit_matches_scipy_fit_directly():
+  # Fitting in rescaled units must give scipy's own MLE.
+  x = _sample("weibull", seed=5)[:5000] * 1e-7
+  p = lognormal.fit_families(x, families=["weibull", "gamma"])["families"]
+  c, _, s = stats.weibull_min.fit(x / 1e-7, floc=0)
+  assert p["weibull"]["params"]["shape"] == pytest.approx(c, rel=1e-4)
+  assert p["weibull"]["params"]["scale"] == pytest.approx(s * 1e-7, rel=1e-4)
+  a, _, s = stats.gamma.fit(x / 1e-7, floc=0)
+  assert p["gamma"]["params"]["shape"] == pytest.approx(a, rel=1e-4)
+
+
+def test_aic_bic_formulas():
+  v = lognormal.fit_families(_sample("gamma", seed=6)[:4000])
+  n = v["n_fitted"]
+  assert n == 4000
+  ks = {"lognormal": 2, "normal": 2, "gamma": 2, "weibull": 2, "exponential": 1}
+  for fam, r in v["families"].items():
+    assert r["k"] == ks[fam]
+    assert r["aic"] == pytest.approx(2 * r["k"] - 2 * r["loglik"], rel=1e-12)
+    assert r["bic"] == pytest.approx(r["k"] * math.log(n) - 2 * r["loglik"], rel=1e-12)
+  aics = {f: r["aic"] for f, r in v["families"].items()}
+  assert v["ranking"] == sorted(aics, key=aics.get)
+  assert v["aic_margin"] == pytest.approx(aics[v["runner_up"]] - aics[v["winner"]])
+
+
+def test_anderson_on_log_values():
+  x = _sample("lognormal", seed=7)[:2000]
+  a = lognormal.fit_families(x)["anderson_log"]
+  with pytest.warns(FutureWarning):  # scipy 1.17's legacy interface
+    ref = stats.anderson(np.log(x), "norm")
+  assert a["statistic"] == pytest.approx(ref.statistic)
+  np.testing.assert_allclose(a["critical_values"], ref.critical_values)
+  assert a["significance_levels"] == [15.0, 10.0, 5.0, 2.5, 1.0]
+  assert not a["reject_5pct"]  # log of a log-normal sample is normal
+  g = lognormal.fit_families(_sample("exponential", seed=7)[:2000])["anderson_log"]
+  assert g["reject_5pct"]
+
+
+def test_zeros_error_or_exclude_counted():
+  x = _sample("lognormal", seed=8)[:1000].copy()
+  x[:37] = 0.0
+  with pytest.raises(ValueError, match="37 of 1000 samples are exactly 0"):
+    lognormal.fit_families(x)
+  v = lognormal.fit_families(x, zeros="exclude")
+  assert (v["n_input"], v["n_zero"], v["n_positive"], v["n_fitted"]) == (1000, 37, 963, 963)
+  ref = lognormal.fit_families(x[37:])
+  assert v["families"]["lognormal"]["aic"] == pytest.approx(ref["families"]["lognormal"]["aic"])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.array([1.0, -0.5] + [1.0 + i for i in range(30)]), "negative"),
+    (np.array([1.0, np.nan] + [1.0 + i for i in range(30)]), "non-finite"),
+    (np.arange(1.0, 6.0), "at least"),
+    (np.full(100, 3.0), "equal"),
+])
+def test_invalid_input_rejected(bad, match):
+  with pytest.raises(ValueError, match=match):
+    lognormal.fit_families(bad)
+
+
+def test_bad_arguments():
+  x = _sample("gamma", seed=9)[:500]
+  with pytest.raises(ValueError, match="unknown families"):
+    lognormal.fit_families(x, families=["cauchy"])
+  with pytest.raises(ValueError, match="zeros"):
+    lognormal.fit_families(x, zeros="drop")
+
+
+def test_subsample_is_seeded_and_bounded():
+  x = _sample("lognormal", seed=10)[:10000]
+  a = lognormal.fit_families(x, max_samples=2000, seed=3)
+  b = lognormal.fit_families(x, max_samples=2000, seed=3)
+  c = lognormal.fit_families(x, max_samples=2000, seed=4)
+  assert a["n_fitted"] == 2000 and a["n_positive"] == 10000
+  assert a["families"]["gamma"]["aic"] == b["families"]["gamma"]["aic"]
+  assert a["families"]["gamma"]["aic"] != c["families"]["gamma"]["aic"]
+
+
+def test_bootstrap_ks_pvalue():
+  x = _sample("lognormal", seed=11)
+  v = lognormal.fit_families(x, families=["lognormal", "exponential"],
+                             bootstrap=39, bootstrap_samples=800)
+  ln, ex = v["families"]["lognormal"]["ks_bootstrap"], v["families"]["exponential"]["ks_bootstrap"]
+  assert ln["n"] == 800 and ln["n_boot"] == 39
+  assert ln["pvalue"] > 0.05
+  assert ex["pvalue"] == pytest.approx(1 / 40)  # smallest attainable
+  assert "ks_bootstrap" not in lognormal.fit_families(x[:500])["families"]["gamma"]
+
+
+def test_fit_is_fast():
+  import time
+  x = _sample("gamma", seed=12)
+  t = time.perf_counter()
+  lognormal.fit_families(x)
+  assert time.perf_counter() - t < 2.0
+
+
+def test_summarise():
+  vs = [lognormal.fit_families(_sample(law, seed=s)[:3000])
+        for law, s in [("lognormal", 20), ("lognormal", 21), ("gamma", 22), ("weibull", 23)]]
+  s = lognormal.summarise(vs + [None])
+  assert s["n"] == 4 and s["n_skipped"] == 1
+  assert s["win_fraction"]["lognormal"] == 0.5
+  assert s["win_fraction"]["gamma"] == 0.25 and s["win_fraction"]["normal"] == 0.0
+  assert s["median_aic_margin"] == pytest.approx(np.median([v["aic_margin"] for v in vs]))
+  assert s["median_aic_margin_when_winning"]["lognormal"] == pytest.approx(
+      np.median([vs[0]["aic_margin"], vs[1]["aic_margin"]]))
+  assert s["median_aic_vs_lognormal"]["lognormal"] == 0.0
+  assert lognormal.summarise([None]) == {"n": 0, "n_skipped": 1}
+
+
+def test_study_report_layout_and_zero_counts(tmp_path):
+  rng = np.random.default_rng(30)
+  ln = rng.lognormal(-3.0, 1.0, size=(3, 32, 32))
+  ln[0, :4, :] = 0.0  # 128 zero-gradient pixels in slice 0
+  ln[2] = 0.0         # an all-zero slice: skipped, not fitted
+  gm = rng.gamma(5.0, 1.0, size=(3, 32, 32))
+  report = lognormal.lognormal_study(
+      {"trained": {"sum": ln}, "random": {"sum": gm}}, max_pixels=2000, seed=0)
+  json.dumps(report)  # JSON-able
+  t = report["networks"]["trained"]["sum"]
+  assert t["zero_pixels"]["count"] == 128 + 1024
+  assert t["zero_pixels"]["per_slice"] == [128, 0, 1024]
+  assert t["pooled"]["n_zero"] == 128 + 1024 and t["pooled"]["winner"] == "lognormal"
+  assert t["per_slice"][2]["skipped"] and t["slices"]["n_skipped"] == 1
+  assert t["per_slice"][0]["winner"] == "lognormal"
+  assert report["verdict"]["trained"]["sum"]["slice_win_fraction"]["lognormal"] == 1.0
+  assert report["verdict"]["random"]["sum"]["pooled_winner"] == "gamma"
+  md = lognormal.report_markdown(report)
+  assert "| trained | sum |" in md and "| random | sum |" in md
+
+
+def test_plot_lognormal_writes_figures(tmp_path):
+  rng = np.random.default_rng(31)
+  g = rng.lognormal(-3.0, 1.0, size=(2, 16, 16)).astype(np.float32)
+
+  def steps(x):  # DESIGN.md section 1 enhancement, for the test only
+    e = 1 + 255 * (x - x.min(axis=(-2, -1), keepdims=True)) / np.ptp(
+        x, axis=(-2, -1), keepdims=True)
+    v = np.log(e)
+    z = (v - v.mean(axis=(-2, -1), keepdims=True)) / v.std(axis=(-2, -1), keepdims=True)
+    return {"expanded": e, "log": v, "z": z, "enhanced": np.exp(-((z - 2) / 0.5)**2)}
+
+  paths = lognormal.plot_lognormal({"trained": g, "random": g * 2}, tmp_path, steps_fn=steps)
+  names = sorted(p.name for p in paths)
+  assert names == ["lognormal_fig5_random.png", "lognormal_fig5_trained.png", "lognormal_qq.png"]
+  assert all(p.stat().st_size > 1000 for p in paths)
