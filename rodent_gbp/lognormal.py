@@ -585,3 +585,115 @@ def plot_lognormal(gradients: Mapping[str, Any], out_dir: str | pathlib.Path, *,
   plt.close(fig)
   paths.append(p)
   return paths
+
+
+CLASS_NAMES = {1: "wm", 2: "gm", 3: "csf"}
+
+
+def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int] = (1, 2, 3),
+                    method: str = "guided", batch_size: int = 40) -> dict[str, np.ndarray]:
+  """Per-class GBP magnitudes and their sum for the study, on the host.
+
+  Args:
+    model: the U-Net (``model.build_unet``).
+    params: its params (trained or freshly initialised).
+    images: raw (not skull-stripped) slices (N, H, W, 1), as the pipeline
+      computes gradient images (DESIGN.md section 1).
+    classes: class targets; each gives ``|saliency_c|`` under its name
+      (``wm``, ``gm``, ``csf``), and ``sum`` is the paper's gradient image
+      ``G = sum_c |saliency_c|`` (equal to ``guided.gradient_image``).
+    method: saliency method.
+    batch_size: slices per jitted call.
+
+  Returns:
+    ``{"sum": (N, H, W), "<class name>": (N, H, W), ...}`` float64 arrays.
+  """
+  import jax.numpy as jnp
+  from rodent_gbp import guided
+
+  classes = tuple(int(c) for c in classes)
+  parts = []
+  for start in range(0, images.shape[0], batch_size):
+    batch = jnp.asarray(images[start:start + batch_size], jnp.float32)
+    # One forward pass for every class: (B, K, H, W).
+    maps = guided.saliency(model, params, batch, method=method, target=classes)
+    parts.append(np.abs(np.asarray(maps, dtype=np.float64)))
+  maps = np.concatenate(parts, axis=0)
+  out = {"sum": maps.sum(axis=1)}
+  for i, c in enumerate(classes):
+    out[CLASS_NAMES.get(c, f"class{c}")] = maps[:, i]
+  return out
+
+
+def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, *,
+                   data_dir: str | pathlib.Path | None = None, max_pixels: int = 20000,
+                   seed: int = 0, figures: bool = True,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The log-normal study on a trained checkpoint's test slices.
+
+  Loads the model (``checkpoint.load_model``), the dataset and the
+  checkpoint's split; computes the gradient images of every test slice per
+  class target for the trained params and for params freshly initialised
+  from ``seed`` (same architecture); runs :func:`lognormal_study` and writes
+  ``lognormal.json``, ``lognormal.md`` and (``figures``) the Fig. 5 / Q-Q
+  PNGs into ``out_dir``.
+
+  Args:
+    checkpoint: ``<workdir>/checkpoints`` of a training run.
+    out_dir: output folder (created).
+    data_dir: dataset root; ``None`` uses ``<workdir>/data`` beside the
+      checkpoint folder (where training writes the phantom by default).
+    max_pixels: subsample size of the pooled fits.
+    seed: random-network init and subsample seed.
+    figures: write the PNGs.
+    log: progress sink.
+
+  Returns:
+    The report (also written as ``lognormal.json``).
+  """
+  import jax
+  from rodent_gbp import checkpoint as checkpoint_lib
+  from rodent_gbp import data
+  from rodent_gbp import model as model_lib
+
+  checkpoint = pathlib.Path(checkpoint)
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  loaded = checkpoint_lib.load_model(checkpoint)
+  config = loaded.config
+  if data_dir is None:
+    data_dir = checkpoint.resolve().parent / "data"
+  volumes = {v.animal_id: v for v in data.load_dataset(data_dir)}
+  split = loaded.extras.get("split") or data.split_animals(sorted(volumes), config.split_seed)
+  missing = [a for a in split["test"] if a not in volumes]
+  if missing:
+    raise ValueError(f"{data_dir}: test animals {missing} of the checkpoint's split are missing")
+  test = [volumes[a] for a in split["test"]]
+  arrays = data.stack_slices(test)
+  images = np.asarray(arrays["image"], dtype=np.float32)
+  log(f"{images.shape[0]} test slices of {split['test']}")
+
+  model = model_lib.build_unet(config)
+  random_params = model_lib.init_params(model, jax.random.key(seed), images.shape[1:3])
+  classes = tuple(config.gradient_classes)
+  gradients = {}
+  for name, params in (("trained", loaded.params), ("random", random_params)):
+    gradients[name] = gradient_stacks(model, params, images, classes=classes,
+                                      method=config.saliency_method,
+                                      batch_size=config.eval_batch_size)
+    log(f"gradient images of the {name} network: {sorted(gradients[name])}")
+
+  report = lognormal_study(gradients, max_pixels=max_pixels, seed=seed)
+  report["inputs"] = {
+      "checkpoint": str(checkpoint), "data_dir": str(data_dir),
+      "test_animals": list(split["test"]), "n_slices": int(images.shape[0]),
+      "image": "raw (not skull-stripped) slices", "saliency_method": config.saliency_method,
+      "classes": list(classes), "random_init_seed": seed, "config": config.to_dict(),
+  }
+  (out_dir / "lognormal.json").write_text(json.dumps(report, indent=1))
+  (out_dir / "lognormal.md").write_text(report_markdown(report))
+  if figures:
+    paths = plot_lognormal({k: v["sum"] for k, v in gradients.items()}, out_dir, seed=seed)
+    report["figures"] = [p.name for p in paths]
+  log(report_markdown(report))
+  return report
