@@ -484,6 +484,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
   ]
   for net, targets in report["verdict"].items():
     for target, v in targets.items():
+      if not v["n_slices_fitted"]:
+        lines.append(f"| {net} | {target} | 0 | " + " | ".join("-" for _ in fams)
+                     + " | - | - |")
+        continue
       wf = v["slice_win_fraction"] or {}
       vs = v["slice_median_aic_vs_lognormal"] or {}
       vs_txt = ", ".join(f"{f} {_fmt(vs.get(f))}" for f in fams if f != "lognormal")
