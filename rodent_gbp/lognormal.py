@@ -631,7 +631,7 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
 
 def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, *,
                    data_dir: str | pathlib.Path | None = None, max_pixels: int = 20000,
-                   seed: int = 0, figures: bool = True,
+                   slice_max_pixels: int | None = None, seed: int = 0, figures: bool = True,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
   """The log-normal study on a trained checkpoint's test slices.
 
@@ -648,6 +648,7 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
     data_dir: dataset root; ``None`` uses ``<workdir>/data`` beside the
       checkpoint folder (where training writes the phantom by default).
     max_pixels: subsample size of the pooled fits.
+    slice_max_pixels: subsample size of the per-slice fits (``None``: all).
     seed: random-network init and subsample seed.
     figures: write the PNGs.
     log: progress sink.
@@ -687,7 +688,8 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
                                       batch_size=config.eval_batch_size)
     log(f"gradient images of the {name} network: {sorted(gradients[name])}")
 
-  report = lognormal_study(gradients, max_pixels=max_pixels, seed=seed)
+  report = lognormal_study(gradients, max_pixels=max_pixels,
+                           slice_max_pixels=slice_max_pixels, seed=seed)
   report["inputs"] = {
       "checkpoint": str(checkpoint), "data_dir": str(data_dir),
       "test_animals": list(split["test"]), "n_slices": int(images.shape[0]),
