@@ -1,0 +1,214 @@
+"""Segmentation metrics from confusion counts (paper Tables 1-2; nnU-Net style).
+
+Every metric derives from per-class one-vs-rest confusion counts over pixels,
+``[TP, FP, FN, TN]``: pixel p counts for class c as predicted-positive when
+``pred[p] == c`` and truth-positive when ``truth[p] == c``. Counts add, so they
+are pooled over all slices of one animal by summation before any ratio is
+taken (DESIGN.md section 1); metrics are then computed per animal and the
+tables give the mean over animals.
+
+  accuracy    (TP + TN) / (TP + FP + FN + TN)
+  specificity TN / (TN + FP)
+  sensitivity TP / (TP + FN)
+  precision   TP / (TP + FP)
+  dsc         2 TP / (2 TP + FP + FN)
+
+(The paper's "specificity" column behaves like precision for small classes;
+both are reported under their own names.)
+
+Empty-mask policy: a metric is NaN exactly when its denominator is 0. So a
+class absent from both truth and prediction gives NaN dsc, sensitivity and
+precision (nothing to score), a class absent from the truth only gives NaN
+sensitivity (precision 0, dsc 0), a class never predicted gives NaN precision
+(sensitivity 0, dsc 0). NaNs are left out of means over animals (nanmean); a
+mean over no finite value is NaN.
+
+Integer range: ``confusion_counts`` runs in JAX, whose default integers are
+int32, so one call is exact for fewer than 2**31 - 1 pixels (an animal is
+~4e5). Pool larger sets by summing per-call counts on the host:
+``pool_counts`` and ``mean_over_animals`` sum in int64.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+# Label convention (CONTRACT.md): 0 background, 1 WM, 2 GM, 3 CSF.
+CLASS_NAMES: dict[int, str] = {1: "wm", 2: "gm", 3: "csf"}
+METRIC_NAMES: tuple[str, ...] = ("accuracy", "specificity", "sensitivity",
+                                 "precision", "dsc")
+
+
+def binary_counts(pred_mask: ArrayLike, true_mask: ArrayLike) -> jax.Array:
+  """Confusion counts of two masks of the same shape (nonzero = positive).
+
+  Args:
+    pred_mask: (...) predicted mask, e.g. the placed brain mask (S, H, W).
+    true_mask: (...) true mask of the same shape.
+
+  Returns:
+    int32 (4,) ``[TP, FP, FN, TN]`` pooled over all pixels. Jittable.
+  """
+  # astype(bool) is "nonzero" for any dtype, without a strict-promotion compare.
+  pred = jnp.asarray(pred_mask).astype(jnp.bool_)
+  true = jnp.asarray(true_mask).astype(jnp.bool_)
+  if pred.shape != true.shape:
+    raise ValueError(f"mask shapes differ: {pred.shape} vs {true.shape}")
+  tp = jnp.sum(pred & true, dtype=jnp.int32)
+  fp = jnp.sum(pred & ~true, dtype=jnp.int32)
+  fn = jnp.sum(~pred & true, dtype=jnp.int32)
+  tn = jnp.int32(pred.size) - tp - fp - fn
+  return jnp.stack([tp, fp, fn, tn])
+
+
+def confusion_counts(pred: ArrayLike, truth: ArrayLike,
+                     num_classes: int = 4) -> jax.Array:
+  """Per-class one-vs-rest confusion counts of two label maps.
+
+  Args:
+    pred: (...) integer predicted labels, e.g. (S, H, W) of one animal.
+    truth: (...) integer true labels, same shape.
+    num_classes: C; classes are 0..C-1 (labels outside that range count as
+      negative for every class).
+
+  Returns:
+    int32 (C, 4), row c = ``[TP, FP, FN, TN]`` of class c against the rest,
+    pooled over all given pixels. Jittable with ``num_classes`` static.
+  """
+  pred = jnp.asarray(pred)
+  truth = jnp.asarray(truth)
+  if pred.shape != truth.shape:
+    raise ValueError(f"label shapes differ: {pred.shape} vs {truth.shape}")
+  classes = jnp.arange(num_classes, dtype=jnp.int32)
+  # (N, C) one-hot indicators; explicit reshapes keep rank promotion strict.
+  pred_hot = pred.reshape(-1, 1).astype(jnp.int32) == classes.reshape(1, -1)
+  true_hot = truth.reshape(-1, 1).astype(jnp.int32) == classes.reshape(1, -1)
+  tp = jnp.sum(pred_hot & true_hot, axis=0, dtype=jnp.int32)
+  fp = jnp.sum(pred_hot & ~true_hot, axis=0, dtype=jnp.int32)
+  fn = jnp.sum(~pred_hot & true_hot, axis=0, dtype=jnp.int32)
+  tn = jnp.int32(pred.size) - tp - fp - fn
+  return jnp.stack([tp, fp, fn, tn], axis=-1)
+
+
+def pool_counts(counts: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
+  """Sums counts over everything but the trailing core, in int64 on the host.
+
+  Args:
+    counts: a sequence of equally shaped count arrays (per-slice or per-batch
+      (4,) or (C, 4)), or one array whose *first* axis is pooled, e.g.
+      (S, C, 4) -> (C, 4).
+
+  Returns:
+    int64 numpy array of one item's shape.
+  """
+  stacked = np.stack([np.asarray(c, np.int64) for c in counts])
+  return stacked.sum(axis=0)
+
+
+def metrics_from_counts(counts: ArrayLike) -> dict[str, np.ndarray]:
+  """Accuracy, specificity, sensitivity, precision and DSC from counts.
+
+  Args:
+    counts: (..., 4) ``[TP, FP, FN, TN]``, e.g. (4,) binary or (C, 4) per class.
+
+  Returns:
+    dict name -> float64 numpy array of shape (...) (0-d for (4,) input);
+    NaN where a denominator is 0 (module doc: empty-mask policy). Host-side.
+  """
+  counts = np.asarray(counts, np.float64)
+  if counts.shape[-1:] != (4,):
+    raise ValueError(f"counts must be (..., 4) [TP, FP, FN, TN], got {counts.shape}")
+  tp, fp, fn, tn = np.moveaxis(counts, -1, 0)
+
+  def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+  return {
+      "accuracy": ratio(tp + tn, tp + fp + fn + tn),
+      "specificity": ratio(tn, tn + fp),
+      "sensitivity": ratio(tp, tp + fn),
+      "precision": ratio(tp, tp + fp),
+      "dsc": ratio(2.0 * tp, 2.0 * tp + fp + fn),
+  }
+
+
+def _nanmean(values: np.ndarray, axis: int = 0) -> np.ndarray:
+  """nanmean without the all-NaN RuntimeWarning (the result is NaN there)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", category=RuntimeWarning)
+    return np.nanmean(values, axis=axis)
+
+
+def mean_over_animals(
+    counts_by_animal: Mapping[str, ArrayLike | Sequence[ArrayLike]],
+) -> dict[str, Any]:
+  """Per-animal metrics from pooled counts, and their mean over animals.
+
+  Args:
+    counts_by_animal: animal id -> counts of that animal: either one (4,) or
+      (C, 4) array (already pooled over its slices), or a list/tuple of such
+      arrays (e.g. per slice or per batch), which are summed (int64) first.
+      All animals must give the same shape.
+
+  Returns:
+    dict with ``"counts"`` (animal -> pooled int64 counts), ``"per_animal"``
+    (animal -> ``metrics_from_counts`` dict), ``"mean"`` (metric -> nanmean
+    over animals, shape (C,) or ()) and ``"n_valid"`` (metric -> number of
+    animals with a finite value, the denominator of each mean).
+  """
+  if not counts_by_animal:
+    raise ValueError("no animals given")
+  pooled = {}
+  for animal, counts in counts_by_animal.items():
+    if isinstance(counts, (list, tuple)):
+      pooled[animal] = pool_counts(counts)
+    else:
+      pooled[animal] = np.asarray(counts, np.int64)
+  shapes = {c.shape for c in pooled.values()}
+  if len(shapes) != 1:
+    raise ValueError(f"animals' counts have different shapes: {shapes}")
+  per_animal = {a: metrics_from_counts(c) for a, c in pooled.items()}
+  mean, n_valid = {}, {}
+  for name in METRIC_NAMES:
+    values = np.stack([per_animal[a][name] for a in pooled])
+    mean[name] = _nanmean(values, axis=0)
+    n_valid[name] = np.isfinite(values).sum(axis=0)
+  return {"counts": pooled, "per_animal": per_animal, "mean": mean,
+          "n_valid": n_valid}
+
+
+def metrics_table(metrics: Mapping[str, ArrayLike],
+                  class_names: Mapping[int, str] | None = None,
+                  ) -> dict[str, dict[str, float]]:
+  """Per-class metric arrays -> ``{class name: {metric: float}}`` for JSON.
+
+  Args:
+    metrics: metric name -> (C,) array (e.g. ``mean_over_animals(...)["mean"]``
+      or one animal's ``metrics_from_counts`` of (C, 4) counts).
+    class_names: class index -> row name; default ``CLASS_NAMES``
+      ({1: "wm", 2: "gm", 3: "csf"}, background left out).
+
+  Returns:
+    ``{"wm": {"accuracy": ..., "specificity": ..., "sensitivity": ...,
+    "precision": ..., "dsc": ...}, "gm": ..., "csf": ...}`` as Python floats
+    (NaN kept as float("nan")).
+  """
+  names = CLASS_NAMES if class_names is None else class_names
+  table = {}
+  for index, name in names.items():
+    table[name] = {m: float(np.asarray(metrics[m])[index]) for m in METRIC_NAMES
+                   if m in metrics}
+  return table
+
+
+def scalar_row(metrics: Mapping[str, ArrayLike]) -> dict[str, float]:
+  """0-d metrics (from (4,) counts, e.g. the brain row) -> {metric: float}."""
+  return {m: float(np.asarray(metrics[m])) for m in METRIC_NAMES if m in metrics}
