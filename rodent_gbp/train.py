@@ -1,0 +1,543 @@
+"""Training of the segmentation U-Net (paper section 3.1).
+
+Phases of :func:`train_and_evaluate`, top to bottom: data (phantom or a NIfTI
+folder, split by animal), model and optimiser state, the jitted step, the epoch
+loop (train on skull-stripped slices, validate, checkpoint), and a last
+evaluation of the best params on the test animals.
+
+Loss (``config.loss``):
+  * ``"dice"`` (the paper): soft Dice, :func:`dice_loss`.
+  * ``"dice_ce"``: soft Dice + mean pixel cross-entropy (the ``default``).
+
+Optimiser: SGD with momentum and Keras' time-based decay
+``lr_t = lr0 / (1 + decay * t)``, t = number of updates already applied
+(:func:`learning_rate_fn`); ``paper`` uses lr0 3e-4, decay 1.5e-6, momentum 0.9,
+batch 5.
+
+Batches: training uses the data layer's ``iterate_batches`` with
+``drop_remainder=True`` (the last partial batch of an epoch is dropped; the
+order is reshuffled from (seed, epoch), so every slice is seen over epochs).
+Evaluation pads the last batch and masks the padding out of the counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rodent_gbp import checkpoint
+from rodent_gbp import configs
+from rodent_gbp import model as model_lib
+
+Config = configs.Config
+PyTree = Any
+
+# Fields that must agree between a checkpoint and the config resuming it.
+_RESUME_MUST_MATCH = ("animals", "image_size", "phantom_seed", "split_seed", "features",
+                      "depth", "num_classes", "optimizer", "seed")
+
+# ----------------------------------------------------------------------------
+# Loss and learning rate
+# ----------------------------------------------------------------------------
+
+
+def dice_loss(probs: jax.Array, onehot: jax.Array, *, smooth: float = 1.0,
+              include_background: bool = True) -> jax.Array:
+  """Soft Dice loss, 1 - mean over classes of the batch-pooled soft Dice.
+
+  For each class c, with sums over the batch and all pixels::
+
+    D_c = (2 sum(p_c g_c) + smooth) / (sum(p_c) + sum(g_c) + smooth)
+    loss = 1 - mean_c D_c
+
+  Classes: all four (background included) by default, as a Keras Dice over the
+  softmax output does; ``include_background=False`` averages WM, GM, CSF only.
+  Batch: pooled (one D_c per class for the whole batch), not averaged per image,
+  so a class missing from one slice does not dominate. A class absent from both
+  the truth and the prediction gives D_c = smooth / smooth = 1 (no NaN); absent
+  from the truth only, D_c -> 0 and the loss pushes its probability down.
+
+  Args:
+    probs: (B, H, W, C) softmax probabilities.
+    onehot: (B, H, W, C) one-hot labels (float).
+    smooth: additive smoothing; keeps D_c finite for absent classes.
+    include_background: whether channel 0 enters the mean.
+
+  Returns:
+    Scalar loss in [0, 1].
+  """
+  if probs.shape != onehot.shape or probs.ndim != 4:
+    raise ValueError(
+        f"dice_loss needs probs and onehot of equal shape (B, H, W, C); got "
+        f"{probs.shape} and {onehot.shape}")
+  onehot = onehot.astype(probs.dtype)
+  axes = (0, 1, 2)
+  intersection = jnp.sum(probs * onehot, axis=axes)
+  total = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+  dice = (2.0 * intersection + smooth) / (total + smooth)
+  if not include_background:
+    dice = dice[1:]
+  return 1.0 - jnp.mean(dice)
+
+
+def segmentation_loss(logits: jax.Array, labels: jax.Array, loss: str
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The training loss named by ``loss`` ("dice" or "dice_ce").
+
+  Args:
+    logits: (B, H, W, C).
+    labels: (B, H, W) int class indices.
+    loss: "dice" or "dice_ce".
+
+  Returns:
+    (scalar loss, dict of its terms).
+  """
+  num_classes = logits.shape[-1]
+  probs = jax.nn.softmax(logits, axis=-1)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  dice = dice_loss(probs, onehot)
+  if loss == "dice":
+    return dice, {"dice_loss": dice}
+  if loss == "dice_ce":
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return dice + ce, {"dice_loss": dice, "ce": ce}
+  raise ValueError(f"unknown loss {loss!r}; use 'dice' or 'dice_ce'")
+
+
+def learning_rate_fn(config: Config) -> Callable[[jax.Array], jax.Array]:
+  """Time-based decay ``lr_t = lr0 / (1 + decay * t)``, t = update count.
+
+  The first update uses t = 0 (optax evaluates the schedule before counting),
+  as Keras' SGD ``decay`` argument does.
+  """
+  lr0, decay = config.learning_rate, config.decay
+
+  def schedule(t: jax.Array) -> jax.Array:
+    return lr0 / (1.0 + decay * jnp.asarray(t, jnp.float32))
+
+  return schedule
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+  """SGD with momentum (``paper``/``default``) or Adam, on the decayed lr."""
+  lr = learning_rate_fn(config)
+  if config.optimizer == "sgd":
+    return optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
+  if config.optimizer == "adam":
+    return optax.adam(lr)
+  raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+
+
+# ----------------------------------------------------------------------------
+# State and steps
+# ----------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training.
+
+  Attributes:
+    step: () int32, updates applied so far (t of the lr schedule).
+    params: U-Net params.
+    opt_state: optax state of :func:`make_optimizer`.
+    rng: (2,) uint32 key; augmentation at step t uses ``fold_in(rng, t)``.
+  """
+
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  rng: jax.Array
+
+
+def create_train_state(config: Config, rng: jax.Array,
+                       image_shape: tuple[int, int]) -> TrainState:
+  """Initial state: U-Net params from ``rng``, fresh optimiser, step 0."""
+  init_rng, aug_rng = jax.random.split(rng)
+  model = model_lib.build_unet(config)
+  params = model_lib.init_params(model, init_rng, tuple(image_shape))
+  opt_state = make_optimizer(config).init(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=opt_state, rng=aug_rng)
+
+
+def _checkpoint_tree(state: TrainState, best_val_dice: float, epoch: int) -> dict:
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+          "rng": state.rng, "best_val_dice": np.float32(best_val_dice),
+          "epoch": np.int32(epoch)}
+
+
+def _state_from_tree(tree: dict) -> TrainState:
+  return TrainState(step=jnp.asarray(tree["step"]), params=tree["params"],
+                    opt_state=tree["opt_state"], rng=jnp.asarray(tree["rng"]))
+
+
+def abstract_checkpoint_state(config: Config) -> dict:
+  """Shapes and dtypes of a checkpoint of ``config`` (nothing is allocated)."""
+  size = 2**config.depth  # conv params do not depend on the image size
+  state = jax.eval_shape(
+      lambda: create_train_state(config, jax.random.PRNGKey(0), (size, size)))
+  return _checkpoint_tree(state, 0.0, 0) | {
+      "best_val_dice": jax.ShapeDtypeStruct((), jnp.float32),
+      "epoch": jax.ShapeDtypeStruct((), jnp.int32)}
+
+
+def augment(rng: jax.Array, image: jax.Array, label: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+  """Random left-right flip and intensity scale, independently per slice.
+
+  Only the R-L axis (H) is flipped: the brain is near mirror-symmetric across
+  the midline, while superior/inferior flips would make anatomy the test set
+  never shows. The scale factor in [0.9, 1.1] mimics the phantom's +-15 % bias
+  field between animals; zero (stripped) background stays zero.
+
+  Args:
+    rng: key.
+    image: (B, H, W, 1).
+    label: (B, H, W).
+  """
+  flip_rng, scale_rng = jax.random.split(rng)
+  b = image.shape[0]
+  flip = jax.random.bernoulli(flip_rng, 0.5, (b,))
+  image = jnp.where(flip[:, None, None, None], image[:, ::-1], image)
+  label = jnp.where(flip[:, None, None], label[:, ::-1], label)
+  scale = jax.random.uniform(scale_rng, (b, 1, 1, 1), image.dtype, 0.9, 1.1)
+  return image * scale, label
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_lib.UNet,
+               config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD update on a batch of skull-stripped slices.
+
+  Pure; jit it once at the call site, e.g.
+  ``jax.jit(functools.partial(train_step, model=m, config=c), donate_argnums=0)``.
+
+  Args:
+    state: current :class:`TrainState`.
+    batch: ``image`` (B, H, W, 1) float32, ``label`` (B, H, W) int32.
+    model: the U-Net.
+    config: supplies ``loss``, ``augment`` and the optimiser settings.
+
+  Returns:
+    (new state, metrics: loss, its terms, lr used by this update).
+  """
+  image, label = batch["image"], batch["label"]
+  if config.augment:
+    image, label = augment(jax.random.fold_in(state.rng, state.step), image, label)
+
+  def loss_of(params):
+    logits = model.apply({"params": params}, image)
+    return segmentation_loss(logits, label, config.loss)
+
+  (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "lr": learning_rate_fn(config)(state.step), **terms}
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params: PyTree, batch: dict[str, jax.Array], *, model: model_lib.UNet
+              ) -> dict[str, jax.Array]:
+  """Per-slice confusion counts of the arg-max segmentation.
+
+  Args:
+    params: U-Net params.
+    batch: ``image`` (B, H, W, 1), ``label`` (B, H, W) int; optional
+      ``brainmask`` (B, H, W) bool: if given, the input is multiplied by it
+      first (manual background removal: the true mask makes the skull-stripped
+      image); optional ``valid`` (B,) bool: padding slices (False) count zero.
+    model: the U-Net.
+
+  Returns:
+    ``counts`` (B, C, 3) int32 [TP, FP, FN] per slice and class (one vs rest),
+    ``dice`` (C,) float32 Dice pooled over the valid slices (NaN for a class
+    absent from truth and prediction), ``pred`` (B, H, W) int32.
+  """
+  image, label = batch["image"], batch["label"]
+  if "brainmask" in batch:
+    image = image * batch["brainmask"][..., None].astype(image.dtype)
+  logits = model.apply({"params": params}, image)
+  num_classes = logits.shape[-1]
+  pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  p = jax.nn.one_hot(pred, num_classes, dtype=jnp.int32)
+  t = jax.nn.one_hot(label, num_classes, dtype=jnp.int32)
+  if "valid" in batch:
+    w = batch["valid"].astype(jnp.int32)[:, None, None, None]
+    p, t = p * w, t * w
+  tp = jnp.sum(p * t, axis=(1, 2))
+  fp = jnp.sum(p * (1 - t), axis=(1, 2))
+  fn = jnp.sum((1 - p) * t, axis=(1, 2))
+  counts = jnp.stack([tp, fp, fn], axis=-1)
+  return {"counts": counts, "dice": dice_from_counts(jnp.sum(counts, axis=0)),
+          "pred": pred}
+
+
+def dice_from_counts(counts: jax.Array | np.ndarray) -> jax.Array:
+  """Dice 2TP / (2TP + FP + FN) from (..., 3) [TP, FP, FN]; NaN where 0 / 0."""
+  xp = jnp if isinstance(counts, jax.Array) else np
+  counts = counts.astype(xp.float32)
+  tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+  den = 2 * tp + fp + fn
+  return xp.where(den > 0, 2 * tp / xp.where(den > 0, den, 1), xp.nan)
+
+
+def _eval_batches(arrays: dict[str, np.ndarray], image_key: str, batch_size: int
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """All slices in order, the last batch padded (``valid`` marks real ones)."""
+  n = arrays["label"].shape[0]
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = idx < n
+    idx = np.minimum(idx, n - 1)
+    yield {"image": arrays[image_key][idx], "label": arrays["label"][idx],
+           "valid": valid}
+
+
+def evaluate(eval_fn: Callable, params: PyTree, arrays: dict[str, np.ndarray], *,
+             batch_size: int, image_key: str = "stripped",
+             class_names: tuple[str, ...] = ("background", "wm", "gm", "csf")) -> dict:
+  """Dice per class, pooled over all slices and per animal.
+
+  ``image_key="stripped"`` is the manual background removal (true brain mask
+  applied to the input); ``"image"`` feeds the raw slices.
+
+  Args:
+    eval_fn: jitted ``functools.partial(eval_step, model=model)``.
+    params: U-Net params.
+    arrays: ``stack_slices`` output (needs ``label``, ``animal`` and ``image_key``).
+    batch_size: slices per call.
+
+  Returns:
+    dict with ``dice`` {class: pooled Dice}, ``dice_per_animal`` {animal index:
+    {class: Dice}}, ``dice_mean_over_animals`` {class: nanmean over animals} and
+    ``mean_tissue_dice`` (mean of WM, GM, CSF over animals).
+  """
+  counts = []
+  for batch in _eval_batches(arrays, image_key, batch_size):
+    out = eval_fn(params, batch)
+    counts.append(np.asarray(out["counts"])[batch["valid"]])
+  counts = np.concatenate(counts).astype(np.int64)  # (N, C, 3)
+  names = class_names[:counts.shape[1]]
+  per_animal = {}
+  for a in np.unique(arrays["animal"]):
+    d = dice_from_counts(counts[arrays["animal"] == a].sum(axis=0))
+    per_animal[int(a)] = dict(zip(names, map(float, d)))
+  mean_animals = {c: float(np.nanmean([v[c] for v in per_animal.values()]))
+                  for c in names}
+  pooled = dict(zip(names, map(float, dice_from_counts(counts.sum(axis=0)))))
+  tissue = [mean_animals[c] for c in names[1:]]
+  return {"dice": pooled, "dice_per_animal": per_animal,
+          "dice_mean_over_animals": mean_animals,
+          "mean_tissue_dice": float(np.nanmean(tissue))}
+
+
+# ----------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What :func:`train_and_evaluate` returns.
+
+  Attributes:
+    config: the config trained.
+    params: the best params (by validation mean tissue Dice), numpy arrays.
+    history: one dict per epoch (epoch, step, loss, val_dice per class,
+      val_mean_tissue_dice, images_per_s, seconds, ...).
+    best_val_dice: best validation mean tissue Dice (WM, GM, CSF).
+    checkpoint_dir: ``<workdir>/checkpoints``.
+    normalisation: the data layer's normalisation record (also in
+      ``normalisation.json``).
+    split: {"train", "val", "test"} animal ids.
+    test_dice: Dice of the best params on the test animals' skull-stripped
+      slices (manual background removal), see :func:`evaluate`.
+  """
+
+  config: Config
+  params: PyTree
+  history: list[dict]
+  best_val_dice: float
+  checkpoint_dir: pathlib.Path
+  normalisation: dict
+  split: dict
+  test_dice: dict | None = None
+
+
+def _load_data(config: Config, workdir: pathlib.Path, data_dir, log) -> tuple:
+  """Volumes (writing the phantom first when ``data_dir`` is None) and split."""
+  from rodent_gbp import data  # pylint: disable=g-import-not-at-top
+  if data_dir is None:
+    from rodent_gbp import phantom  # pylint: disable=g-import-not-at-top
+    data_dir = workdir / "data"
+    if not any(data_dir.glob("*/meta.json")):
+      log(f"writing a {config.animals}-animal phantom (seed {config.phantom_seed}) "
+          f"to {data_dir}")
+      phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
+                            size=config.image_size)
+  volumes = data.load_dataset(pathlib.Path(data_dir))
+  ids = [v.animal_id for v in volumes]
+  split = data.split_animals(ids, config.split_seed)
+  by_id = dict(zip(ids, volumes))
+  stacks = {}
+  for part in ("train", "val", "test"):
+    vols = [by_id[a] for a in split[part]]
+    stacks[part] = data.stack_slices(vols) if vols else None
+  normalisation = {v.animal_id: v.normalisation for v in volumes}
+  return data, split, stacks, normalisation
+
+
+def _check_resumable(stored: Config, config: Config, checkpoint_dir) -> None:
+  bad = [f for f in _RESUME_MUST_MATCH if getattr(stored, f) != getattr(config, f)]
+  if bad:
+    raise checkpoint.CheckpointError(
+        f"cannot resume from {checkpoint_dir}: config differs in "
+        + ", ".join(f"{f} ({getattr(stored, f)!r} -> {getattr(config, f)!r})" for f in bad))
+
+
+def _fmt_dice(d: dict) -> str:
+  return " ".join(f"{k}={v:.3f}" for k, v in d.items() if k != "background")
+
+
+def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool = False,
+                       log: Callable[[str], None] = logging.info) -> TrainResult:
+  """Trains the U-Net of ``config``; validates and checkpoints every epoch.
+
+  Args:
+    config: run settings (``configs.get_config(name)``).
+    workdir: output folder; checkpoints go to ``<workdir>/checkpoints`` and, if
+      ``data_dir`` is None, the phantom to ``<workdir>/data``.
+    data_dir: a folder of ``<animal>/{image,labels,brainmask}.nii.gz``; None
+      generates the phantom (``config.animals``, ``image_size``,
+      ``phantom_seed``).
+    resume: continue from ``<workdir>/checkpoints/latest`` (at the epoch after
+      the one it recorded) instead of starting over.
+    log: receives one progress line per epoch.
+
+  Returns:
+    :class:`TrainResult`; ``params`` are the best by validation mean tissue Dice.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt_dir = workdir / "checkpoints"
+
+  # --- data: split by animal, skull-stripped slices for training ---
+  _, split, stacks, normalisation = _load_data(config, workdir, data_dir, log)
+  train_arrays, val_arrays = stacks["train"], stacks["val"]
+  if train_arrays is None:
+    raise ValueError(f"no training animals in split {split}")
+  image_shape = train_arrays["stripped"].shape[1:3]
+  train_batches_in = {"image": train_arrays["stripped"], "label": train_arrays["label"]}
+  n_train = train_arrays["label"].shape[0]
+  steps_per_epoch = n_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"{n_train} training slices is less than one batch of "
+                     f"{config.batch_size}")
+  log(f"split {split}; {n_train} training slices of {image_shape}, "
+      f"{steps_per_epoch} steps per epoch")
+
+  # --- model, state, jitted steps ---
+  model = model_lib.build_unet(config)
+  state = create_train_state(config, jax.random.PRNGKey(config.seed), image_shape)
+  history: list[dict] = []
+  best_val = -math.inf
+  best_params = None
+  start_epoch = 0
+  if resume and checkpoint.exists(ckpt_dir, "latest"):
+    _check_resumable(checkpoint.read_config(ckpt_dir), config, ckpt_dir)
+    template = _checkpoint_tree(state, 0.0, 0)
+    tree, meta = checkpoint.restore(ckpt_dir, "latest", template)
+    state = _state_from_tree(tree)
+    best_val = float(tree["best_val_dice"])
+    start_epoch = int(tree["epoch"]) + 1
+    history = list(meta.get("history", []))
+    if checkpoint.exists(ckpt_dir, "best"):
+      best_params = checkpoint.restore(ckpt_dir, "best", template)[0]["params"]
+    log(f"resumed from {ckpt_dir / 'latest'} at epoch {start_epoch}, step "
+        f"{int(state.step)}, best val dice {best_val:.4f}")
+  elif resume:
+    log(f"nothing to resume in {ckpt_dir}; starting from scratch")
+  checkpoint.write_run_files(ckpt_dir, config=config, split=split,
+                             normalisation=normalisation)
+
+  from rodent_gbp import data  # pylint: disable=g-import-not-at-top
+  step_fn = jax.jit(functools.partial(train_step, model=model, config=config),
+                    donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model))
+
+  # --- epochs ---
+  t_start = time.perf_counter()
+  out_of_time = False
+  for epoch in range(start_epoch, config.epochs):
+    t_epoch = time.perf_counter()
+    losses = []
+    for batch in data.iterate_batches(train_batches_in, config.batch_size,
+                                      seed=config.seed, epoch=epoch, shuffle=True,
+                                      drop_remainder=True):
+      state, metrics = step_fn(state, batch)
+      losses.append(metrics["loss"])
+      if (config.max_train_seconds > 0
+          and time.perf_counter() - t_start > config.max_train_seconds):
+        out_of_time = True
+        break
+    loss = float(np.mean(jax.device_get(losses)))
+    train_seconds = time.perf_counter() - t_epoch
+    images_per_s = len(losses) * config.batch_size / max(train_seconds, 1e-9)
+
+    record = {"epoch": epoch, "step": int(state.step), "loss": loss,
+              "lr": float(metrics["lr"]), "images_per_s": images_per_s,
+              "train_seconds": train_seconds, "partial_epoch": out_of_time}
+    if val_arrays is not None:
+      val = evaluate(eval_fn, state.params, val_arrays,
+                     batch_size=config.eval_batch_size)
+      record["val_dice"] = val["dice_mean_over_animals"]
+      score = val["mean_tissue_dice"]
+    else:
+      score = -loss  # no validation animals: keep the last epoch as best
+    record["val_mean_tissue_dice"] = score
+    record["seconds"] = time.perf_counter() - t_epoch
+    history.append(record)
+
+    if score > best_val or best_params is None:
+      best_val = score
+      best_params = jax.device_get(state.params)
+      checkpoint.save(ckpt_dir, "best", _checkpoint_tree(state, best_val, epoch),
+                      {"epoch": epoch, "step": int(state.step), "best_val_dice": best_val,
+                       "history": history})
+    checkpoint.save(ckpt_dir, "latest", _checkpoint_tree(state, best_val, epoch),
+                    {"epoch": epoch, "step": int(state.step), "best_val_dice": best_val,
+                     "history": history})
+
+    elapsed = time.perf_counter() - t_start
+    remaining = (config.epochs - epoch - 1) * record["seconds"]
+    if config.max_train_seconds > 0:
+      remaining = min(remaining, max(config.max_train_seconds - elapsed, 0.0))
+    log(f"epoch {epoch + 1}/{config.epochs} step {record['step']} loss {loss:.4f} "
+        f"val {_fmt_dice(record.get('val_dice', {}))} (mean {score:.4f}, best "
+        f"{best_val:.4f}) {images_per_s:.1f} img/s, {elapsed:.0f} s elapsed, "
+        f"ETA {remaining:.0f} s")
+    if out_of_time:
+      log(f"stopping: max_train_seconds={config.max_train_seconds} reached")
+      break
+
+  # --- the best params on the test animals (manual background removal) ---
+  test = None
+  if best_params is not None and stacks["test"] is not None:
+    test = evaluate(eval_fn, best_params, stacks["test"],
+                    batch_size=config.eval_batch_size)
+    log(f"test (true brain mask applied) dice {_fmt_dice(test['dice_mean_over_animals'])}")
+  return TrainResult(config=config, params=best_params, history=history,
+                     best_val_dice=float(best_val), checkpoint_dir=ckpt_dir,
+                     normalisation=normalisation, split=split, test_dice=test)
