@@ -1,0 +1,171 @@
+"""Tests for the synthetic phantom: invariants, truth in meta.json, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rodent_gbp import phantom
+
+MIDDLE = slice(15, 26)
+
+
+@pytest.fixture(scope="module")
+def animals():
+  return [phantom.make_animal(0, i) for i in range(2)]
+
+
+def test_shapes_dtypes_and_label_range(animals):
+  for a in animals:
+    assert a.image.shape == a.labels.shape == a.brainmask.shape == (96, 40, 96)
+    assert a.image.dtype == np.float32 and a.labels.dtype == np.uint8
+    assert np.all(np.isfinite(a.image)) and a.image.min() >= 0
+    assert set(np.unique(a.labels)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(a.brainmask, a.labels > 0)
+
+
+def test_every_class_in_middle_slices_and_csf_fraction(animals):
+  for a in animals:
+    for j in range(40)[MIDDLE]:
+      assert set(np.unique(a.labels[:, j, :])) == {0, 1, 2, 3}, j
+    counts = np.bincount(a.labels.ravel(), minlength=4)
+    csf = counts[3] / counts[1:].sum()
+    assert 0.03 < csf < 0.15
+    assert csf == pytest.approx(a.meta["csf_fraction_of_brain"])
+    # WM is a sizeable class, GM the largest.
+    assert counts[2] > counts[1] > counts[3]
+
+
+def test_brain_size_and_growth_along_slices(animals):
+  for a in animals:
+    widths = [np.ptp(np.nonzero(a.brainmask[:, j, :].any(1))[0]) + 1 for j in range(40)]
+    heights = [np.ptp(np.nonzero(a.brainmask[:, j, :].any(0))[0]) + 1 for j in range(40)]
+    s = a.meta["size_factor"]
+    assert abs(max(widths) - 40 * s) <= 2.5
+    assert abs(max(heights) - 27 * s) <= 2.5
+    # The cross-section grows and shrinks: both ends well below the maximum.
+    assert widths[0] < 0.85 * max(widths) and widths[-1] < 0.85 * max(widths)
+
+
+def test_intensities_match_labels(animals):
+  # Brain tissue carries its class intensity (times bias in 0.85..1.15, Rician noise).
+  a = animals[0]
+  for label, value in ((1, phantom.WM), (2, phantom.GM), (3, phantom.CSF)):
+    median = np.median(a.image[a.labels == label])
+    assert 0.85 * value < median < 1.15 * value + 0.02
+
+
+def test_outside_brain_overlaps_brain_intensities(animals):
+  for a in animals:
+    outside = a.image[a.labels == 0]
+    lo, hi = np.percentile(a.image[a.labels > 0], [5, 95])
+    overlapping = np.count_nonzero((outside > lo) & (outside < hi))
+    # More non-brain voxels look like brain tissue than there are brain voxels.
+    assert overlapping > np.count_nonzero(a.labels)
+    kinds = {o["kind"] for o in a.meta["foreign_objects"]}
+    assert {"coil_edge", "tube", "fiducial_marker"} <= kinds
+    for o in a.meta["foreign_objects"]:
+      assert 0.5 <= o["intensity"] <= 1.0
+
+
+def test_rician_background_statistics(animals):
+  # Air far from the head and the objects: |N(0, s) + i N(0, s)| has mean s sqrt(pi / 2).
+  a = animals[0]
+  corner = a.image[:6, :, :6]
+  assert corner.mean() == pytest.approx(phantom.NOISE_SIGMA * np.sqrt(np.pi / 2), rel=0.1)
+
+
+def test_displacement_matches_meta():
+  a = phantom.make_animal(0, 1)
+  ref = phantom.make_animal(0, 1, displaced=False)
+  dh, dw = a.meta["displacement_hw"]
+  off = a.meta["slice_offset"]
+  assert (dh, dw, off) == (12, -9, -1)  # a large shift, so the test is strong
+  # Slice j of the acquisition cuts the anatomy of reference slice j + offset,
+  # shifted by (dh, dw): the label maps agree exactly.
+  for j in range(1, 39):
+    np.testing.assert_array_equal(
+        a.labels[:, j, :], np.roll(ref.labels[:, j + off, :], (dh, dw), axis=(0, 1)))
+  js = np.arange(1, 39)
+  got = np.argwhere(a.brainmask[:, js, :]).mean(0)
+  want = np.argwhere(ref.brainmask[:, js + off, :]).mean(0)
+  np.testing.assert_allclose(got[[0, 2]] - want[[0, 2]], [dh, dw], atol=1e-9)
+  center = np.asarray(a.meta["brain_center_hw"]) - a.meta["brain_center_hw_undisplaced"]
+  np.testing.assert_array_equal(center, [dh, dw])
+
+
+def test_outline_deformation_at_most_one_voxel():
+  a = phantom.make_animal(0, 0)
+  plain = phantom.make_animal(0, 0, deformed=False)
+  assert 0 < a.meta["outline_deformation_max_voxels"] <= 1.0
+  changed = a.brainmask != plain.brainmask
+  assert changed.any()
+  # Every changed voxel lies within one voxel (in-plane) of the plain outline.
+  m = plain.brainmask.astype(bool)
+  edge = np.zeros_like(m)
+  for axis in (0, 2):
+    for step in (1, -1):
+      edge |= m != np.roll(m, step, axis=axis)
+  assert np.all(edge[changed])
+
+
+def test_drawn_truth_ranges():
+  draws = [phantom.draw_acquisition(3, i) for i in range(400)]
+  s = np.array([d["size_factor"] for d in draws])
+  d = np.array([d["displacement_hw"] for d in draws])
+  o = np.array([d["slice_offset"] for d in draws])
+  assert 0.97 <= s.min() < 0.975 and 1.025 < s.max() <= 1.03
+  assert d.min() == -12 and d.max() == 12 and d.dtype.kind == "i"
+  assert set(o.tolist()) == {-1, 0, 1}
+
+
+def test_deterministic_and_seed_dependent(animals):
+  again = phantom.make_animal(0, 0)
+  np.testing.assert_array_equal(again.image, animals[0].image)
+  np.testing.assert_array_equal(again.labels, animals[0].labels)
+  assert again.meta == animals[0].meta
+  other = phantom.make_animal(1, 0)
+  assert not np.array_equal(other.image, animals[0].image)
+  assert other.meta["size_factor"] != animals[0].meta["size_factor"]
+  assert not np.array_equal(animals[1].labels, animals[0].labels)
+
+
+def test_other_size_scales_geometry():
+  a = phantom.make_animal(0, 0, size=48)
+  assert a.image.shape == (48, 40, 48)
+  assert a.meta["voxel_size"] == [0.75, 0.5, 0.75]
+  ref = phantom.make_animal(0, 0)
+  ratio = np.count_nonzero(a.brainmask) / np.count_nonzero(ref.brainmask)
+  assert ratio == pytest.approx(0.25, rel=0.1)
+
+
+def test_make_phantom_main_writes_nifti(tmp_path):
+  from absl import flags
+  from experiments import make_phantom
+  out = tmp_path / "ph"
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["make_phantom", f"--out={out}", "--animals=2", "--seed=0"])
+  try:
+    make_phantom.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert sorted(p.name for p in out.iterdir()) == ["rat00", "rat01"]
+  for folder in out.iterdir():
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "brainmask.nii.gz", "image.nii.gz", "labels.nii.gz", "meta.json"]
+    meta = json.loads((folder / "meta.json").read_text())
+    for name in ("image", "labels", "brainmask"):
+      img = nib.load(folder / f"{name}.nii.gz")
+      assert img.shape == (96, 40, 96)
+      np.testing.assert_allclose(img.header.get_zooms(), (0.375, 0.5, 0.375))
+      assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    expected = phantom.make_animal(0, int(meta["index"]))
+    np.testing.assert_array_equal(nib.load(folder / "labels.nii.gz").get_fdata(),
+                                  expected.labels)
+    assert meta["displacement_hw"] == expected.meta["displacement_hw"]
+    for key in ("animal_id", "seed", "size_factor", "displacement_hw", "slice_offset",
+                "voxel_size"):
+      assert key in meta
