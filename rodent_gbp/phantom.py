@@ -122,7 +122,7 @@ def draw_acquisition(seed: int, index: int, size: int = REF_SIZE) -> dict[str, A
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int],
                   terms: int = 6, max_freq: float = 1.5) -> np.ndarray:
-  """A smooth random field on the grid, scaled to max |f| = 1."""
+  """A smooth random field on the grid, zero mean, scaled to max |f| = 1."""
   axes = [np.linspace(-1.0, 1.0, n).reshape([-1 if i == j else 1 for j in range(3)])
           for i, n in enumerate(shape)]
   f = np.zeros(shape)
@@ -130,6 +130,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int],
     w = rng.uniform(-max_freq, max_freq, size=3) * np.pi / 2
     f = f + rng.normal() * np.cos(w[0] * axes[0] + w[1] * axes[1] + w[2] * axes[2]
                                   + rng.uniform(0, 2 * np.pi))
+  f = f - f.mean()                          # so a bias field spans both signs
   return f / max(np.abs(f).max(), 1e-12)
 
 
