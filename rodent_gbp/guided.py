@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
@@ -95,7 +94,9 @@ def _normalise_target(target: Target, region: Any, num_classes: int):
   """Turns the user's ``target`` into a hashable spec plus an array ``region``.
 
   Returns ``(spec, region)`` where spec is ``("classes", classes, argmax,
-  squeeze)`` or ``("callable", fn)``.
+  squeeze)`` or ``("callable", fn)``. The class indices themselves are
+  passed to the compiled function as data (see :func:`_split_spec`), so every
+  single-class target shares one compilation.
   """
   if isinstance(target, tuple) and target and isinstance(target[0], str):
     kind = target[0]
@@ -135,17 +136,28 @@ def _normalise_target(target: Target, region: Any, num_classes: int):
   return ("classes", classes, False, squeeze), region
 
 
-def _class_cotangents(probs: jax.Array, classes: tuple[int, ...], argmax: bool,
+def _split_spec(spec):
+  """Static part of a spec (class count instead of indices) and the indices."""
+  if spec[0] != "classes":
+    return spec, None
+  _, classes, argmax, squeeze = spec
+  return ("classes", len(classes), argmax, squeeze), jnp.asarray(classes, jnp.int32)
+
+
+def _class_cotangents(probs: jax.Array, classes: jax.Array, argmax: bool,
                       region: jax.Array | None) -> jax.Array:
-  """Cotangents (K, B, H, W, C) of ``sum_pixels w_k * p_{c_k}`` w.r.t. probs."""
+  """Cotangents (K, B, H, W, C) of ``sum_pixels w_k * p_{c_k}`` w.r.t. probs.
+
+  ``classes`` is a (K,) int array.
+  """
   batch, height, width, num_classes = probs.shape
-  onehot = jax.nn.one_hot(jnp.asarray(classes), num_classes, dtype=probs.dtype)  # (K, C)
-  weight = jnp.ones((len(classes), batch, height, width), probs.dtype)
+  onehot = jax.nn.one_hot(classes, num_classes, dtype=probs.dtype)  # (K, C)
+  weight = jnp.ones((classes.shape[0], batch, height, width), probs.dtype)
   if argmax:
     # The argmax mask is a constant of the objective: where the network
     # predicts c_k (no gradient flows through the argmax itself).
     pred = jnp.argmax(probs, axis=-1)  # (B, H, W)
-    hit = pred[None] == jnp.asarray(classes)[:, None, None, None]
+    hit = pred[None] == classes[:, None, None, None]
     weight = weight * hit.astype(probs.dtype)
   if region is not None:
     region = jnp.broadcast_to(jnp.asarray(region), (batch, height, width))
@@ -153,8 +165,12 @@ def _class_cotangents(probs: jax.Array, classes: tuple[int, ...], argmax: bool,
   return weight[..., None] * onehot[:, None, None, None, :]
 
 
-def _maps(model: nn.Module, params, images: jax.Array, spec, region) -> jax.Array:
-  """Gradient maps of ``model`` (activation already set): (B, K, H, W) or (B, H, W)."""
+def _maps(model: nn.Module, params, images: jax.Array, spec, classes,
+          region) -> jax.Array:
+  """Gradient maps of ``model`` (activation already set): (B, K, H, W) or (B, H, W).
+
+  ``spec`` is static (from :func:`_split_spec`), ``classes`` its (K,) indices.
+  """
 
   def probs_fn(x):
     return jax.nn.softmax(model.apply({"params": params}, x), axis=-1)
@@ -165,21 +181,23 @@ def _maps(model: nn.Module, params, images: jax.Array, spec, region) -> jax.Arra
     cot = jax.grad(lambda p: jnp.sum(fn(p)))(probs)
     (grad,) = pullback(cot)
     return grad[..., 0]
-  _, classes, argmax, squeeze = spec
+  _, num_maps, argmax, squeeze = spec
   cots = _class_cotangents(probs, classes, argmax, region)
-  if len(classes) == 1:
+  if num_maps == 1:
     (grad,) = pullback(cots[0])
     grads = grad[None]
   else:
     # One forward pass for all classes: the pullback is linear in its
-    # cotangent, so vmap turns K backward passes into one batched one.
+    # cotangent (for a fixed forward pass; the guided rule is not linear in
+    # it, which is why each class keeps its own cotangent), so vmap turns K
+    # backward passes into one batched one.
     (grads,) = jax.vmap(pullback)(cots)  # (K, B, H, W, 1)
   grads = jnp.moveaxis(grads[..., 0], 0, 1)  # (B, K, H, W)
   return grads[:, 0] if squeeze else grads
 
 
-def _saliency_core(model: nn.Module, params, images: jax.Array, region, rng,
-                   noise, *, method: str, spec, samples: int,
+def _saliency_core(model: nn.Module, params, images: jax.Array, classes,
+                   region, rng, noise, *, method: str, spec, samples: int,
                    smooth_base: str) -> jax.Array:
   if method == "smoothgrad":
     if smooth_base not in _ACTIVATIONS:
@@ -194,18 +212,19 @@ def _saliency_core(model: nn.Module, params, images: jax.Array, region, rng,
 
     def body(total, key):
       eps = jax.random.normal(key, images.shape, images.dtype) * sigma
-      return total + _maps(base, params, images + eps, spec, region), None
+      return total + _maps(base, params, images + eps, spec, classes, region), None
 
-    shape = jax.eval_shape(lambda x: _maps(base, params, x, spec, region), images)
+    shape = jax.eval_shape(lambda x: _maps(base, params, x, spec, classes, region), images)
     total, _ = jax.lax.scan(body, jnp.zeros(shape.shape, shape.dtype),
                             jax.random.split(rng, samples))
     return total / samples
   return _maps(model.clone(activation=_ACTIVATIONS[method]), params, images,
-               spec, region)
+               spec, classes, region)
 
 
-# Compiled once per (model, method, target, shapes); model is a hashable
-# Flax dataclass, the target spec a tuple (or a function, hashed by identity).
+# Compiled once per (model, method, target kind, number of maps, shapes):
+# model is a hashable Flax dataclass, the static spec a tuple (or a function,
+# hashed by identity); class indices, region, rng and noise are data.
 saliency_jit = jax.jit(
     _saliency_core,
     static_argnames=("model", "method", "spec", "samples", "smooth_base"))
@@ -253,19 +272,16 @@ def saliency(model: nn.Module, params, images: jax.Array, *,
   if images.ndim != 4 or images.shape[-1] != 1:
     raise ValueError(f"images must be (B, H, W, 1), got {images.shape}")
   spec, region = _normalise_target(target, region, model.num_classes)
-  return saliency_jit(model, params, images, region, rng, noise, method=method,
+  spec, classes = _split_spec(spec)
+  return saliency_jit(model, params, images, classes, region, rng, noise,
+                      method=method,
                       spec=spec, samples=samples, smooth_base=smooth_base)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "method", "spec", "samples", "smooth_base"))
-def _gradient_image_jit(model, params, images, rng, noise, *, method, spec,
-                        samples, smooth_base):
-  maps = _saliency_core(model, params, images, None, rng, noise, method=method,
-                        spec=spec, samples=samples, smooth_base=smooth_base)
-  if maps.ndim == 3:
-    return jnp.abs(maps)
-  return jnp.sum(jnp.abs(maps), axis=1)
+@jax.jit
+def _sum_magnitudes(maps: jax.Array) -> jax.Array:
+  """(B, K, H, W) -> (B, H, W) sum of |maps|; (B, H, W) -> |maps|."""
+  return jnp.abs(maps) if maps.ndim == 3 else jnp.sum(jnp.abs(maps), axis=1)
 
 
 def gradient_image(model: nn.Module, params, images: jax.Array, *,
@@ -292,6 +308,7 @@ def gradient_image(model: nn.Module, params, images: jax.Array, *,
     raise ValueError(f"images must be (B, H, W, 1), got {images.shape}")
   if not isinstance(classes, (int, str)):
     classes = tuple(int(c) for c in classes)
-  spec, _ = _normalise_target(classes, None, model.num_classes)
-  return _gradient_image_jit(model, params, images, rng, noise, method=method,
-                             spec=spec, samples=samples, smooth_base=smooth_base)
+  # The same compiled saliency as `saliency` (inlined when called under jit).
+  maps = saliency(model, params, images, method=method, target=classes,
+                  noise=noise, samples=samples, rng=rng, smooth_base=smooth_base)
+  return _sum_magnitudes(maps)

@@ -1,0 +1,282 @@
+"""Known answers for Guided Backpropagation and the saliency targets."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rodent_gbp import guided
+from rodent_gbp import model as model_lib
+
+
+def _vjp(fn, x, g):
+  _, pullback = jax.vjp(fn, x)
+  return pullback(g)[0]
+
+
+# All four sign cases: (x > 0, g > 0), (x > 0, g < 0), (x < 0, g > 0),
+# (x < 0, g < 0), plus the boundaries x = 0 and g = 0.
+_X = jnp.array([2.0, 3.0, -1.0, -4.0, 0.0, 5.0])
+_G = jnp.array([0.5, -2.0, 7.0, -3.0, 1.0, 0.0])
+
+
+def test_guided_relu_forward_and_four_sign_cases():
+  np.testing.assert_array_equal(guided.guided_relu(_X), [2, 3, 0, 0, 0, 5])
+  # Only (x > 0, g > 0) passes; x = 0 and g = 0 pass nothing.
+  np.testing.assert_array_equal(_vjp(guided.guided_relu, _X, _G), [0.5, 0, 0, 0, 0, 0])
+  # The plain ReLU gradient, for contrast, passes a negative g where x > 0.
+  np.testing.assert_array_equal(_vjp(jax.nn.relu, _X, _G), [0.5, -2.0, 0, 0, 0, 0])
+
+
+def test_deconv_relu_ignores_forward_sign():
+  np.testing.assert_array_equal(guided.deconv_relu(_X), [2, 3, 0, 0, 0, 5])
+  # max(g, 0), whatever x was: (x < 0, g > 0) passes, (x > 0, g < 0) does not.
+  np.testing.assert_array_equal(_vjp(guided.deconv_relu, _X, _G), [0.5, 0, 7.0, 0, 1.0, 0])
+
+
+def test_guided_relu_closed_gate_gives_zero_not_nan():
+  g = jnp.array([jnp.inf, -jnp.inf, jnp.nan])
+  np.testing.assert_array_equal(_vjp(guided.guided_relu, jnp.array([-1.0, 1.0, -1.0]), g),
+                                [0, 0, 0])
+
+
+class _TinyNet(nn.Module):
+  """x (B, 1, 5, 1) -> conv (1x2, 1 channel, no bias) -> activation -> readout.
+
+  The readout is a VALID (1x4) conv to 2 class logits, so the output is a
+  single pixel (B, 1, 1, 2).
+  """
+
+  num_classes: int = 2
+  activation: object = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(1, (1, 2), padding="VALID", use_bias=False, name="conv")(x)
+    x = self.activation(x)
+    return nn.Conv(2, (1, 4), padding="VALID", name="readout")(x)
+
+
+_TINY_PARAMS = {
+    "conv": {"kernel": jnp.array([1.0, 2.0]).reshape(1, 2, 1, 1)},
+    "readout": {
+        "kernel": jnp.stack([jnp.zeros(4), jnp.array([1.0, -1.0, 2.0, -2.0])],
+                            axis=-1).reshape(1, 4, 1, 2),
+        "bias": jnp.array([0.0, 1.0]),
+    },
+}
+_TINY_X = jnp.array([1.0, 0.0, 1.0, -1.0, -1.0]).reshape(1, 1, 5, 1)
+
+
+def test_exact_gbp_map_of_tiny_net():
+  """Hand derivation (x = [1, 0, 1, -1, -1], k = [1, 2], v = [1, -1, 2, -2]).
+
+  Hidden h_j = x_j + 2 x_{j+1} = [1, 2, -1, -3], a = relu(h) = [1, 2, 0, 0].
+  Logits z0 = 0, z1 = v . a + 1 = 1 - 2 + 1 = 0, so p1 = sigmoid(z1 - z0) = 1/2
+  and d p1 / d z1 = p1 p0 = 1/4; d p1 / d a_j = v_j / 4 = [1/4, -1/4, 1/2, -1/2].
+  Gates at h (x>0 / g>0):  (+,+)  (+,-)  (-,+)  (-,-)  -> every sign case.
+  * vanilla: g 1[h>0]          = [1/4, -1/4, 0, 0]
+  * guided:  g 1[h>0] 1[g>0]   = [1/4,  0,   0, 0]
+  * deconv:  max(g, 0)         = [1/4,  0, 1/2, 0]
+  Back through the conv: dx_i = dh_i * 1 + dh_{i-1} * 2, so
+  * vanilla dx = [1/4, -1/4 + 1/2, -1/2, 0, 0] = [1/4, 1/4, -1/2, 0, 0]
+  * guided  dx = [1/4, 1/2, 0, 0, 0]       (differs from vanilla)
+  * deconv  dx = [1/4, 1/2, 1/2, 1, 0]
+  Class 0 has p0 = 1 - p1, so its gradient at a is -v / 4 =
+  [-1/4, 1/4, -1/2, 1/2]: guided dh = [0, 1/4, 0, 0] -> dx = [0, 1/4, 1/2, 0, 0].
+  """
+  net = _TinyNet()
+  want = {
+      "vanilla": [0.25, 0.25, -0.5, 0, 0],
+      "guided": [0.25, 0.5, 0, 0, 0],
+      "deconvnet": [0.25, 0.5, 0.5, 1.0, 0],
+  }
+  for method, expected in want.items():
+    got = guided.saliency(net, _TINY_PARAMS, _TINY_X, method=method, target=1)
+    assert got.shape == (1, 1, 5)
+    np.testing.assert_allclose(got[0, 0], expected, atol=1e-7, err_msg=method)
+  both = guided.saliency(net, _TINY_PARAMS, _TINY_X, method="guided", target="all")
+  np.testing.assert_allclose(both[0, :, 0], [[0, 0.25, 0.5, 0, 0], [0.25, 0.5, 0, 0, 0]],
+                             atol=1e-7)
+  # Deconvnet, class 0: max(-v / 4, 0) = [0, 1/4, 0, 1/2] -> [0, 1/4, 1/2, 1/2, 1].
+  both = guided.saliency(net, _TINY_PARAMS, _TINY_X, method="deconvnet", target="all")
+  np.testing.assert_allclose(both[0, :, 0], [[0, 0.25, 0.5, 0.5, 1.0], want["deconvnet"]],
+                             atol=1e-7)
+  # Gradient image over both classes: |class 0| + |class 1|.
+  g = guided.gradient_image(net, _TINY_PARAMS, _TINY_X, classes="all")
+  np.testing.assert_allclose(g[0, 0], [0.25, 0.75, 0.5, 0, 0], atol=1e-7)
+
+
+def _small_unet(size=32, seed=0, nonzero_bias=True):
+  net = model_lib.UNet(features=4, depth=2)
+  params = model_lib.init_params(net, jax.random.key(seed), (size, size))
+  if nonzero_bias:
+    # Flax initialises biases to 0; random biases make the check general
+    # (zero padding no longer looks like a zero input).
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [0.1 * jax.random.normal(k, v.shape) if path[-1].key == "bias" else v
+              for k, (path, v) in zip(keys, leaves)]
+    params = jax.tree_util.tree_unflatten(tree, leaves)
+  return net, params
+
+
+@pytest.fixture(scope="module")
+def small():
+  net, params = _small_unet()
+  images = jax.random.normal(jax.random.key(7), (2, 32, 32, 1))
+  return net, params, images
+
+
+def test_translation_shifts_map():
+  """Paper Fig. 3: a translated input gives a translated saliency map.
+
+  The U-Net is shift-equivariant for shifts by multiples of 2**depth = 4
+  (max-pool grid), away from the borders: a gradient pixel depends on
+  inputs and padding within about twice the receptive-field radius (~27),
+  so on 128 x 128 the 8-shifted maps agree exactly with a margin of 48.
+  """
+  size, shift, margin = 128, 8, 48
+  net, params = _small_unet(size)
+  x = jax.random.normal(jax.random.key(3), (1, size, size, 1))
+  shifted = jnp.zeros_like(x).at[:, shift:, shift:].set(x[:, :-shift, :-shift])
+  for target in (2, "all"):
+    a = np.asarray(guided.saliency(net, params, x, target=target))
+    b = np.asarray(guided.saliency(net, params, shifted, target=target))
+    a_in = a[..., :-shift, :-shift][..., margin:-margin, margin:-margin]
+    b_in = b[..., shift:, shift:][..., margin:-margin, margin:-margin]
+    assert a_in.shape[-1] == size - shift - 2 * margin
+    scale = np.abs(a).max()
+    assert np.abs(a_in).max() > 1e-3 * scale  # the checked region is not empty
+    np.testing.assert_allclose(b_in, a_in, atol=1e-5 * scale, rtol=0)
+    # Near the borders it is not equivariant (padding): the check has teeth.
+    assert not np.allclose(a[..., :-shift, :-shift], b[..., shift:, shift:],
+                           atol=1e-3 * scale)
+
+
+@pytest.mark.parametrize("method", ["guided", "vanilla"])
+def test_all_classes_equal_stacked_single_classes(small, method):
+  net, params, images = small
+  every = guided.saliency(net, params, images, method=method, target="all")
+  assert every.shape == (2, 4, 32, 32)
+  single = jnp.stack([guided.saliency(net, params, images, method=method, target=c)
+                      for c in range(4)], axis=1)
+  np.testing.assert_allclose(every, single, rtol=1e-5, atol=1e-6 * np.abs(single).max())
+  if method != "guided":
+    return
+  picked = guided.saliency(net, params, images, method=method, target=(3, 1))
+  np.testing.assert_allclose(picked, single[:, jnp.array([3, 1])], rtol=1e-5,
+                             atol=1e-6 * np.abs(single).max())
+
+
+def test_vanilla_is_the_autodiff_gradient(small):
+  net, params, images = small
+  fn = lambda x: jnp.sum(jax.nn.softmax(net.apply({"params": params}, x), -1)[..., 2])
+  np.testing.assert_allclose(guided.saliency(net, params, images, method="vanilla", target=2),
+                             jax.grad(fn)(images)[..., 0], rtol=1e-5, atol=1e-7)
+
+
+def test_maps_are_per_image(small):
+  net, params, images = small
+  batch = guided.saliency(net, params, images, target="all")
+  one = guided.saliency(net, params, images[1:], target="all")
+  np.testing.assert_allclose(batch[1:], one, rtol=1e-5, atol=1e-7)
+
+
+def test_region_argmax_and_callable_targets(small):
+  net, params, images = small
+  probs = jax.nn.softmax(net.apply({"params": params}, images), -1)
+  full = guided.saliency(net, params, images, target=2)
+  # A region splits the pixel sum. The vanilla gradient is linear in the
+  # cotangent, so two halves add up to the whole (the guided rule is not:
+  # its gate depends on the sign of the backward signal).
+  left = jnp.zeros((32, 32), bool).at[:, :16].set(True)
+  whole = guided.saliency(net, params, images, method="vanilla", target=2)
+  a = guided.saliency(net, params, images, method="vanilla", target=2, region=left)
+  b = guided.saliency(net, params, images, method="vanilla", target=("region", ~left, 2))
+  np.testing.assert_allclose(a + b, whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())
+  assert not np.allclose(a, whole, atol=1e-3 * np.abs(whole).max())
+  everywhere = jnp.ones((2, 32, 32), bool)
+  np.testing.assert_allclose(guided.saliency(net, params, images, target=2, region=everywhere),
+                             full, rtol=1e-6, atol=1e-9)
+  # The argmax target is the region where the network predicts the class.
+  pred = jnp.argmax(probs, -1)
+  for c in range(4):
+    got = guided.saliency(net, params, images, target=("argmax", c))
+    want = guided.saliency(net, params, images, target=c, region=pred == c)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+  assert guided.saliency(net, params, images, target=("argmax", "all")).shape == (2, 4, 32, 32)
+  # A callable on the softmax output: the class sum written by hand.
+  got = guided.saliency(net, params, images, target=lambda p: jnp.sum(p[..., 2], (1, 2)))
+  np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-7)
+
+
+def test_smoothgrad(small):
+  net, params, images = small
+  # Zero noise: the average of identical maps is the base map.
+  np.testing.assert_allclose(
+      guided.saliency(net, params, images, method="smoothgrad", noise=0.0, samples=3),
+      guided.saliency(net, params, images, method="vanilla"), rtol=1e-5, atol=1e-8)
+  noisy = guided.saliency(net, params, images, method="smoothgrad", target="all",
+                          samples=4, rng=jax.random.key(1))
+  assert noisy.shape == (2, 4, 32, 32) and np.all(np.isfinite(noisy))
+  # Deterministic in rng; a different rng gives a different map.
+  again = guided.saliency(net, params, images, method="smoothgrad", target="all",
+                          samples=4, rng=jax.random.key(1))
+  other = guided.saliency(net, params, images, method="smoothgrad", target="all",
+                          samples=4, rng=jax.random.key(2))
+  np.testing.assert_array_equal(noisy, again)
+  assert not np.allclose(noisy, other)
+
+
+def test_gradient_image_sums_class_magnitudes(small):
+  net, params, images = small
+  maps = guided.saliency(net, params, images, target="all")
+  scale = np.abs(maps).max()
+  np.testing.assert_allclose(guided.gradient_image(net, params, images),
+                             jnp.sum(jnp.abs(maps[:, 1:]), 1), rtol=1e-5, atol=1e-6 * scale)
+  np.testing.assert_allclose(guided.gradient_image(net, params, images, classes="all"),
+                             jnp.sum(jnp.abs(maps), 1), rtol=1e-5, atol=1e-6 * scale)
+  np.testing.assert_allclose(guided.gradient_image(net, params, images, classes=2),
+                             jnp.abs(maps[:, 2]), rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_compiles_once_per_shape(small):
+  net, params, images = small
+  guided.saliency(net, params, images, target="all")
+  before = guided.saliency_jit._cache_size()
+  for seed in range(3):
+    x = jax.random.normal(jax.random.key(seed), images.shape)
+    guided.saliency(net, params, x, target="all")
+  # An equal (not identical) module instance hits the same cache entry.
+  guided.saliency(model_lib.UNet(features=4, depth=2), params, images, target="all")
+  assert guided.saliency_jit._cache_size() == before
+
+
+def test_bad_arguments(small):
+  net, params, images = small
+  with pytest.raises(ValueError, match="method"):
+    guided.saliency(net, params, images, method="lrp")
+  with pytest.raises(ValueError, match="out of range"):
+    guided.saliency(net, params, images, target=4)
+  with pytest.raises(ValueError, match="B, H, W, 1"):
+    guided.saliency(net, params, images[..., 0])
+
+
+def test_trained_network_differs_from_random(smoke_run, phantom_dir):
+  """Sanity check (Adebayo et al.): the map must depend on the learned weights."""
+  from rodent_gbp import data
+  config = smoke_run.config
+  net = model_lib.build_unet(config)
+  volume = data.load_animal(phantom_dir / "rat00")
+  images = jnp.asarray(volume.image[18:22, ..., None])
+  random_params = model_lib.init_params(net, jax.random.key(123), images.shape[1:3])
+  trained = np.asarray(guided.gradient_image(net, smoke_run.params, images))
+  rand = np.asarray(guided.gradient_image(net, random_params, images))
+  assert np.all(np.isfinite(trained)) and trained.max() > 0
+  unit = lambda g: g.ravel() / np.linalg.norm(g.ravel())
+  cosine = float(unit(trained) @ unit(rand))
+  assert cosine < 0.9, cosine
