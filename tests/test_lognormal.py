@@ -229,3 +229,19 @@ def test_plot_lognormal_writes_figures(tmp_path):
   names = sorted(p.name for p in paths)
   assert names == ["lognormal_fig5_random.png", "lognormal_fig5_trained.png", "lognormal_qq.png"]
   assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_run_experiment_on_smoke_model(tmp_path, smoke_run, phantom_dir):
+  report = lognormal.run_experiment(
+      smoke_run.checkpoint_dir, tmp_path, data_dir=phantom_dir, max_pixels=2000,
+      slice_max_pixels=300, figures=False, log=lambda _: None)
+  assert (tmp_path / "lognormal.json").is_file() and (tmp_path / "lognormal.md").is_file()
+  saved = json.loads((tmp_path / "lognormal.json").read_text())
+  assert set(saved["networks"]) == {"trained", "random"}
+  n = saved["inputs"]["n_slices"]
+  for net in ("trained", "random"):
+    assert set(saved["networks"][net]) == {"sum", "wm", "gm", "csf"}
+    s = saved["networks"][net]["sum"]
+    assert s["shape"][0] == n and len(s["per_slice"]) == n
+    assert s["zero_pixels"]["count"] == sum(s["zero_pixels"]["per_slice"])
+  assert report["verdict"]["trained"]["sum"]["pooled_winner"] in lognormal.FAMILIES
