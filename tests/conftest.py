@@ -44,3 +44,40 @@ def smoke_run(tmp_path_factory, phantom_dir):
   config = configs.get_config("smoke")
   result = train.train_and_evaluate(config, workdir, data_dir=phantom_dir)
   return result
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_binary(script: str, argv: list[str]):
+  """Runs ``experiments/<script>.py``'s ``main`` in-process with ``argv``.
+
+  Each binary defines its absl flags at import; several binaries share names
+  (``--seed``, ``--workdir``). The module is imported fresh under a private
+  name, its flags are parsed from ``argv``, ``main`` runs, and the flags it
+  defined are removed again, so binaries can be tested one after another in
+  one process. Returns ``main``'s return value.
+  """
+  import importlib.util
+  import sys
+  from absl import flags
+
+  FLAGS = flags.FLAGS
+  before = set(FLAGS)
+  name = f"_binary_{script}"
+  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{script}.py")
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+    rest = FLAGS([script, *argv])
+    return module.main(rest)
+  finally:
+    for flag in set(FLAGS) - before:
+      delattr(FLAGS, flag)
+    sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def binary():
+  """``binary(script, argv)`` runs an experiment binary in-process."""
+  return run_binary
