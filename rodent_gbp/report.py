@@ -1,0 +1,174 @@
+"""Results files of a run: ``results.json``, ``tables.md``, per-slice CSV.
+
+Metrics are fractions in 0..1 in JSON; the Markdown tables print percentages
+beside the paper's numbers (Tables 1 and 2) in the paper's layout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pathlib
+import platform
+import subprocess
+from typing import Any, Mapping
+
+import numpy as np
+
+CLASS_KEYS = {1: "wm", 2: "gm", 3: "csf"}
+CLASS_NAMES = {"brain": "Brain segmentation", "wm": "White Matter", "gm": "Gray Matter",
+               "csf": "Cerebrospinal Liquid"}
+METRIC_KEYS = ("accuracy", "specificity", "sensitivity", "precision", "dsc")
+
+# The paper's Tables 1 and 2 (percent; accuracy, specificity, sensitivity, DSC).
+PAPER_TABLE1 = {
+    "brain": (98.52, 99.17, 99.07, 99.12),
+    "wm": (98.38, 87.9, 84.75, 86.05),
+    "gm": (98.41, 81.83, 73.1, 76.76),
+    "csf": (98.41, 53.61, 68.55, 60.15),
+}
+PAPER_TABLE2 = {
+    "wm": (98.92, 92.67, 89.65, 91.05),
+    "gm": (98.96, 89.45, 81.02, 84.65),
+    "csf": (99.12, 71.79, 84.59, 77.61),
+}
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` via a temporary file and a rename."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _clean(x: Any) -> Any:
+  """JSON-able copy: numpy scalars/arrays to Python, NaN to None."""
+  if isinstance(x, Mapping):
+    return {str(k): _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _clean(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    f = float(x)
+    return None if math.isnan(f) or math.isinf(f) else f
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
+def write_json(path: os.PathLike, obj: Any) -> None:
+  atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+
+
+def git_commit() -> str | None:
+  """The commit of the package's checkout, or None outside a git checkout."""
+  here = pathlib.Path(__file__).resolve().parent
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                         text=True, timeout=10, check=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=here, capture_output=True, text=True, timeout=10).stdout
+    return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def provenance(seed: int) -> dict[str, Any]:
+  import jax
+  import rodent_gbp
+  devices = jax.devices()
+  return {
+      "version": rodent_gbp.__version__,
+      "git_commit": git_commit(),
+      "seed": seed,
+      "jax_version": jax.__version__,
+      "device": f"{devices[0].platform}:{devices[0].device_kind} x{len(devices)}",
+      "python": platform.python_version(),
+  }
+
+
+def _pct(x) -> str:
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def _row(name: str, ours: Mapping[str, float] | None, paper) -> str:
+  ours = ours or {}
+  cells = [CLASS_NAMES.get(name, name)]
+  for i, key in enumerate(("accuracy", "specificity", "sensitivity", "dsc")):
+    p = "" if paper is None else f" ({paper[i]:.2f})"
+    cells.append(_pct(ours.get(key)) + p)
+  cells.append(_pct(ours.get("precision")))
+  return "| " + " | ".join(cells) + " |"
+
+
+_HEADER = ("| Class | Accuracy | Specificity | Sensitivity | DSC | Precision |\n"
+           "|---|---|---|---|---|---|")
+
+
+def tables_markdown(results: Mapping[str, Any]) -> str:
+  """The paper's Table 1 / Table 2 layout, ours with the paper's in brackets."""
+  t = results["tables"]
+  lines = [
+      "# Results",
+      "",
+      "Percent; the paper's value in brackets. Specificity is TN/(TN+FP) and",
+      "precision TP/(TP+FP) (the paper's 'specificity' behaves like precision for",
+      "the small classes). Confusion counts are pooled over the slices of each test",
+      f"animal; the table is the mean over {len(results.get('per_animal', {}))} test animals.",
+      "",
+      "## Table 1. After background removal with GBP (the paper's method)",
+      "",
+      _HEADER,
+      _row("brain", results["brain"]["gbp"], PAPER_TABLE1["brain"]),
+  ]
+  lines += [_row(c, t["gbp"].get(c), PAPER_TABLE1[c]) for c in ("wm", "gm", "csf")]
+  lines += ["", "## Table 2. After manual background removal (true brain mask)", "",
+            _HEADER]
+  lines += [_row(c, t["manual"].get(c), PAPER_TABLE2[c]) for c in ("wm", "gm", "csf")]
+  lines += ["", "## Without background removal (paper Fig. 4)", "", _HEADER]
+  lines += [_row(c, t["none"].get(c), None) for c in ("wm", "gm", "csf")]
+  if "gbp_improved" in t:
+    lines += ["", "## After background removal with improved GBP placement", "", _HEADER]
+    if "gbp_improved" in results["brain"]:
+      lines.append(_row("brain", results["brain"]["gbp_improved"], None))
+    lines += [_row(c, t["gbp_improved"].get(c), None) for c in ("wm", "gm", "csf")]
+  b = results["brain"]
+  lines += ["", "## Brain mask placement", "",
+            "| Placement | Brain DSC | mean abs error (px) |", "|---|---|---|"]
+  pl = results.get("placement", {})
+  lines.append(f"| GBP, paper's method | {_pct(b['gbp'].get('dsc'))} | "
+               f"{_fmt(pl.get('mean_abs_error_px'))} |")
+  if "gbp_ceiling" in b:
+    lines.append(f"| Ceiling: reference mask at its best shift | "
+                 f"{_pct(b['gbp_ceiling'].get('dsc'))} | 0 by definition |")
+  for key, label in (("gbp_improved", "Improved GBP placement"),
+                     ("oracle", "Oracle: true displacement, best template")):
+    if key in b:
+      err = pl.get("improved", {}).get("mean_abs_error_px") if key == "gbp_improved" else None
+      lines.append(f"| {label} | {_pct(b[key].get('dsc'))} | {_fmt(err)} |")
+  return "\n".join(lines) + "\n"
+
+
+def _fmt(x) -> str:
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+def write_csv(path: os.PathLike, rows: list[Mapping[str, Any]]) -> None:
+  """Writes a list of flat dicts as CSV (atomically)."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  keys: list[str] = []
+  for r in rows:
+    keys += [k for k in r if k not in keys]
+  with open(tmp, "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: _clean(v) for k, v in r.items()})
+  os.replace(tmp, path)

@@ -1,0 +1,198 @@
+"""The main job: the paper's experiment end to end (``experiments/reproduce.py``).
+
+data (phantom unless given) -> train (unless a checkpoint is given) -> template
+bank -> for each test animal: segment without removal, with manual removal
+(true brain mask) and with GBP removal -> metrics pooled per animal, averaged
+over animals -> ``results.json``, ``tables.md``, ``per_slice.csv``, NIfTI
+outputs, figures.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import nibabel as nib
+import numpy as np
+
+from rodent_gbp import configs as configs_lib
+from rodent_gbp import metrics
+from rodent_gbp import pipeline
+from rodent_gbp import report
+
+
+def _table(per_animal_counts: list[np.ndarray]) -> dict[str, dict[str, float]]:
+  """Mean over animals of per-class metrics from pooled (C, 4) counts."""
+  out = {}
+  for c, key in report.CLASS_KEYS.items():
+    per = [metrics.metrics_from_counts(np.asarray(counts)[c]) for counts in per_animal_counts]
+    out[key] = {m: float(np.nanmean([p[m] for p in per])) if any(
+        not np.isnan(p[m]) for p in per) else float("nan") for m in report.METRIC_KEYS}
+  return out
+
+
+def _binary_table(per_animal_counts: list[np.ndarray]) -> dict[str, float]:
+  per = [metrics.metrics_from_counts(np.asarray(c)) for c in per_animal_counts]
+  return {m: float(np.nanmean([p[m] for p in per])) for m in report.METRIC_KEYS}
+
+
+def _slice_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Per-slice Dice of boolean stacks (S, H, W); NaN where both are empty."""
+  inter = (a & b).reshape(len(a), -1).sum(-1)
+  total = a.reshape(len(a), -1).sum(-1) + b.reshape(len(b), -1).sum(-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
+
+
+def summarise(evals: list[dict[str, Any]]) -> dict[str, Any]:
+  """Tables, brain rows, placement and per-animal metrics from evaluations."""
+  tables = {way: _table([e["counts"][way] for e in evals])
+            for way in ("none", "manual", "gbp")}
+  brain = {key: _binary_table([e["brain_counts"][key] for e in evals])
+           for key in evals[0]["brain_counts"]}
+  per_slice, errors = [], []
+  for e in evals:
+    true = e["true_displacement"]
+    err = np.abs(e["displacement"] - true)
+    has_brain = e["placed"].reshape(len(err), -1).any(-1) | (e["ceiling_dice"] > 0)
+    for s in range(len(err)):
+      row = {"animal": e["animal_id"], "slice": s,
+             "dy": int(e["displacement"][s, 0]), "dx": int(e["displacement"][s, 1]),
+             "true_dy": true[s, 0], "true_dx": true[s, 1],
+             "abs_error_px": float(err[s].mean()),
+             "brain_dice": float(e["slice_brain_dice"][s]),
+             "ceiling_dice": float(e["ceiling_dice"][s])}
+      per_slice.append(row)
+      if has_brain[s] and np.all(np.isfinite(err[s])):
+        errors.append(err[s].mean())
+  placement = {
+      "mean_abs_error_px": float(np.mean(errors)) if errors else float("nan"),
+      "definition": "mean over slices with brain of |estimated - true| displacement, "
+                    "averaged over the two in-plane axes; truth = test minus reference "
+                    "displacement recorded in meta.json",
+      "per_slice": per_slice,
+  }
+  per_animal = {
+      e["animal_id"]: {
+          way: {k: metrics.metrics_from_counts(np.asarray(e["counts"][way])[c])
+                for c, k in report.CLASS_KEYS.items()}
+          for way in ("none", "manual", "gbp")
+      } | {"brain": {k: metrics.metrics_from_counts(np.asarray(v))
+                     for k, v in e["brain_counts"].items()}}
+      for e in evals
+  }
+  return {"tables": tables, "brain": brain, "placement": placement, "per_animal": per_animal}
+
+
+def _save_nifti(array: np.ndarray, volume, path: pathlib.Path) -> None:
+  from rodent_gbp import data
+  img = data.to_nifti(array, volume)
+  tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+  nib.save(img, tmp)
+  tmp.replace(path)
+
+
+def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=None,
+              seed: int | None = None, figures: bool = True,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs the paper's experiment; returns the ``results.json`` content.
+
+  Args:
+    config: the run's configuration (``configs.get_config``).
+    workdir: output folder (created).
+    data_dir: a dataset folder (``<animal>/image.nii.gz``, ...); None writes
+      the phantom into ``<workdir>/data``.
+    checkpoint: a trained model folder (``<workdir>/checkpoints`` of an earlier
+      run); None trains one into ``<workdir>/checkpoints``.
+    seed: overrides ``config.seed`` (init, data order) when given.
+    figures: write the paper's figures (PNG).
+    log: progress sink.
+  """
+  from rodent_gbp import checkpoint as checkpoint_lib
+  from rodent_gbp import data
+  from rodent_gbp import model as model_lib
+  from rodent_gbp import phantom
+  from rodent_gbp import train
+
+  t_start = time.time()
+  timing: dict[str, float] = {}
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if seed is not None:
+    config = configs_lib.override(config, seed=seed)
+
+  if data_dir is None:
+    data_dir = workdir / "data"
+    if not (data_dir.exists() and any(data_dir.iterdir())):
+      log(f"writing the synthetic phantom ({config.animals} animals) to {data_dir}")
+      phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
+                            size=config.image_size)
+  volumes = {v.animal_id: v for v in data.load_dataset(data_dir)}
+  timing["data_s"] = time.time() - t_start
+
+  t0 = time.time()
+  if checkpoint is None:
+    result = train.train_and_evaluate(config, workdir, data_dir=data_dir)
+    params, split, ckpt_dir = result.params, result.split, pathlib.Path(result.checkpoint_dir)
+  else:
+    ckpt_dir = pathlib.Path(checkpoint)
+    loaded = checkpoint_lib.load_model(ckpt_dir)
+    params = loaded.params
+    config = configs_lib.override(loaded.config, seed=config.seed)
+    split_file = ckpt_dir / "split.json"
+    split = (json.loads(split_file.read_text()) if split_file.exists()
+             else data.split_animals(sorted(volumes), config.split_seed))
+  timing["train_s"] = time.time() - t0
+  missing = [a for a in split["train"] + split["test"] if a not in volumes]
+  if missing:
+    raise ValueError(f"{data_dir}: animals {missing} of the checkpoint's split are missing")
+
+  model = model_lib.build_unet(config)
+  options = pipeline.PlacementOptions.from_config(config)
+  t0 = time.time()
+  bank = pipeline.build_template_bank(model, params, [volumes[a] for a in split["train"]],
+                                      options=options, batch_size=config.eval_batch_size)
+  bank.save(ckpt_dir / "templates.npz")
+  log(f"template bank: {len(bank.animal_ids)} training animals, reference "
+      f"{bank.animal_ids[bank.reference]} (median brain volume)")
+  timing["template_bank_s"] = time.time() - t0
+
+  t0 = time.time()
+  evals = []
+  for a in split["test"]:
+    e = pipeline.evaluate_volume(model, params, volumes[a], bank, options=options,
+                                 batch_size=config.eval_batch_size,
+                                 num_classes=config.num_classes)
+    e["slice_brain_dice"] = _slice_dice(e["placed"], volumes[a].brainmask)
+    evals.append(e)
+    log(f"evaluated test animal {a}")
+  timing["evaluate_s"] = time.time() - t0
+
+  results: dict[str, Any] = {"config": config.to_dict(),
+                             "provenance": report.provenance(config.seed),
+                             "split": split,
+                             "reference_animal": bank.animal_ids[bank.reference]}
+  results |= summarise(evals)
+  timing["total_s"] = time.time() - t_start
+  results["timing"] = timing
+
+  _write_outputs(workdir, results, evals, volumes, figures=figures, log=log)
+  log(report.tables_markdown(results))
+  return results
+
+
+def _write_outputs(workdir: pathlib.Path, results, evals, volumes, *, figures: bool, log) -> None:
+  report.write_json(workdir / "results.json", results)
+  report.atomic_write_text(workdir / "tables.md", report.tables_markdown(results))
+  report.write_csv(workdir / "per_slice.csv", results["placement"]["per_slice"])
+  out = workdir / "predictions"
+  out.mkdir(exist_ok=True)
+  for e in evals:
+    v = volumes[e["animal_id"]]
+    _save_nifti(e["labels"]["gbp"].astype(np.uint8), v, out / f"{e['animal_id']}_labels_gbp.nii.gz")
+    _save_nifti(e["labels"]["manual"].astype(np.uint8), v,
+                out / f"{e['animal_id']}_labels_manual.nii.gz")
+    _save_nifti(e["placed"].astype(np.uint8), v, out / f"{e['animal_id']}_brainmask_gbp.nii.gz")
+  log(f"wrote results.json, tables.md, per_slice.csv and predictions/ to {workdir}")
