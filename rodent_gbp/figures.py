@@ -20,8 +20,10 @@ _LABEL_COLOURS = np.array([[0, 0, 0], [0.95, 0.95, 0.95], [0.55, 0.55, 0.55], [0
 
 
 def show(ax, image: np.ndarray, title: str = "", **kw) -> None:
-  """Draws an (H, W) slice superior-up, without ticks."""
-  ax.imshow(np.asarray(image).T, origin="lower", **({"cmap": "gray"} | kw))
+  """Draws an (H, W) or RGB (H, W, 3) slice superior-up, without ticks."""
+  image = np.asarray(image)
+  image = image.transpose(1, 0, 2) if image.ndim == 3 else image.T
+  ax.imshow(image, origin="lower", **({"cmap": "gray"} | kw))
   ax.set_title(title, fontsize=8)
   ax.set_axis_off()
 
@@ -67,9 +69,9 @@ def fig4_noisy(path, image, labels_none, labels_manual, truth) -> pathlib.Path:
   """Fig. 4: the segmentation of a slice with artifacts, without removal."""
   fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
   show(axes[0], image, "Input (with artifacts)")
-  show(axes[1], label_rgb(labels_none).transpose(1, 0, 2), "No removal", cmap=None)
-  show(axes[2], label_rgb(labels_manual).transpose(1, 0, 2), "Manual removal", cmap=None)
-  show(axes[3], label_rgb(truth).transpose(1, 0, 2), "Ground truth", cmap=None)
+  show(axes[1], label_rgb(labels_none), "No removal", cmap=None)
+  show(axes[2], label_rgb(labels_manual), "Manual removal", cmap=None)
+  show(axes[3], label_rgb(truth), "Ground truth", cmap=None)
   return _save(fig, pathlib.Path(path))
 
 
@@ -116,8 +118,8 @@ def fig8_panel(path, image, manual, gbp_masked, truth, labels_gbp) -> pathlib.Pa
   show(axes[0], image, "(a) Input")
   show(axes[1], manual, "(b) Manual removal")
   show(axes[2], gbp_masked, "(c) GBP removal")
-  show(axes[3], label_rgb(truth).transpose(1, 0, 2), "(d) Ground truth", cmap=None)
-  show(axes[4], label_rgb(labels_gbp).transpose(1, 0, 2), "(e) Segmentation after GBP",
+  show(axes[3], label_rgb(truth), "(d) Ground truth", cmap=None)
+  show(axes[4], label_rgb(labels_gbp), "(e) Segmentation after GBP",
        cmap=None)
   return _save(fig, pathlib.Path(path))
 

@@ -179,8 +179,65 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   results["timing"] = timing
 
   _write_outputs(workdir, results, evals, volumes, figures=figures, log=log)
+  if figures:
+    t0 = time.time()
+    _write_figures(workdir / "figures", evals, volumes, model, params, config)
+    log(f"wrote figures to {workdir / 'figures'} ({time.time() - t0:.1f} s)")
   log(report.tables_markdown(results))
   return results
+
+
+def _write_figures(out: pathlib.Path, evals, volumes, model, params, config) -> None:
+  """The paper's Figs. 2-8 for the first test animal's slices."""
+  import jax
+  import jax.numpy as jnp
+  from rodent_gbp import correlate
+  from rodent_gbp import enhance
+  from rodent_gbp import figures
+  from rodent_gbp import guided
+
+  out.mkdir(parents=True, exist_ok=True)
+  e = evals[0]
+  v = volumes[e["animal_id"]]
+  brain_area = v.brainmask.reshape(len(v.brainmask), -1).sum(-1)
+  s = int(np.argmax(brain_area))  # the widest brain cross-section
+  raw = v.image[s]
+  stripped = raw * v.brainmask[s]
+  x = jnp.asarray(np.stack([stripped, raw])[..., None], jnp.float32)
+  probs = np.asarray(jax.nn.softmax(model.apply({"params": params}, x), axis=-1))
+  figures.fig2_outputs(out / "fig2_outputs.png", stripped, probs[0])
+  shift = (0, 8)
+  shifted = np.asarray(correlate.shift_image(jnp.asarray(stripped), jnp.asarray(shift)))
+  maps = np.asarray(guided.saliency(model, params, jnp.asarray(
+      np.stack([stripped, shifted])[..., None], jnp.float32), target="all"))
+  figures.fig3_translation(out / "fig3_translation.png", stripped, shifted, maps[0], maps[1],
+                           shift)
+  figures.fig4_noisy(out / "fig4_no_removal.png", raw, e["labels"]["none"][s],
+                     e["labels"]["manual"][s], v.label[s])
+  steps = {k: np.asarray(a) for k, a in enhance.enhancement_steps(
+      jnp.asarray(e["gradient"][s]), center=config.enhance_center,
+      width=config.enhance_width).items()}
+  figures.fig5_histograms(out / "fig5_histograms.png", steps)
+  figures.fig6_enhanced(out / "fig6_enhanced.png", e["gradient"][s], e["signal"][s])
+  figures.fig7_alignment(out / "fig7_alignment.png", e["template"][s], e["signal"][s],
+                         e["correlation"][s], raw, raw * e["placed"][s])
+  # Fig. 8: the slice with brain where GBP removal hurts CSF most.
+  csf_true = v.label == 3
+  csf_gbp = e["labels"]["gbp"] == 3
+  inter = (csf_true & csf_gbp).reshape(len(v.label), -1).sum(-1)
+  total = csf_true.reshape(len(v.label), -1).sum(-1) + csf_gbp.reshape(len(v.label), -1).sum(-1)
+  dice = np.where(total > 20, 2 * inter / np.maximum(total, 1), np.inf)
+  s8 = int(np.argmin(dice))
+  figures.fig8_panel(out / "fig8_csf.png", v.image[s8], v.image[s8] * v.brainmask[s8],
+                     v.image[s8] * e["placed"][s8], v.label[s8], e["labels"]["gbp"][s8])
+  per = [r for ev in evals for r in _per_slice_rows(ev)]
+  figures.placement_overview(out / "placement.png", [r[0] for r in per], [r[1] for r in per],
+                             [r[2] for r in per])
+
+
+def _per_slice_rows(e):
+  err = np.abs(e["displacement"] - e["true_displacement"]).mean(-1)
+  return list(zip(e["slice_brain_dice"], e["ceiling_dice"], err))
 
 
 def _write_outputs(workdir: pathlib.Path, results, evals, volumes, *, figures: bool, log) -> None:
