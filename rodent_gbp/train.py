@@ -38,7 +38,9 @@ import optax
 
 from rodent_gbp import checkpoint
 from rodent_gbp import configs
+from rodent_gbp import data
 from rodent_gbp import model as model_lib
+from rodent_gbp import phantom
 
 Config = configs.Config
 PyTree = Any
@@ -378,9 +380,7 @@ class TrainResult:
 
 def _load_data(config: Config, workdir: pathlib.Path, data_dir, log) -> tuple:
   """Volumes (writing the phantom first when ``data_dir`` is None) and split."""
-  from rodent_gbp import data  # pylint: disable=g-import-not-at-top
   if data_dir is None:
-    from rodent_gbp import phantom  # pylint: disable=g-import-not-at-top
     data_dir = workdir / "data"
     if not any(data_dir.glob("*/meta.json")):
       log(f"writing a {config.animals}-animal phantom (seed {config.phantom_seed}) "
@@ -395,8 +395,20 @@ def _load_data(config: Config, workdir: pathlib.Path, data_dir, log) -> tuple:
   for part in ("train", "val", "test"):
     vols = [by_id[a] for a in split[part]]
     stacks[part] = data.stack_slices(vols) if vols else None
-  normalisation = {v.animal_id: v.normalisation for v in volumes}
-  return data, split, stacks, normalisation
+  return split, stacks, normalisation_record(volumes)
+
+
+def normalisation_record(volumes) -> dict:
+  """What ``normalisation.json`` holds: the rule, and each animal's params.
+
+  The top level is a params dict ``data.apply_normalisation`` accepts (for the
+  per-volume ``robust_max`` rule without a fixed ``scale``: inference recomputes
+  it per scan, as training did); ``per_animal`` keeps every volume's params.
+  """
+  rule = dict(volumes[0].normalisation)
+  if rule.get("method") == "robust_max":
+    rule.pop("scale", None)
+  return {**rule, "per_animal": {v.animal_id: dict(v.normalisation) for v in volumes}}
 
 
 def _check_resumable(stored: Config, config: Config, checkpoint_dir) -> None:
@@ -434,7 +446,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   ckpt_dir = workdir / "checkpoints"
 
   # --- data: split by animal, skull-stripped slices for training ---
-  _, split, stacks, normalisation = _load_data(config, workdir, data_dir, log)
+  split, stacks, normalisation = _load_data(config, workdir, data_dir, log)
   train_arrays, val_arrays = stacks["train"], stacks["val"]
   if train_arrays is None:
     raise ValueError(f"no training animals in split {split}")
@@ -472,7 +484,6 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   checkpoint.write_run_files(ckpt_dir, config=config, split=split,
                              normalisation=normalisation)
 
-  from rodent_gbp import data  # pylint: disable=g-import-not-at-top
   step_fn = jax.jit(functools.partial(train_step, model=model, config=config),
                     donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, model=model))

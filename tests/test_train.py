@@ -1,0 +1,277 @@
+"""Training: Dice loss and lr known answers, one real step, checkpoints, resume."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rodent_gbp import checkpoint
+from rodent_gbp import configs
+from rodent_gbp import data
+from rodent_gbp import model as model_lib
+from rodent_gbp import train
+
+# ---------------------------------------------------------------- Dice loss --
+
+# One image of 1 x 4 pixels, two classes: truth 0 0 1 1.
+_TRUTH = jax.nn.one_hot(jnp.array([[[0, 0, 1, 1]]]), 2, dtype=jnp.float32)
+# Prediction: pixel 1 leans to class 1, pixel 2 undecided.
+_PROBS = jnp.array([[[[1.0, 0.0], [0.25, 0.75], [0.5, 0.5], [0.0, 1.0]]]], jnp.float32)
+
+
+def test_dice_perfect_is_zero():
+  assert float(train.dice_loss(_TRUTH, _TRUTH)) == 0.0
+  assert float(train.dice_loss(_TRUTH, _TRUTH, smooth=0.0)) == 0.0
+
+
+def test_dice_disjoint_is_one():
+  wrong = _TRUTH[..., ::-1]
+  assert float(train.dice_loss(wrong, _TRUTH, smooth=1e-7)) == pytest.approx(1.0, abs=1e-6)
+  # With the default smoothing: 1 - 1 / (P + G + 1) per class, P = G = 2.
+  assert float(train.dice_loss(wrong, _TRUTH)) == pytest.approx(1 - 1 / 5, abs=1e-6)
+
+
+def test_dice_partial_overlap_by_hand():
+  # Class 0: I = 1 + 0.25 = 1.25, P = 1.75, G = 2 -> D0 = 2.5 / 3.75 = 2/3.
+  # Class 1: I = 0.5 + 1 = 1.5,  P = 2.25, G = 2 -> D1 = 3 / 4.25 = 12/17.
+  d0, d1 = 2 / 3, 12 / 17
+  got = float(train.dice_loss(_PROBS, _TRUTH, smooth=0.0))
+  assert got == pytest.approx(1 - (d0 + d1) / 2, abs=1e-6)
+  got = float(train.dice_loss(_PROBS, _TRUTH, smooth=0.0, include_background=False))
+  assert got == pytest.approx(1 - d1, abs=1e-6)
+  # smooth = 1 adds 1 to numerator and denominator of each class.
+  got = float(train.dice_loss(_PROBS, _TRUTH))
+  assert got == pytest.approx(1 - (3.5 / 4.75 + 4 / 5.25) / 2, abs=1e-6)
+
+
+def test_dice_pools_the_batch_and_survives_absent_classes():
+  # Two images = the same pixels side by side: pooled Dice is identical.
+  probs2 = jnp.concatenate([_PROBS[..., :2, :], _PROBS[..., 2:, :]], axis=0)
+  truth2 = jnp.concatenate([_TRUTH[..., :2, :], _TRUTH[..., 2:, :]], axis=0)
+  assert float(train.dice_loss(probs2, truth2, smooth=0.0)) == pytest.approx(
+      float(train.dice_loss(_PROBS, _TRUTH, smooth=0.0)), abs=1e-6)
+  # A third class absent from truth and prediction: D = 1, no NaN, finite grad.
+  pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
+  loss, grad = jax.value_and_grad(train.dice_loss)(pad(_PROBS), pad(_TRUTH))
+  d0, d1 = 3.5 / 4.75, 4 / 5.25
+  assert float(loss) == pytest.approx(1 - (d0 + d1 + 1) / 3, abs=1e-6)
+  assert np.all(np.isfinite(grad))
+
+
+def test_loss_names():
+  logits = jnp.log(_PROBS + 1e-3)
+  labels = jnp.array([[[0, 0, 1, 1]]], jnp.int32)
+  dice, terms = train.segmentation_loss(logits, labels, "dice")
+  assert set(terms) == {"dice_loss"}
+  both, terms = train.segmentation_loss(logits, labels, "dice_ce")
+  assert float(both) == pytest.approx(float(terms["dice_loss"] + terms["ce"]), abs=1e-6)
+  assert float(terms["ce"]) > 0
+  with pytest.raises(ValueError, match="unknown loss"):
+    train.segmentation_loss(logits, labels, "l2")
+
+
+# ------------------------------------------------------- optimiser and step --
+
+def test_paper_config_is_exact():
+  c = configs.get_config("paper")
+  assert (c.optimizer, c.learning_rate, c.decay, c.momentum, c.nesterov, c.batch_size,
+          c.loss) == ("sgd", 3e-4, 1.5e-6, 0.9, False, 5, "dice")
+
+
+def test_learning_rate_time_based_decay():
+  lr = train.learning_rate_fn(configs.get_config("paper"))
+  for t in (0, 1, 1000):
+    assert float(lr(t)) == pytest.approx(3e-4 / (1 + 1.5e-6 * t), rel=1e-6)
+  assert float(lr(1000)) == pytest.approx(2.9955067e-4, rel=1e-6)
+
+
+def test_optimizer_is_sgd_momentum_on_the_schedule():
+  c = configs.get_config("paper")
+  tx = train.make_optimizer(c)
+  p = {"w": jnp.zeros(3, jnp.float32)}
+  g1, g2 = {"w": jnp.array([1.0, 2, 3])}, {"w": jnp.array([0.5, 0, -1])}
+  s = tx.init(p)
+  u1, s = tx.update(g1, s, p)
+  u2, s = tx.update(g2, s, p)
+  lr = train.learning_rate_fn(c)
+  np.testing.assert_allclose(u1["w"], -lr(0) * g1["w"], rtol=1e-6)
+  np.testing.assert_allclose(u2["w"], -lr(1) * (g2["w"] + 0.9 * g1["w"]), rtol=1e-6)
+
+
+def _tiny_batch():
+  rng = np.random.default_rng(0)
+  label = np.zeros((2, 16, 16), np.int32)
+  label[:, 4:12, 4:12] = 2
+  label[:, 6:10, 6:10] = 1
+  label[:, 4:6, 4:6] = 3  # off the H midline, so an H flip shows
+  means = np.array([0.0, 0.45, 0.62, 1.0], np.float32)
+  image = means[label] + rng.normal(0, 0.04, label.shape).astype(np.float32)
+  return {"image": image[..., None], "label": label}
+
+
+def test_one_real_step_lowers_the_loss():
+  config = configs.override(configs.get_config("smoke"), augment=False)
+  model = model_lib.build_unet(config)
+  state = train.create_train_state(config, jax.random.PRNGKey(0), (16, 16))
+  batch = _tiny_batch()
+
+  def loss_of(params):
+    logits = model.apply({"params": params}, batch["image"])
+    return float(train.segmentation_loss(logits, batch["label"], config.loss)[0])
+
+  before = loss_of(state.params)
+  step = jax.jit(functools.partial(train.train_step, model=model, config=config),
+                 donate_argnums=0)
+  state, metrics = step(state, batch)
+  assert float(metrics["loss"]) == pytest.approx(before, rel=1e-5)
+  assert int(state.step) == 1
+  assert loss_of(state.params) < before
+
+
+def test_augment_is_deterministic_and_flips_label_with_image():
+  batch = _tiny_batch()
+  key = jax.random.fold_in(jax.random.PRNGKey(0), 7)
+  a_img, a_lab = train.augment(key, batch["image"], batch["label"])
+  b_img, b_lab = train.augment(key, batch["image"], batch["label"])
+  np.testing.assert_array_equal(a_img, b_img)
+  np.testing.assert_array_equal(a_lab, b_lab)
+  for i in range(2):
+    flipped = not np.array_equal(a_lab[i], batch["label"][i])
+    src_img = batch["image"][i, ::-1] if flipped else batch["image"][i]
+    src_lab = batch["label"][i, ::-1] if flipped else batch["label"][i]
+    np.testing.assert_array_equal(a_lab[i], src_lab)
+    scale = np.asarray(a_img[i]).sum() / src_img.sum()
+    assert 0.9 <= scale <= 1.1
+    np.testing.assert_allclose(a_img[i], src_img * scale, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_step_counts_match_numpy_and_mask_input():
+  config = configs.get_config("smoke")
+  model = model_lib.build_unet(config)
+  params = train.create_train_state(config, jax.random.PRNGKey(2), (16, 16)).params
+  batch = _tiny_batch()
+  out = train.eval_step(params, batch, model=model)
+  pred, truth = np.asarray(out["pred"]), batch["label"]
+  for c in range(4):
+    tp = ((pred == c) & (truth == c)).sum(axis=(1, 2))
+    fp = ((pred == c) & (truth != c)).sum(axis=(1, 2))
+    fn = ((pred != c) & (truth == c)).sum(axis=(1, 2))
+    np.testing.assert_array_equal(out["counts"][:, c], np.stack([tp, fp, fn], -1))
+  # Manual background removal = feeding the image times the true mask.
+  mask = truth > 0
+  masked = train.eval_step(params, dict(batch, brainmask=mask), model=model)
+  stripped = train.eval_step(
+      params, dict(batch, image=batch["image"] * mask[..., None]), model=model)
+  np.testing.assert_array_equal(masked["counts"], stripped["counts"])
+  # Padding slices count zero.
+  padded = train.eval_step(params, dict(batch, valid=np.array([True, False])),
+                           model=model)
+  np.testing.assert_array_equal(padded["counts"][1], 0)
+  np.testing.assert_array_equal(padded["counts"][0], out["counts"][0])
+
+
+def test_dice_from_counts_nan_policy():
+  d = train.dice_from_counts(np.array([[3, 1, 1], [0, 0, 0], [0, 2, 0]]))
+  np.testing.assert_allclose(d[[0, 2]], [6 / 8, 0.0])
+  assert np.isnan(d[1])
+
+
+# ------------------------------------------------- end to end, checkpoints --
+
+def _leaves_equal(a, b) -> None:
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(
+      np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_smoke_run_end_to_end(smoke_run):
+  r = smoke_run
+  assert len(r.history) == r.config.epochs
+  h = r.history[-1]
+  assert h["step"] == 120 // r.config.batch_size  # 3 train animals x 40 slices
+  assert np.isfinite(h["loss"]) and h["images_per_s"] > 0
+  assert set(h["val_dice"]) == {"background", "wm", "gm", "csf"}
+  assert r.best_val_dice == pytest.approx(h["val_mean_tissue_dice"])
+  assert sorted(sum(r.split.values(), [])) == [f"rat{i:02d}" for i in range(5)]
+  d = r.checkpoint_dir
+  for name in ("config.json", "split.json", "normalisation.json", "latest/meta.json",
+               "best/meta.json"):
+    assert (d / name).is_file(), name
+  assert json.loads((d / "config.json").read_text()) == r.config.to_dict()
+  # Inference can re-apply the training normalisation from the stored record.
+  norm = json.loads((d / "normalisation.json").read_text())
+  x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+  np.testing.assert_allclose(data.apply_normalisation(x, norm),
+                             data.normalise_intensity(x)[0])
+  assert set(norm["per_animal"]) == set(sum(r.split.values(), []))
+
+
+def test_checkpoint_restores_identical_params(smoke_run):
+  loaded = checkpoint.load_model(smoke_run.checkpoint_dir)
+  assert loaded.config == smoke_run.config
+  _leaves_equal(loaded.params, smoke_run.params)
+  assert loaded.extras["split"] == smoke_run.split
+  assert loaded.normalisation["method"] == "robust_max"
+
+
+def test_resume_continues_from_latest(smoke_run, phantom_dir, tmp_path):
+  # Resuming epoch 1 of a copy must match two epochs trained straight through.
+  two = configs.override(smoke_run.config, epochs=2)
+  shutil.copytree(smoke_run.checkpoint_dir, tmp_path / "resumed" / "checkpoints")
+  resumed = train.train_and_evaluate(two, tmp_path / "resumed", data_dir=phantom_dir,
+                                     resume=True)
+  assert [h["epoch"] for h in resumed.history] == [0, 1]
+  assert resumed.history[0] == smoke_run.history[0]
+  assert resumed.history[1]["step"] == 2 * smoke_run.history[0]["step"]
+  straight = train.train_and_evaluate(two, tmp_path / "straight", data_dir=phantom_dir)
+  latest = lambda r: checkpoint.restore(r.checkpoint_dir, "latest",
+                                        train.abstract_checkpoint_state(two))[0]
+  _leaves_equal(latest(resumed), latest(straight))
+
+
+def test_experiment_binary_resumes_in_process(smoke_run, phantom_dir, tmp_path, binary):
+  shutil.copytree(smoke_run.checkpoint_dir, tmp_path / "checkpoints")
+  # Epoch 0 is already done: the binary restores, parses overrides, trains nothing.
+  binary("train", [f"--workdir={tmp_path}", f"--data_dir={phantom_dir}",
+                   "--config=smoke", "--resume", "--epochs=1", "--batch_size=4"])
+  _leaves_equal(checkpoint.load_model(tmp_path / "checkpoints").params, smoke_run.params)
+
+
+def test_checkpoint_errors_name_the_folder(smoke_run, tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+    checkpoint.load_model(tmp_path / "nowhere")
+  d = tmp_path / "ck"
+  shutil.copytree(smoke_run.checkpoint_dir, d)
+  # Another U-Net width in config.json: a shape mismatch, named with the folder.
+  cfg = json.loads((d / "config.json").read_text())
+  (d / "config.json").write_text(json.dumps(dict(cfg, features=8)))
+  with pytest.raises(checkpoint.CheckpointError, match=f"{d}.*do not match"):
+    checkpoint.load_model(d)
+  (d / "config.json").write_text(json.dumps(cfg))
+  (d / "best" / "meta.json").write_text("{not json")
+  with pytest.raises(checkpoint.CheckpointError, match="corrupt meta.json"):
+    checkpoint.load_model(d)
+  shutil.rmtree(d / "best")
+  with pytest.raises(checkpoint.CheckpointError, match=f"no complete checkpoint 'best' in {d}"):
+    checkpoint.load_model(d)
+
+
+def test_interrupted_save_keeps_a_whole_checkpoint(smoke_run, tmp_path):
+  d = tmp_path / "ck"
+  shutil.copytree(smoke_run.checkpoint_dir, d)
+  template = train.abstract_checkpoint_state(smoke_run.config)
+  want = checkpoint.restore(d, "latest", template)[0]
+  # Killed while writing the new one: a partial .latest.tmp is ignored.
+  (d / ".latest.tmp" / "state").mkdir(parents=True)
+  _leaves_equal(checkpoint.restore(d, "latest", template)[0], want)
+  # Killed between the two renames: the previous checkpoint is recovered.
+  os.replace(d / "latest", d / ".latest.old")
+  _leaves_equal(checkpoint.restore(d, "latest", template)[0], want)
+  assert (d / "latest" / "meta.json").is_file()
