@@ -86,6 +86,29 @@ def summarise(evals: list[dict[str, Any]]) -> dict[str, Any]:
   return {"tables": tables, "brain": brain, "placement": placement, "per_animal": per_animal}
 
 
+def lognormal_verdict(evals: list[dict[str, Any]], *, seed: int,
+                      max_samples: int = 20000) -> dict[str, Any]:
+  """Pooled log-normal test of the test slices' gradient images (a subsample).
+
+  Zero-gradient pixels are counted and excluded; the full study with per-slice
+  verdicts and a random-network control is ``experiments/lognormal.py``.
+  """
+  from rodent_gbp import lognormal
+  g = np.concatenate([np.asarray(e["gradient"]).ravel() for e in evals])
+  fit = lognormal.fit_families(g, zeros="exclude", max_samples=max_samples, seed=seed)
+  return {
+      "winner": fit["winner"],
+      "runner_up": fit["runner_up"],
+      "aic_margin": fit["aic_margin"],
+      "aic": {f: r["aic"] for f, r in fit["families"].items()},
+      "ks": {f: r["ks"] for f, r in fit["families"].items()},
+      "anderson_log_statistic": fit["anderson_log"]["statistic"],
+      "n_pixels": int(g.size),
+      "n_zero": int(fit["n_zero"]),
+      "n_fitted": int(fit["n_fitted"]),
+  }
+
+
 def _save_nifti(array: np.ndarray, volume, path: pathlib.Path) -> None:
   from rodent_gbp import data
   img = data.to_nifti(array, volume)
@@ -175,6 +198,9 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
                              "split": split,
                              "reference_animal": bank.animal_ids[bank.reference]}
   results |= summarise(evals)
+  t0 = time.time()
+  results["lognormal"] = lognormal_verdict(evals, seed=config.seed)
+  timing["lognormal_s"] = time.time() - t0
   timing["total_s"] = time.time() - t_start
   results["timing"] = timing
 

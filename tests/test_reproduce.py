@@ -1,0 +1,85 @@
+"""The main job on the smoke model: files written, keys present, values sane."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rodent_gbp import configs
+from rodent_gbp import reproduce
+
+
+@pytest.fixture(scope="module")
+def smoke_reproduce(tmp_path_factory, phantom_dir, smoke_run):
+  workdir = tmp_path_factory.mktemp("reproduce")
+  results = reproduce.reproduce(configs.get_config("smoke"), workdir, data_dir=phantom_dir,
+                                checkpoint=smoke_run.checkpoint_dir, log=lambda s: None)
+  return workdir, results
+
+
+def test_reproduce_writes_every_output(smoke_reproduce, smoke_run):
+  workdir, _ = smoke_reproduce
+  assert (smoke_run.checkpoint_dir / "templates.npz").exists()
+  for name in ("results.json", "tables.md", "per_slice.csv"):
+    assert (workdir / name).stat().st_size > 0
+  for fig in ("fig2_outputs", "fig3_translation", "fig4_no_removal", "fig5_histograms",
+              "fig6_enhanced", "fig7_alignment", "fig8_csf", "placement"):
+    assert (workdir / "figures" / f"{fig}.png").stat().st_size > 1000
+
+
+def test_results_json_layout(smoke_reproduce, smoke_run):
+  workdir, results = smoke_reproduce
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["config"]["name"] == "smoke"
+  prov = on_disk["provenance"]
+  assert {"version", "git_commit", "seed", "jax_version", "device"} <= set(prov)
+  for way in ("none", "manual", "gbp"):
+    for cls in ("wm", "gm", "csf"):
+      row = on_disk["tables"][way][cls]
+      assert set(row) == {"accuracy", "specificity", "sensitivity", "precision", "dsc"}
+      for v in row.values():
+        assert v is None or 0.0 <= v <= 1.0
+  brain = on_disk["brain"]
+  assert set(brain["gbp"]) == {"accuracy", "specificity", "sensitivity", "precision", "dsc"}
+  # The ceiling is the best shift of the same mask: never below the placement.
+  assert brain["gbp_ceiling"]["dsc"] >= brain["gbp"]["dsc"] - 1e-9
+  placement = on_disk["placement"]
+  assert placement["mean_abs_error_px"] >= 0
+  test_animals = smoke_run.split["test"]
+  assert len(placement["per_slice"]) == 40 * len(test_animals)
+  assert set(on_disk["per_animal"]) == set(test_animals)
+  assert on_disk["lognormal"]["winner"] in {"lognormal", "normal", "gamma", "weibull",
+                                            "exponential"}
+
+
+def test_placement_error_matches_meta(smoke_reproduce, phantom_dir):
+  """Per-slice truth is the test minus the reference displacement of meta.json."""
+  _, results = smoke_reproduce
+  ref = json.loads((phantom_dir / results["reference_animal"] / "meta.json").read_text())
+  row = results["placement"]["per_slice"][0]
+  test = json.loads((phantom_dir / row["animal"] / "meta.json").read_text())
+  expect = np.subtract(test["displacement_hw"], ref["displacement_hw"])
+  assert [row["true_dy"], row["true_dx"]] == pytest.approx(list(expect))
+  assert row["abs_error_px"] == pytest.approx(
+      np.mean(np.abs([row["dy"] - expect[0], row["dx"] - expect[1]])))
+
+
+def test_prediction_niftis_keep_input_geometry(smoke_reproduce, phantom_dir):
+  workdir, results = smoke_reproduce
+  animal = results["placement"]["per_slice"][0]["animal"]
+  src = nib.load(phantom_dir / animal / "image.nii.gz")
+  for kind in ("labels_gbp", "labels_manual", "brainmask_gbp"):
+    out = nib.load(workdir / "predictions" / f"{animal}_{kind}.nii.gz")
+    assert out.shape == src.shape
+    np.testing.assert_array_equal(out.affine, src.affine)
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_tables_md_has_paper_numbers(smoke_reproduce):
+  workdir, _ = smoke_reproduce
+  text = (workdir / "tables.md").read_text()
+  assert "(99.12)" in text and "(77.61)" in text  # paper Table 1 brain DSC, Table 2 CSF
+  assert "Table 1" in text and "Table 2" in text
