@@ -1,0 +1,128 @@
+"""Console scripts and the error edge shared by the binaries (DESIGN.md section 3).
+
+A console script must point into the package, so the ``main`` functions behind
+installed commands live here; ``experiments/*.py`` call the same functions.
+
+Error edge (:func:`run_main`): an expected error (a ValueError such as
+``data.DataError``, ``checkpoint.CheckpointError``,
+``inference.InferenceError``, or an OSError such as a full disk or a denied
+permission) ends the program with ONE line ``error: <message>`` on stderr and
+exit code 2, without a traceback; the message names the file and the problem.
+Any other exception is a bug and keeps its traceback. ``RODENT_GBP_TRACEBACK=1``
+shows tracebacks for expected errors too.
+
+  rodent-gbp-segment --input scan.nii.gz --checkpoint runs/main/checkpoints \\
+      --out_dir out/
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable
+
+from absl import flags
+
+EXIT_EXPECTED_ERROR = 2
+EXPECTED_ERRORS = (ValueError, OSError)
+
+
+def error_line(e: BaseException) -> str:
+  """The exception's message on one line (whitespace runs collapsed)."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def run_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+  """Wraps a binary's ``main(argv)`` in the error edge.
+
+  Usage in ``experiments/<binary>.py``::
+
+    @cli.run_main
+    def main(argv):
+      ...
+
+    if __name__ == "__main__":
+      app.run(main)
+
+  Raises:
+    SystemExit(2) after printing ``error: <message>`` to stderr, for the
+    expected errors; other exceptions propagate unchanged.
+  """
+
+  @functools.wraps(fn)
+  def wrapped(argv: list[str]) -> Any:
+    try:
+      return fn(argv)
+    except EXPECTED_ERRORS as e:
+      if os.environ.get("RODENT_GBP_TRACEBACK"):
+        raise
+      print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
+      raise SystemExit(EXIT_EXPECTED_ERROR) from None
+
+  return wrapped
+
+
+# --- rodent-gbp-segment ---------------------------------------------------------------
+
+
+def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the flags of ``rodent-gbp-segment`` on ``fv``."""
+  flags.DEFINE_string("input", None, "The scan to segment (NIfTI .nii or .nii.gz).",
+                      flag_values=fv)
+  flags.DEFINE_string("checkpoint", None, "A trained model folder, e.g. the main job's "
+                      "<workdir>/checkpoints (best params, config, normalisation, "
+                      "templates.npz).", flag_values=fv)
+  flags.DEFINE_string("out_dir", None, "Output folder (created if needed).",
+                      flag_values=fv)
+  flags.DEFINE_string("plane", "coronal", "Slicing plane: coronal, axial or sagittal.",
+                      flag_values=fv)
+  flags.DEFINE_integer("volume", None, "For a 4D series: the volume to segment (0-based).",
+                       flag_values=fv)
+  flags.DEFINE_bool("average", False, "For a 4D series: segment the mean of its volumes.",
+                    flag_values=fv)
+  flags.DEFINE_string("name", None, "Output file prefix; default: the input's file name "
+                      "without .nii[.gz].", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace existing outputs of the same name.",
+                    flag_values=fv)
+  flags.DEFINE_bool("qc", True, "Write the QC figure <name>_qc.png.", flag_values=fv)
+
+
+def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]], None]:
+  """``main(argv)`` of ``rodent-gbp-segment`` reading the flags in ``fv``."""
+
+  @run_main
+  def main(argv: list[str]) -> None:
+    from rodent_gbp import inference
+    if len(argv) > 1:
+      raise inference.InferenceError(f"unexpected arguments {argv[1:]}")
+    # Returns None: absl's app.run exits with main's return value.
+    inference.segment_scan(
+        fv["input"].value, fv["checkpoint"].value, fv["out_dir"].value,
+        plane=fv["plane"].value, volume=fv["volume"].value, average=fv["average"].value,
+        name=fv["name"].value, overwrite=fv["overwrite"].value, qc=fv["qc"].value,
+        log=lambda msg: print(msg, flush=True))
+
+  return main
+
+
+def segment_main(argv: list[str] | None = None) -> None:
+  """The ``rodent-gbp-segment`` console script (flags on a private FlagValues)."""
+  argv = list(sys.argv if argv is None else argv)
+  fv = flags.FlagValues()
+  define_segment_flags(fv)
+  if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+    print(f"usage: rodent-gbp-segment --input SCAN --checkpoint FOLDER --out_dir OUT\n\n"
+          f"{fv.get_help()}")
+    raise SystemExit(0)
+  try:
+    rest = fv(argv)
+  except flags.Error as e:
+    print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_EXPECTED_ERROR) from None
+  segment_command(fv)(rest)
+
+
+if __name__ == "__main__":
+  segment_main()
