@@ -84,7 +84,10 @@ _DEFAULT = Config(
     batch_size=5,
     loss="dice_ce",
     augment=True,
-    epochs=30,
+    # Measured on the 10-animal phantom, 2 busy CPU cores (5-17 img/s): val
+    # tissue Dice 0.99 by epoch 6, 0.995 by epoch 14; 15 epochs fit 600 s.
+    epochs=15,
+    max_train_seconds=600.0,
 )
 
 _SMOKE = Config(
