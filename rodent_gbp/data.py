@@ -324,6 +324,9 @@ def load_animal(animal_dir: str | pathlib.Path, *, plane: str = "coronal",
   elif label is not None:
     brainmask = label > 0
     meta["brainmask_source"] = "labels"
+  if brainmask is not None and not brainmask.any():
+    # Nothing to learn from and no template to place: most likely a wrong file.
+    raise DataError(f"{mask_path or label_path}: brain mask is empty (no brain voxels)")
 
   return _make_volume(image_path, image, affine, plane=plane, animal_id=folder.name,
                       label=label, brainmask=brainmask, meta=meta)
