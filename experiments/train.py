@@ -10,6 +10,7 @@ config.json, split.json and normalisation.json go to <workdir>/checkpoints.
 from absl import app
 from absl import flags
 
+from rodent_gbp import cli
 from rodent_gbp import configs
 from rodent_gbp import train
 
@@ -24,6 +25,7 @@ _LR = flags.DEFINE_float("learning_rate", None, "Override config.learning_rate."
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override config.batch_size.")
 
 
+@cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
