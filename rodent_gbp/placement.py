@@ -1,0 +1,563 @@
+"""Improved mask placement: template choice, scale, volume consistency, confidence.
+
+The paper places one reference animal's mask at one slice index (section 4.3,
+Fig. 7) and loses tissue DSC to misplacement and to brains of another size
+(section 4.4, Fig. 8). Here every training animal's mask at the slice position
+and its neighbours, at several scales, is a candidate; the candidates are one
+more batch axis of a single jitted call per test volume.
+
+Frames. The bank animals were acquired at their own displacements, so the bank
+is first *aligned*: each animal's masks are moved by the integer shift that
+brings their centroid (over all slices) onto the reference animal's (masks
+only, no truth needed). All candidates then share the reference's frame and one
+displacement means the same for all of them. A candidate of animal ``a`` placed
+by ``d`` is exactly right when ``d = disp[test] - disp[a] - to_reference[a]``
+(``disp`` the acquisition displacements meta.json records); that is the truth
+used for placement errors and for the oracle.
+
+Steps for one test volume with signal (S, H, W) (e.g. the enhanced GBP gradient
+image of each raw slice):
+
+1. ``coarse``: FFT correlation of each slice's signal with the mean of the
+   candidates' unscaled templates at that slice (one map per slice); argmax
+   ``d0`` and the peak-to-sidelobe ratio (PSR) of the map as the slice's
+   placement confidence.
+2. ``volume``: one rigid in-plane displacement ``D`` per volume, the
+   confidence-weighted median of ``d0`` over slices with PSR >= threshold.
+3. ``local``: every candidate scored at every shift within ``radius`` of the
+   search centre (``D`` in volume mode; otherwise ``d0``, or ``D`` for slices
+   below the threshold: the fallback) by normalised cross-correlation
+   ``<I, T> / (||T|| sqrt(<I^2, supp T>))`` (a cosine, so a bigger template
+   does not win by size), as one (positions x candidates) matmul per slice.
+4. ``choose``: volume mode picks the shift maximising the confidence-weighted
+   sum over slices of each slice's best candidate score (one displacement for
+   the volume), then per slice the best candidate at that shift; per-slice mode
+   picks the best (shift, candidate) of each slice.
+
+The removal mask can be dilated (``dilate`` pixels) before the test image is
+masked and segmented again: surface CSF is one or two pixels thick, and a mask
+one pixel too small cuts it off, while the network labels a thin ring of dark
+background outside the brain as background.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rodent_gbp import correlate
+from rodent_gbp import enhance
+
+# Incremented each time :func:`_place_volume` is traced (tests check it).
+TRACE_COUNT = {"place_volume": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImprovedOptions:
+  """Settings of the improved placement; hashable (a static jit argument).
+
+  Attributes:
+    signal: test image correlated with the templates: ``enhanced`` (Eq. 1 of
+      the gradient image), ``gradient`` (raw gradient image) or ``intensity``.
+    method: saliency method of the test gradient image (guided | vanilla |
+      deconvnet); the bank's templates stay the GBP ones.
+    template: ``gradient`` (mask x the bank's raw gradient image, Fig. 7a),
+      ``enhanced`` (mask x Eq. 1 of it) or ``mask``.
+    choose_template: candidates from every bank animal and slice offsets
+      ``-slice_offsets..slice_offsets``; False: the reference at the same slice.
+    slice_offsets: through-plane neighbours considered (+-).
+    scales: template scales about the mask's centroid; ``(1.0,)`` = no scaling.
+    volume: one rigid displacement per volume (else one per slice).
+    radius: half-width of the local search window (pixels) around the centre.
+    min_confidence: PSR below which a slice is not trusted: it gets no weight
+      in the volume's displacement and, per slice, falls back to it.
+    score: ``ncc`` (normalised cross-correlation) or ``energy`` (<I, T> / ||T||).
+    dilate: pixels by which the removal mask is dilated before re-segmentation.
+    center, width: Eq. 1 parameters for enhanced signals and templates.
+  """
+
+  signal: str = "enhanced"
+  method: str = "guided"
+  template: str = "gradient"
+  choose_template: bool = True
+  slice_offsets: int = 2
+  scales: tuple[float, ...] = (0.94, 0.97, 1.0, 1.03, 1.06)
+  volume: bool = True
+  radius: int = 3
+  min_confidence: float = 3.0
+  score: str = "ncc"
+  dilate: int = 1
+  center: float = 2.0
+  width: float = 0.5
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["scales"] = list(self.scales)
+    return d
+
+
+# --------------------------------------------------------------------------
+# Candidate bank: aligned, scaled templates (built once per bank and reading).
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Candidates:
+  """Scaled templates of the aligned bank.
+
+  Attributes:
+    masks: (A, S, N, H, W) bool candidate masks (N scales), reference frame.
+    templates: (A, S, N, H, W) float32 candidate templates.
+    to_reference: (A, 2) int shift that aligned each animal to the reference.
+    scales: the N scales.
+    reference: index of the reference animal.
+    kind: the template reading (gradient | enhanced | mask).
+  """
+
+  masks: jax.Array
+  templates: jax.Array
+  to_reference: np.ndarray
+  scales: tuple[float, ...]
+  reference: int
+  kind: str
+
+
+def alignment_shifts(masks: np.ndarray, reference: int) -> np.ndarray:
+  """(A, 2) integer shifts moving each animal's (S, H, W) masks onto the reference's.
+
+  The difference of the in-plane centroids of the whole brain (all slices),
+  rounded. Overlap maximisation was the first reading, but it is ambiguous
+  when one brain fits inside another (every shift keeping the smaller one
+  inside scores the same); centroids are not, and animals of another size
+  grow about a point near the centroid.
+  """
+  masks = np.asarray(masks, bool)
+  h, w = masks.shape[-2:]
+  rows = np.arange(h)[:, None]
+  cols = np.arange(w)[None, :]
+  count = masks.sum(axis=(1, 2, 3)).astype(np.float64)
+  if np.any(count == 0):
+    raise ValueError("a template animal has an empty brain mask")
+  cy = (masks * rows).sum(axis=(1, 2, 3)) / count
+  cx = (masks * cols).sum(axis=(1, 2, 3)) / count
+  centroid = np.stack([cy, cx], axis=-1)
+  return np.round(centroid[reference] - centroid).astype(np.int32)
+
+
+def _scale_about_centroid(image: jax.Array, weight: jax.Array, scale: jax.Array) -> jax.Array:
+  """(H, W) ``image`` scaled by ``scale`` about the centroid of ``weight``.
+
+  out(n) = image(c + (n - c) / scale), bilinear, zero outside the frame.
+  An empty ``weight`` scales about the frame's centre.
+  """
+  h, w = image.shape
+  rows = jnp.arange(h, dtype=jnp.float32)[:, None]
+  cols = jnp.arange(w, dtype=jnp.float32)[None, :]
+  total = jnp.sum(weight)
+  safe = jnp.where(total > 0, total, 1.0)
+  cy = jnp.where(total > 0, jnp.sum(weight * rows) / safe, (h - 1) / 2.0)
+  cx = jnp.where(total > 0, jnp.sum(weight * cols) / safe, (w - 1) / 2.0)
+  src_y = cy + (rows - cy) / scale + jnp.zeros_like(cols)
+  src_x = cx + (cols - cx) / scale + jnp.zeros_like(rows)
+  return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=1, mode="constant",
+                                           cval=0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _scaled_candidates(masks: jax.Array, gradients: jax.Array, scales: jax.Array,
+                       center: jax.Array, width: jax.Array, *, kind: str):
+  """Masks (M, N, H, W) bool and templates (M, N, H, W) for (M, H, W) inputs."""
+  m = masks.astype(jnp.float32)
+  if kind == "gradient":
+    weight = gradients
+  elif kind == "enhanced":
+    weight = enhance.enhance_gradient(gradients, center=center, width=width)
+  elif kind == "mask":
+    weight = jnp.ones_like(m)
+  else:
+    raise ValueError(f"unknown template {kind!r}; gradient | enhanced | mask")
+
+  def one(mask, wgt):
+    def at(scale):
+      sm = _scale_about_centroid(mask, mask, scale) >= 0.5
+      sw = _scale_about_centroid(wgt, mask, scale)
+      return sm, sm.astype(jnp.float32) * sw
+    return jax.vmap(at)(scales)
+
+  return jax.vmap(one)(m, weight)
+
+
+def build_candidates(bank, *, template: str = "gradient",
+                     scales: Sequence[float] = (1.0,), center: float = 2.0,
+                     width: float = 0.5) -> Candidates:
+  """Aligns ``bank`` (``pipeline.TemplateBank``) to its reference and scales it.
+
+  Alignment: :func:`alignment_shifts`; scaling: about each aligned mask's
+  centroid, bilinear, masks thresholded at 0.5.
+
+  Args:
+    bank: template bank with masks and gradients (A, S, H, W).
+    template: template reading, gradient | enhanced | mask.
+    scales: N scales about each mask's centroid.
+    center, width: Eq. 1 parameters for ``enhanced``.
+  Returns:
+    :class:`Candidates` (arrays on the device).
+  """
+  masks = jnp.asarray(bank.masks)
+  grads = jnp.asarray(bank.gradients)
+  to_ref = jnp.asarray(alignment_shifts(bank.masks, bank.reference))
+  a, s, h, w = masks.shape
+  # Align each animal (all slices) by its integer shift; zero-filled.
+  masks = correlate.shift_image(masks, to_ref[:, None, :])
+  grads = correlate.shift_image(grads, to_ref[:, None, :])
+  cm, ct = _scaled_candidates(masks.reshape(a * s, h, w), grads.reshape(a * s, h, w),
+                              jnp.asarray(scales, jnp.float32),
+                              jnp.asarray(center, jnp.float32),
+                              jnp.asarray(width, jnp.float32), kind=template)
+  n = len(scales)
+  return Candidates(masks=cm.reshape(a, s, n, h, w), templates=ct.reshape(a, s, n, h, w),
+                    to_reference=np.asarray(to_ref), scales=tuple(float(x) for x in scales),
+                    reference=int(bank.reference), kind=template)
+
+
+def candidate_set(options: ImprovedOptions, cands: Candidates) -> tuple[tuple[int, ...],
+                                                                         tuple[int, ...],
+                                                                         tuple[int, ...]]:
+  """(animals, slice offsets, scale indices) the options consider."""
+  num_animals = cands.masks.shape[0]
+  if options.choose_template:
+    animals = tuple(range(num_animals))
+    offsets = tuple(range(-options.slice_offsets, options.slice_offsets + 1))
+  else:
+    animals, offsets = (cands.reference,), (0,)
+  wanted = [float(s) for s in options.scales]
+  scale_idx = tuple(i for i, s in enumerate(cands.scales)
+                    if any(abs(s - x) < 1e-6 for x in wanted))
+  if len(scale_idx) != len(wanted):
+    raise ValueError(f"scales {options.scales} not all in the candidates' {cands.scales}")
+  return animals, offsets, scale_idx
+
+
+# --------------------------------------------------------------------------
+# The placement of one volume: one jitted call, candidates a batch axis.
+# --------------------------------------------------------------------------
+
+
+def weighted_median(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """Weighted median of (S,) values (lower one at ties); uniform if weights sum to 0."""
+  weights = jnp.where(jnp.sum(weights) > 0, weights, jnp.ones_like(weights))
+  order = jnp.argsort(values)
+  cum = jnp.cumsum(weights[order])
+  k = jnp.argmax(cum >= 0.5 * cum[-1])
+  return values[order][k]
+
+
+def _window_offsets(radius: int) -> jax.Array:
+  r = jnp.arange(-radius, radius + 1, dtype=jnp.int32)
+  return jnp.stack(jnp.meshgrid(r, r, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def _local_scores(signal: jax.Array, centre: jax.Array, templates: jax.Array,
+                  masks: jax.Array, offsets: jax.Array, score: str) -> jax.Array:
+  """(P, K) scores of K templates (K, H, W) at shifts ``centre + offsets`` (P, 2).
+
+  The template moved by d is compared with the signal as the signal moved by
+  -d compared with the template: one shift per position, then a matmul over
+  candidates.
+  """
+  h, w = signal.shape
+  windows = correlate.shift_image(signal, -(centre[None, :] + offsets))   # (P, H, W)
+  flat_w = windows.reshape(windows.shape[0], h * w)
+  flat_t = templates.reshape(templates.shape[0], h * w)
+  num = flat_w @ flat_t.T
+  norm_t = jnp.sqrt(jnp.sum(flat_t * flat_t, axis=-1))
+  safe_t = jnp.where(norm_t > 0, norm_t, 1.0)
+  if score == "energy":
+    out = num / safe_t[None, :]
+  elif score == "ncc":
+    energy = (flat_w * flat_w) @ masks.reshape(masks.shape[0], h * w).astype(jnp.float32).T
+    floor = 1e-6 * jnp.sum(signal * signal) + 1e-12
+    out = num / (safe_t[None, :] * jnp.sqrt(energy + floor))
+  else:
+    raise ValueError(f"unknown score {score!r}; ncc | energy")
+  return jnp.where(norm_t[None, :] > 0, out, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "animals", "offsets", "scale_idx", "unit_scale", "volume", "radius", "score",
+    "slice_batch"))
+def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Array,
+                  masks: jax.Array, min_confidence: jax.Array, *,
+                  animals: tuple[int, ...], offsets: tuple[int, ...],
+                  scale_idx: tuple[int, ...], unit_scale: int, volume: bool, radius: int,
+                  score: str, slice_batch: int = 8) -> dict[str, jax.Array]:
+  TRACE_COUNT["place_volume"] += 1
+  num_slices, h, w = signal.shape
+  bank_slices = templates.shape[1]
+  animals_a = jnp.asarray(animals, jnp.int32)
+  offsets_a = jnp.asarray(offsets, jnp.int32)
+  scale_a = jnp.asarray(scale_idx, jnp.int32)
+
+  def gather(s):
+    """Candidates of slice s: (K, H, W) templates and masks, K = A x O x N."""
+    bs = jnp.clip(s + offsets_a, 0, bank_slices - 1)
+    t = templates[animals_a[:, None, None], bs[None, :, None], scale_a[None, None, :]]
+    m = masks[animals_a[:, None, None], bs[None, :, None], scale_a[None, None, :]]
+    return t.reshape(-1, h, w), m.reshape(-1, h, w)
+
+  # 1. Coarse: one FFT correlation per slice with the mean unscaled template
+  #    at the slice's own position (all chosen animals).
+  sc = jnp.clip(slice_index, 0, bank_slices - 1)
+  mean_t = jnp.mean(templates[animals_a[:, None], sc[None, :], unit_scale], axis=0)
+  corr = correlate.cross_correlate(signal, mean_t, mode="same")
+  if score == "ncc":
+    # Normalised by the signal's energy under the (soft) mean support, so a
+    # bright region that is not brain-shaped does not win by brightness.
+    support = jnp.mean(masks[animals_a[:, None], sc[None, :], unit_scale].astype(jnp.float32),
+                       axis=0)
+    energy = correlate.cross_correlate(signal * signal, support, mode="same")
+    norm_t = jnp.sqrt(jnp.sum(mean_t * mean_t, axis=(-2, -1), keepdims=True))
+    floor = 1e-6 * jnp.sum(signal * signal, axis=(-2, -1), keepdims=True) + 1e-12
+    corr = corr / (jnp.where(norm_t > 0, norm_t, 1.0) * jnp.sqrt(jnp.maximum(energy, 0.0) + floor))
+  d0 = correlate.locate(corr, image_shape=(h, w), template_shape=(h, w), mode="same")
+  has_template = jnp.sum(mean_t, axis=(-2, -1)) > 0
+  psr = jnp.where(has_template, correlate.peak_confidence(corr), 0.0)
+  trusted = has_template & (psr >= min_confidence)
+
+  # 2. One rigid displacement per volume: confidence-weighted median per axis.
+  wts = jnp.where(trusted, psr, 0.0)
+  vol_d = jnp.stack([weighted_median(d0[:, i], wts) for i in range(2)]).astype(jnp.int32)
+
+  # 3. Local search around the centres, all candidates at once.
+  if volume:
+    centres = jnp.broadcast_to(vol_d, (num_slices, 2))
+  else:
+    centres = jnp.where(trusted[:, None], d0, vol_d[None, :])
+  window = _window_offsets(radius)
+
+  def slice_scores(args):
+    sig, s, c = args
+    t, m = gather(s)
+    return _local_scores(sig, c, t, m, window, score)
+
+  scores = jax.lax.map(slice_scores, (signal, slice_index, centres),
+                       batch_size=slice_batch)                           # (S, P, K)
+  best_k_per_p = jnp.max(scores, axis=-1)                                # (S, P)
+  if volume:
+    usable = jnp.where(jnp.isfinite(best_k_per_p), best_k_per_p, 0.0)
+    wsum = jnp.sum(jnp.where(has_template, 1.0, 0.0)[:, None] * usable, axis=0)
+    p_best = jnp.broadcast_to(jnp.argmax(wsum), (num_slices,))
+  else:
+    p_best = jnp.argmax(best_k_per_p, axis=-1)
+    # Fallback slices keep the volume's displacement itself.
+    p_best = jnp.where(trusted, p_best, (window.shape[0] - 1) // 2)
+  rows = jnp.arange(num_slices)
+  at_p = scores[rows, p_best]                                            # (S, K)
+  k_best = jnp.argmax(at_p, axis=-1)
+  best_score = at_p[rows, k_best]
+  disp = centres + window[p_best]
+  no_o, no_n = len(offsets), len(scale_idx)
+  cand_animal = animals_a[k_best // (no_o * no_n)]
+  cand_offset = offsets_a[(k_best // no_n) % no_o]
+  cand_scale = scale_a[k_best % no_n]
+  bs = jnp.clip(slice_index + cand_offset, 0, bank_slices - 1)
+  chosen = masks[cand_animal, bs, cand_scale]
+  placed = correlate.shift_image(chosen, disp)
+  empty = ~jnp.isfinite(best_score)
+  placed = jnp.where(empty[:, None, None], False, placed)
+  return {"displacement": disp, "coarse": d0, "volume_displacement": vol_d,
+          "confidence": psr, "fallback": ~trusted, "score": jnp.where(empty, 0.0, best_score),
+          "animal": cand_animal, "slice_offset": cand_offset, "scale_index": cand_scale,
+          "placed": placed, "correlation": corr}
+
+
+def place_volume(signal: jax.Array, cands: Candidates, options: ImprovedOptions, *,
+                 slice_index: jax.Array | None = None) -> dict[str, np.ndarray]:
+  """Improved placement for one test volume.
+
+  Args:
+    signal: (S, H, W) test signal (see ``ImprovedOptions.signal``).
+    cands: :func:`build_candidates` of the training bank.
+    options: :class:`ImprovedOptions`.
+    slice_index: (S,) bank slice index of each test slice (default 0..S-1).
+  Returns:
+    numpy dict: displacement (S, 2) int (reference frame; see module doc),
+    coarse (S, 2), volume_displacement (2,), confidence (S,) PSR, fallback (S,)
+    bool, score (S,), animal / slice_offset / scale_index (S,) of the chosen
+    candidate, placed (S, H, W) bool, correlation (S, H, W) coarse maps.
+  """
+  signal = jnp.asarray(signal, jnp.float32)
+  if slice_index is None:
+    slice_index = jnp.arange(signal.shape[0], dtype=jnp.int32)
+  animals, offsets, scale_idx = candidate_set(options, cands)
+  out = _place_volume(signal, jnp.asarray(slice_index, jnp.int32), cands.templates,
+                      cands.masks, jnp.asarray(options.min_confidence, jnp.float32),
+                      animals=animals, offsets=offsets, scale_idx=scale_idx,
+                      unit_scale=int(np.argmin(np.abs(np.asarray(cands.scales) - 1.0))),
+                      volume=options.volume, radius=options.radius, score=options.score)
+  return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+# --------------------------------------------------------------------------
+# Truth, oracle and the removal mask.
+# --------------------------------------------------------------------------
+
+
+def true_displacements(test_displacement: np.ndarray, bank_displacements: np.ndarray,
+                       to_reference: np.ndarray) -> np.ndarray:
+  """(A, 2) shift that puts each aligned bank animal's mask on the test brain.
+
+  ``disp[test] - disp[a] - to_reference[a]`` (module doc); NaN without truth.
+  """
+  return (np.asarray(test_displacement, np.float64)[None, :]
+          - np.asarray(bank_displacements, np.float64) - np.asarray(to_reference))
+
+
+@functools.partial(jax.jit, static_argnames=("offsets", "slice_batch"))
+def _oracle(true_mask: jax.Array, slice_index: jax.Array, masks: jax.Array,
+            shifts: jax.Array, *, offsets: tuple[int, ...], slice_batch: int = 8):
+  """Best candidate Dice per slice with every animal at its true shift."""
+  num_animals, bank_slices, num_scales, h, w = masks.shape
+  offsets_a = jnp.asarray(offsets, jnp.int32)
+
+  def one(args):
+    truth, s = args
+    bs = jnp.clip(s + offsets_a, 0, bank_slices - 1)
+    m = masks[:, bs]                                        # (A, O, N, H, W)
+    sh = jnp.broadcast_to(shifts[:, None, None, :], m.shape[:3] + (2,))
+    placed = correlate.shift_image(m, sh).reshape(-1, h, w)
+    t = truth[None]
+    tp = jnp.sum(placed & t, axis=(-2, -1))
+    fp = jnp.sum(placed & ~t, axis=(-2, -1))
+    fn = jnp.sum(~placed & t, axis=(-2, -1))
+    dice = 2 * tp / jnp.maximum(2 * tp + fp + fn, 1)
+    k = jnp.argmax(dice)
+    return jnp.stack([tp[k], fp[k], fn[k]]), dice[k]
+
+  return jax.lax.map(one, (true_mask, slice_index), batch_size=slice_batch)
+
+
+def oracle_counts(true_mask: np.ndarray, cands: Candidates, shifts: np.ndarray,
+                  *, slice_offsets: int = 2) -> tuple[np.ndarray, np.ndarray]:
+  """Brain counts of the oracle: true displacement, best template and scale.
+
+  Per slice, every candidate (bank animal, slice offset, scale) placed at its
+  animal's true shift; the one with the best Dice against the true mask is
+  kept (chosen with the truth: an upper bound for any choice). What is left is
+  shape mismatch, not placement.
+
+  Args:
+    true_mask: (S, H, W) bool.
+    cands: the candidates.
+    shifts: (A, 2) :func:`true_displacements`.
+  Returns:
+    (counts (4,) [TP, FP, FN, TN] pooled over slices, per-slice Dice (S,)).
+  """
+  true_mask = np.asarray(true_mask, bool)
+  s, h, w = true_mask.shape
+  counts, dice = _oracle(jnp.asarray(true_mask), jnp.arange(s, dtype=jnp.int32),
+                         cands.masks, jnp.asarray(np.round(shifts), jnp.int32),
+                         offsets=tuple(range(-slice_offsets, slice_offsets + 1)))
+  c = np.asarray(counts, np.int64).sum(0)
+  return np.array([c[0], c[1], c[2], s * h * w - c.sum()]), np.asarray(dice)
+
+
+@functools.partial(jax.jit, static_argnames=("radius",))
+def dilate(mask: jax.Array, radius: int) -> jax.Array:
+  """(..., H, W) bool masks dilated by ``radius`` pixels (4-neighbour steps).
+
+  Each step adds the pixels sharing an edge with the mask (a diamond of the
+  given radius in total); radius 0 returns the mask.
+  """
+  m = jnp.asarray(mask, bool)
+  for _ in range(radius):
+    p = jnp.pad(m, [(0, 0)] * (m.ndim - 2) + [(1, 1), (1, 1)])
+    m = (m | p[..., :-2, 1:-1] | p[..., 2:, 1:-1] | p[..., 1:-1, :-2] | p[..., 1:-1, 2:])
+  return m
+
+
+# --------------------------------------------------------------------------
+# Signals, evaluation of one test volume, the ablation.
+# --------------------------------------------------------------------------
+
+
+def signal_for(model, params, images: np.ndarray, options: ImprovedOptions, *,
+               cache: dict | None = None, batch_size: int = 40) -> np.ndarray:
+  """(S, H, W) test signal of raw slices (S, H, W, 1) for ``options``.
+
+  ``cache`` (per volume) keeps gradient images by method, so the ablation
+  computes each saliency map once; ``pipeline.evaluate_volume``'s guided
+  gradient image can be put there as ``cache["guided"]``.
+  """
+  from rodent_gbp import guided
+  from rodent_gbp import pipeline
+
+  if options.signal == "intensity":
+    return np.asarray(images[..., 0], np.float32)
+  cache = {} if cache is None else cache
+  if options.method not in cache:
+    fn = jax.jit(functools.partial(guided.gradient_image, model, method=options.method))
+    cache[options.method] = pipeline._run_batched(
+        lambda images: fn(params, images), {"images": images}, batch_size)["out"]
+  g = cache[options.method]
+  if options.signal == "gradient":
+    return np.asarray(g, np.float32)
+  if options.signal == "enhanced":
+    return np.asarray(enhance.enhance_gradient(g, center=options.center, width=options.width))
+  raise ValueError(f"unknown signal {options.signal!r}; enhanced | gradient | intensity")
+
+
+def placement_errors(placed: Mapping[str, np.ndarray], truth: np.ndarray) -> np.ndarray:
+  """(S,) |estimated - true| displacement averaged over the two axes.
+
+  ``truth`` is (A, 2) from :func:`true_displacements`: each slice is scored
+  against the truth of the animal whose candidate it chose.
+  """
+  true = np.asarray(truth)[placed["animal"]]
+  return np.abs(placed["displacement"] - true).mean(-1)
+
+
+def evaluate_improved(model, params, volume, cands: Candidates, bank,
+                      options: ImprovedOptions, *, cache: dict | None = None,
+                      batch_size: int = 40, num_classes: int = 4) -> dict[str, Any]:
+  """Improved placement, removal and re-segmentation of one test volume.
+
+  Returns:
+    dict with counts (C, 4) of the re-segmentation, brain_counts
+    {gbp_improved, oracle} (4,), the placement dict of :func:`place_volume`,
+    per-slice error (NaN without truth), true shifts (A, 2), labels (S, H, W),
+    oracle per-slice Dice.
+  """
+  from rodent_gbp import metrics
+  from rodent_gbp import pipeline
+
+  images = volume.image[..., None].astype(np.float32)
+  sig = signal_for(model, params, images, options, cache=cache, batch_size=batch_size)
+  placed = place_volume(sig, cands, options)
+  removal = np.asarray(dilate(placed["placed"], options.dilate))
+  masked = images * removal[..., None].astype(np.float32)
+  labels = pipeline._run_batched(
+      lambda images: pipeline.segment_batch(params, images, model=model),
+      {"images": masked}, batch_size)["out"]
+  truth = true_displacements(pipeline.recorded_displacement(volume), bank.displacements,
+                             cands.to_reference)
+  out = {"animal_id": volume.animal_id, "placement": placed, "labels": labels,
+         "removal": removal, "true_shifts": truth,
+         "error": placement_errors(placed, truth)}
+  if volume.label is not None and volume.brainmask is not None:
+    out["counts"] = np.asarray(metrics.confusion_counts(labels, volume.label.astype(np.int32),
+                                                        num_classes))
+    oracle, oracle_dice = (oracle_counts(volume.brainmask, cands, truth,
+                                         slice_offsets=options.slice_offsets)
+                           if np.all(np.isfinite(truth)) else (None, None))
+    out["brain_counts"] = {
+        "gbp_improved": np.asarray(metrics.binary_counts(placed["placed"], volume.brainmask))}
+    if oracle is not None:
+      out["brain_counts"]["oracle"] = oracle
+      out["oracle_dice"] = oracle_dice
+  return out
