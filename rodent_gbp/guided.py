@@ -94,9 +94,8 @@ def _normalise_target(target: Target, region: Any, num_classes: int):
   """Turns the user's ``target`` into a hashable spec plus an array ``region``.
 
   Returns ``(spec, region)`` where spec is ``("classes", classes, argmax,
-  squeeze)`` or ``("callable", fn)``. The class indices themselves are
-  passed to the compiled function as data (see :func:`_split_spec`), so every
-  single-class target shares one compilation.
+  squeeze)`` or ``("callable", fn)``; :func:`_split_spec` then moves what can
+  be data out of it.
   """
   if isinstance(target, tuple) and target and isinstance(target[0], str):
     kind = target[0]
@@ -136,40 +135,57 @@ def _normalise_target(target: Target, region: Any, num_classes: int):
   return ("classes", classes, False, squeeze), region
 
 
-def _split_spec(spec):
-  """Static part of a spec (class count instead of indices) and the indices."""
+def _split_spec(spec, region, images_shape):
+  """Static part of a spec and the data it selects with.
+
+  The static part is ``("classes", K, squeeze)`` or ``("callable", fn)``; the
+  data ``{"classes": (K,) int32, "argmax": () bool, "region": () or
+  (B, H, W) bool}`` is traced, so targets that differ only in class, argmax masking or region
+  share one compilation.
+  """
   if spec[0] != "classes":
     return spec, None
   _, classes, argmax, squeeze = spec
-  return ("classes", len(classes), argmax, squeeze), jnp.asarray(classes, jnp.int32)
+  if region is None:
+    # A scalar broadcasts over the output pixels inside.
+    region = jnp.asarray(True)
+  else:
+    region = jnp.asarray(region).astype(bool)
+    if region.ndim == 2:
+      region = jnp.broadcast_to(region, (images_shape[0], *region.shape))
+    if region.ndim != 3:
+      raise ValueError(f"region must be (H, W) or (B, H, W), got {region.shape}")
+  select = {"classes": jnp.asarray(classes, jnp.int32),
+            "argmax": jnp.asarray(argmax, bool), "region": region}
+  return ("classes", len(classes), squeeze), select
 
 
-def _class_cotangents(probs: jax.Array, classes: jax.Array, argmax: bool,
-                      region: jax.Array | None) -> jax.Array:
+def _class_cotangents(probs: jax.Array, select: dict) -> jax.Array:
   """Cotangents (K, B, H, W, C) of ``sum_pixels w_k * p_{c_k}`` w.r.t. probs.
 
-  ``classes`` is a (K,) int array.
+  ``w_k`` is the region, times (when ``select["argmax"]``) the pixels where
+  the network predicts ``c_k``.
   """
-  batch, height, width, num_classes = probs.shape
+  num_classes = probs.shape[-1]
+  classes = select["classes"]
+  region = select["region"]
+  if region.ndim and region.shape != probs.shape[:3]:
+    raise ValueError(f"region of shape {region.shape} does not match the output "
+                     f"pixels {probs.shape[:3]}")
+  region = jnp.broadcast_to(region, probs.shape[:3])
   onehot = jax.nn.one_hot(classes, num_classes, dtype=probs.dtype)  # (K, C)
-  weight = jnp.ones((classes.shape[0], batch, height, width), probs.dtype)
-  if argmax:
-    # The argmax mask is a constant of the objective: where the network
-    # predicts c_k (no gradient flows through the argmax itself).
-    pred = jnp.argmax(probs, axis=-1)  # (B, H, W)
-    hit = pred[None] == classes[:, None, None, None]
-    weight = weight * hit.astype(probs.dtype)
-  if region is not None:
-    region = jnp.broadcast_to(jnp.asarray(region), (batch, height, width))
-    weight = weight * region.astype(probs.dtype)[None]
+  # The argmax mask is a constant of the objective: where the network
+  # predicts c_k (no gradient flows through the argmax itself).
+  pred = jnp.argmax(probs, axis=-1)  # (B, H, W)
+  hit = (pred[None] == classes[:, None, None, None]) | ~select["argmax"]
+  weight = (hit & region[None]).astype(probs.dtype)  # (K, B, H, W)
   return weight[..., None] * onehot[:, None, None, None, :]
 
 
-def _maps(model: nn.Module, params, images: jax.Array, spec, classes,
-          region) -> jax.Array:
+def _maps(model: nn.Module, params, images: jax.Array, spec, select) -> jax.Array:
   """Gradient maps of ``model`` (activation already set): (B, K, H, W) or (B, H, W).
 
-  ``spec`` is static (from :func:`_split_spec`), ``classes`` its (K,) indices.
+  ``spec`` and ``select`` come from :func:`_split_spec`.
   """
 
   def probs_fn(x):
@@ -181,23 +197,23 @@ def _maps(model: nn.Module, params, images: jax.Array, spec, classes,
     cot = jax.grad(lambda p: jnp.sum(fn(p)))(probs)
     (grad,) = pullback(cot)
     return grad[..., 0]
-  _, num_maps, argmax, squeeze = spec
-  cots = _class_cotangents(probs, classes, argmax, region)
+  _, num_maps, squeeze = spec
+  cots = _class_cotangents(probs, select)
   if num_maps == 1:
     (grad,) = pullback(cots[0])
     grads = grad[None]
   else:
-    # One forward pass for all classes: the pullback is linear in its
-    # cotangent (for a fixed forward pass; the guided rule is not linear in
-    # it, which is why each class keeps its own cotangent), so vmap turns K
-    # backward passes into one batched one.
+    # One forward pass for all classes: for a fixed forward pass the pullback
+    # is applied to each class's own cotangent (the guided rule is not linear
+    # in it, so they cannot be summed); vmap turns the K backward passes into
+    # one batched one.
     (grads,) = jax.vmap(pullback)(cots)  # (K, B, H, W, 1)
   grads = jnp.moveaxis(grads[..., 0], 0, 1)  # (B, K, H, W)
   return grads[:, 0] if squeeze else grads
 
 
-def _saliency_core(model: nn.Module, params, images: jax.Array, classes,
-                   region, rng, noise, *, method: str, spec, samples: int,
+def _saliency_core(model: nn.Module, params, images: jax.Array, select,
+                   rng, noise, *, method: str, spec, samples: int,
                    smooth_base: str) -> jax.Array:
   if method == "smoothgrad":
     if smooth_base not in _ACTIVATIONS:
@@ -212,19 +228,20 @@ def _saliency_core(model: nn.Module, params, images: jax.Array, classes,
 
     def body(total, key):
       eps = jax.random.normal(key, images.shape, images.dtype) * sigma
-      return total + _maps(base, params, images + eps, spec, classes, region), None
+      return total + _maps(base, params, images + eps, spec, select), None
 
-    shape = jax.eval_shape(lambda x: _maps(base, params, x, spec, classes, region), images)
+    shape = jax.eval_shape(lambda x: _maps(base, params, x, spec, select), images)
     total, _ = jax.lax.scan(body, jnp.zeros(shape.shape, shape.dtype),
                             jax.random.split(rng, samples))
     return total / samples
   return _maps(model.clone(activation=_ACTIVATIONS[method]), params, images,
-               spec, classes, region)
+               spec, select)
 
 
-# Compiled once per (model, method, target kind, number of maps, shapes):
-# model is a hashable Flax dataclass, the static spec a tuple (or a function,
-# hashed by identity); class indices, region, rng and noise are data.
+# Compiled once per (model, method, number of maps, shapes): model is a
+# hashable Flax dataclass, the static spec a tuple (or a callable target,
+# hashed by identity); class indices, argmax flag, region, rng and noise are
+# data.
 saliency_jit = jax.jit(
     _saliency_core,
     static_argnames=("model", "method", "spec", "samples", "smooth_base"))
@@ -272,9 +289,8 @@ def saliency(model: nn.Module, params, images: jax.Array, *,
   if images.ndim != 4 or images.shape[-1] != 1:
     raise ValueError(f"images must be (B, H, W, 1), got {images.shape}")
   spec, region = _normalise_target(target, region, model.num_classes)
-  spec, classes = _split_spec(spec)
-  return saliency_jit(model, params, images, classes, region, rng, noise,
-                      method=method,
+  spec, select = _split_spec(spec, region, images.shape)
+  return saliency_jit(model, params, images, select, rng, noise, method=method,
                       spec=spec, samples=samples, smooth_base=smooth_base)
 
 
