@@ -17,6 +17,11 @@ masks at the same slice indices:
 Everything per slice is written for a batch and jitted once per (batch shape,
 options); the template bank (every training animal's masks and gradient
 images) lives on the device and is indexed inside the jitted function.
+
+Devices: every batch is split over a ``parallel.make_mesh()`` mesh (all
+devices by default; one device is a mesh of one) and params and bank are
+replicated, so the same jitted functions run on 1 or N devices and hosts. A
+batch the device count does not divide is padded and the padding dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 from rodent_gbp import correlate
 from rodent_gbp import enhance
 from rodent_gbp import guided
+from rodent_gbp import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,12 +154,15 @@ def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def build_template_bank(model, params, volumes, *, options: PlacementOptions,
-                        batch_size: int = 40) -> TemplateBank:
+                        batch_size: int = 40, mesh=None) -> TemplateBank:
   """Template bank from training volumes (``data.Volume`` with brain masks).
 
   The gradient image of each training slice is computed on its skull-stripped
   slice (DESIGN.md: shape template), so the template has no artifacts.
+  ``mesh`` (default: all devices) splits each batch over devices.
   """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  params = parallel.replicate(params, mesh)
   masks, grads, vols = [], [], []
   for v in volumes:
     if v.brainmask is None:
@@ -162,8 +171,10 @@ def build_template_bank(model, params, volumes, *, options: PlacementOptions,
     n = stripped.shape[0]
 
     def chunk(i, j, stripped=stripped):
-      x = _pad_to(stripped[i:j], batch_size)
-      return np.asarray(_bank_gradients(params, x, model=model, options=options))[: j - i]
+      x = _pad_to(stripped[i:j], parallel.padded_size(batch_size, mesh.size))
+      x = parallel.shard_batch(parallel.local_share(x, mesh), mesh)
+      g = _bank_gradients(params, x, model=model, options=options)
+      return parallel.to_host(g)[: j - i]
 
     grads.append(_batched(chunk, n, batch_size))
     masks.append(v.brainmask.astype(bool))
@@ -308,33 +319,41 @@ def best_shift_dice(true_mask: jax.Array, ref_mask: jax.Array):
 best_shift_dice_jit = jax.jit(best_shift_dice)
 
 
-def _run_batched(fn, arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+def _run_batched(fn, arrays: Mapping[str, np.ndarray], batch_size: int,
+                 mesh=None) -> dict[str, np.ndarray]:
   """Calls jitted ``fn(**batch)`` on fixed-size batches (padded), one compile.
 
   The last batch is padded by repeating its last row, and the padded rows
   are dropped from every output, so the results are exactly per input row.
+  Each batch is split over ``mesh`` (default: all devices); ``batch_size`` is
+  rounded up to a multiple of the device count (the extra rows are padding).
   """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  size = parallel.padded_size(batch_size, mesh.size)
   n = len(next(iter(arrays.values())))
   outs: dict[str, list[np.ndarray]] = {}
   for i in range(0, n, batch_size):
     j = min(i + batch_size, n)
-    batch = {k: _pad_to(np.asarray(v[i:j]), batch_size) for k, v in arrays.items()}
-    out = fn(**batch)
+    batch = {k: _pad_to(np.asarray(v[i:j]), size) for k, v in arrays.items()}
+    out = fn(**parallel.shard_batch(parallel.local_share(batch, mesh), mesh))
     if not isinstance(out, dict):
       out = {"out": out}
-    for k, v in jax.device_get(out).items():
+    for k, v in parallel.to_host(out).items():
       outs.setdefault(k, []).append(np.asarray(v)[: j - i])
   return {k: np.concatenate(v) for k, v in outs.items()}
 
 
 def evaluate_volume(model, params, volume, bank: TemplateBank, *,
                     options: PlacementOptions, batch_size: int,
-                    num_classes: int = 4) -> dict[str, Any]:
+                    num_classes: int = 4, mesh=None) -> dict[str, Any]:
   """Segments one test animal three ways and scores it against its labels.
 
   The three ways: no background removal (raw slices), manual removal (the
   true brain mask applied) and GBP removal (:func:`remove_background`). Also
   the placement ceiling (:func:`best_shift_dice` of the reference mask).
+  Every batch is split over ``mesh`` (default: all devices, see
+  ``rodent_gbp.parallel``); in a multi-host run every process calls this
+  with the same volume and hands over only its rows of each batch.
 
   Returns:
     dict with ``counts`` {none, manual, gbp: (C, 4)}, ``brain_counts``
@@ -350,21 +369,24 @@ def evaluate_volume(model, params, volume, bank: TemplateBank, *,
   stripped = (volume.image * volume.brainmask)[..., None].astype(np.float32)
   n = images.shape[0]
   slice_index = np.arange(n, dtype=np.int32)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  params = parallel.replicate(params, mesh)
   seg = functools.partial(segment_batch, params, model=model)
-  none_labels = _run_batched(lambda images: seg(images), {"images": images}, batch_size)["out"]
-  manual_labels = _run_batched(lambda images: seg(images), {"images": stripped}, batch_size)["out"]
-  bank_masks = jnp.asarray(bank.masks)
-  bank_grads = jnp.asarray(bank.gradients)
-  ref = jnp.asarray(bank.reference, jnp.int32)
+  none_labels = _run_batched(lambda images: seg(images), {"images": images}, batch_size,
+                             mesh)["out"]
+  manual_labels = _run_batched(lambda images: seg(images), {"images": stripped}, batch_size,
+                               mesh)["out"]
+  bank_masks, bank_grads, ref = parallel.replicate(
+      (bank.masks, bank.gradients, np.int32(bank.reference)), mesh)
   gbp = _run_batched(
       lambda images, slice_index: remove_background(
           params, images, slice_index, bank_masks, bank_grads, ref,
           model=model, options=options),
-      {"images": images, "slice_index": slice_index}, batch_size)
+      {"images": images, "slice_index": slice_index}, batch_size, mesh)
   ref_masks = bank.masks[bank.reference, np.clip(slice_index, 0, bank.masks.shape[1] - 1)]
   ceil = _run_batched(
       lambda t, r: dict(zip(("dice", "shift", "overlap", "inside"), best_shift_dice_jit(t, r))),
-      {"t": volume.brainmask, "r": ref_masks}, batch_size)
+      {"t": volume.brainmask, "r": ref_masks}, batch_size, mesh)
 
   truth = volume.label.astype(np.int32)
   counts = {way: np.asarray(metrics.confusion_counts(lab, truth, num_classes))
