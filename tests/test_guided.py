@@ -184,7 +184,7 @@ def test_vanilla_is_the_autodiff_gradient(small):
   net, params, images = small
   fn = lambda x: jnp.sum(jax.nn.softmax(net.apply({"params": params}, x), -1)[..., 2])
   np.testing.assert_allclose(guided.saliency(net, params, images, method="vanilla", target=2),
-                             jax.grad(fn)(images)[..., 0], rtol=1e-5, atol=1e-7)
+                             jax.jit(jax.grad(fn))(images)[..., 0], rtol=1e-5, atol=1e-7)
 
 
 def test_maps_are_per_image(small):
@@ -301,3 +301,24 @@ def test_trained_network_differs_from_random(smoke_run, phantom_dir):
   unit = lambda g: g.ravel() / np.linalg.norm(g.ravel())
   cosine = float(unit(trained) @ unit(rand))
   assert cosine < 0.9, cosine
+
+
+def test_saliency_experiment_writes_maps_and_figure(smoke_run, phantom_dir, tmp_path):
+  import importlib.util
+  import json
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "saliency.py"
+  spec = importlib.util.spec_from_file_location("saliency_experiment", path)
+  experiment = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(experiment)
+  summary = experiment.run(smoke_run.checkpoint_dir, tmp_path, data_dir=phantom_dir,
+                           animal="rat00", slices=[20], shift=8)
+  maps = np.load(tmp_path / "rat00_s20_maps.npy")
+  shifted = np.load(tmp_path / "rat00_s20_shift8_maps.npy")
+  assert maps.shape == shifted.shape == (4, 96, 96)
+  np.testing.assert_allclose(np.load(tmp_path / "rat00_s20_probs.npy").sum(0), 1, atol=1e-5)
+  assert (tmp_path / "rat00_s20.png").stat().st_size > 10_000
+  assert json.loads((tmp_path / "saliency.json").read_text()) == summary
+  # Fig. 3: the translated map is the translated map, up to the border band.
+  entry = summary["slices"]["20"]
+  assert entry["translation_rel_error_inner"] < 0.05 < entry["translation_rel_error_all"]
