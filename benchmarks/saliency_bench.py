@@ -1,0 +1,199 @@
+"""Benchmark: saliency throughput, and Captum's GuidedBackprop on the same weights.
+
+On the default U-Net (features 16, depth 3, 4 classes, 96 x 96 slices) and a
+batch of B = 8 slices, this script times, side by side in one process:
+
+* ``vanilla_1``: the plain gradient of one class target (``method="vanilla"``);
+* ``guided_1``: Guided Backpropagation for one class;
+* ``guided_all``: Guided Backpropagation for all 4 classes (one forward pass,
+  the pullback vmapped over 4 cotangents);
+* ``captum_all``: Captum's ``GuidedBackprop`` on a PyTorch twin of the U-Net
+  (``benchmarks/torch_unet.py``) holding the *same* weights, one
+  ``attribute`` call per class (Captum explains one target at a time). The
+  torch model's output is the same objective per image and class: the sum
+  over pixels of the softmax probability. Its params do not require grad
+  (only input gradients are needed, as on the JAX side).
+
+Every JAX function is jitted and warmed up first. Repeats are interleaved
+(vanilla, guided, all, captum, vanilla, ...) so background load on this shared
+machine hits all four alike; medians are reported as slices/s. The maps of
+``guided_all`` and ``captum_all`` are compared: max |ours - captum| divided by
+max |captum|. Params are the randomly initialised U-Net with small random
+biases (Flax starts biases at 0), or a trained run's with ``--checkpoint``.
+
+  pip install torch==2.13.0 captum      # the `bench` extra; CPU-only torch
+  python benchmarks/saliency_bench.py [--batch 8] [--repeats 9] \
+      [--out benchmarks/results/saliency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(_HERE))
+from rodent_gbp import guided  # noqa: E402  (script run from a checkout)
+from rodent_gbp import model as model_lib  # noqa: E402
+
+_DEFAULT_OUT = _HERE / "results" / "saliency.json"
+
+
+def _params(features: int, depth: int, size: int, checkpoint: str | None, seed: int):
+  if checkpoint:
+    from rodent_gbp import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+    loaded = ckpt.load_model(checkpoint)
+    c = loaded.config
+    return (model_lib.UNet(features=c.features, depth=c.depth, num_classes=c.num_classes),
+            jax.tree_util.tree_map(jnp.asarray, loaded.params))
+  net = model_lib.UNet(features=features, depth=depth)
+  params = model_lib.init_params(net, jax.random.key(seed), (size, size))
+  leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  leaves = [0.05 * jax.random.normal(k, v.shape) if path[-1].key == "bias" else v
+            for k, (path, v) in zip(keys, leaves)]
+  return net, jax.tree_util.tree_unflatten(tree, leaves)
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def run(batch: int, size: int, repeats: int, features: int = 16, depth: int = 3,
+        checkpoint: str | None = None, seed: int = 0) -> dict:
+  """Times the four variants; returns the JSON-able record."""
+  import captum  # pylint: disable=g-import-not-at-top
+  from captum.attr import GuidedBackprop  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_unet  # pylint: disable=g-import-not-at-top
+
+  net, params = _params(features, depth, size, checkpoint, seed)
+  rng = np.random.default_rng(seed)
+  images_np = rng.standard_normal((batch, size, size, 1)).astype(np.float32)
+  images = jnp.asarray(images_np)
+  num_classes = net.num_classes
+
+  def jax_fn(method, target):
+    def go():
+      return guided.saliency(net, params, images, method=method,
+                             target=target).block_until_ready()
+    return go
+
+  ours = {
+      "vanilla_1": jax_fn("vanilla", 1),
+      "guided_1": jax_fn("guided", 1),
+      "guided_all": jax_fn("guided", "all"),
+  }
+
+  tnet = torch_unet.from_flax(jax.device_get(params), features=net.features,
+                              depth=net.depth, num_classes=num_classes)
+  for p in tnet.parameters():
+    p.requires_grad_(False)
+  gbp = GuidedBackprop(torch_unet.ClassScore(tnet))
+  images_t = torch.from_numpy(images_np.transpose(0, 3, 1, 2).copy())
+
+  def captum_all():
+    return torch.stack([gbp.attribute(images_t, target=c)[:, 0]
+                        for c in range(num_classes)], dim=1)
+
+  # Agreement of the forward pass and of the maps (same weights, same input).
+  with torch.no_grad():
+    logits_t = tnet(images_t).numpy().transpose(0, 2, 3, 1)
+  logits_j = np.asarray(net.apply({"params": params}, images))
+  ours_maps = np.asarray(ours["guided_all"]())
+  captum_maps = captum_all().numpy()
+  diff = float(np.abs(ours_maps - captum_maps).max() / np.abs(captum_maps).max())
+
+  # Warm-up (compilation), then interleaved repeats.
+  for fn in ours.values():
+    fn()
+  captum_all()
+  times = {name: [] for name in [*ours, "captum_all"]}
+  load_before = os.getloadavg()
+  for _ in range(repeats):
+    for name, fn in ours.items():
+      times[name].append(_timed(fn))
+    times["captum_all"].append(_timed(captum_all))
+  load_after = os.getloadavg()
+
+  median = {k: statistics.median(v) for k, v in times.items()}
+  rate = {k: batch / v for k, v in median.items()}
+  ratios = {
+      "guided_1_over_vanilla_1_time": median["guided_1"] / median["vanilla_1"],
+      "guided_all_over_guided_1_time": median["guided_all"] / median["guided_1"],
+      "guided_all_over_captum_all_throughput": rate["guided_all"] / rate["captum_all"],
+  }
+  targets = {
+      "guided_1_over_vanilla_1_time": ("<=", 1.15),
+      "guided_all_over_guided_1_time": ("<=", 3.0),
+      "guided_all_over_captum_all_throughput": (">=", 1.3),
+      "max_rel_map_difference": ("<=", 1e-4),
+  }
+  measured = dict(ratios, max_rel_map_difference=diff)
+  met = {k: (measured[k] <= v if op == "<=" else measured[k] >= v)
+         for k, (op, v) in targets.items()}
+  return {
+      "benchmark": "saliency",
+      "model": {"features": net.features, "depth": net.depth,
+                "num_classes": num_classes, "params": model_lib.count_params(params),
+                "checkpoint": checkpoint},
+      "batch": batch, "image": [size, size], "repeats": repeats,
+      "median_seconds": median,
+      "slices_per_s": rate,
+      "all_times_seconds": times,
+      "ratios": ratios,
+      "max_rel_map_difference": diff,
+      "max_rel_logit_difference": float(np.abs(logits_t - logits_j).max()
+                                        / np.abs(logits_j).max()),
+      "targets": {k: f"{op} {v}" for k, (op, v) in targets.items()},
+      "targets_met": met,
+      "environment": {
+          "jax": jax.__version__, "torch": torch.__version__,
+          "captum": captum.__version__, "torch_threads": torch.get_num_threads(),
+          "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
+          "platform": platform.platform(), "python": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "loadavg_before": load_before, "loadavg_after": load_after,
+          "note": "shared machine; other jobs ran concurrently (see loadavg)",
+      },
+  }
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--size", type=int, default=96)
+  parser.add_argument("--repeats", type=int, default=9)
+  parser.add_argument("--features", type=int, default=16)
+  parser.add_argument("--depth", type=int, default=3)
+  parser.add_argument("--checkpoint", default=None,
+                      help="a trained run's checkpoints folder (default: random init)")
+  parser.add_argument("--out", default=str(_DEFAULT_OUT))
+  args = parser.parse_args(argv)
+  record = run(args.batch, args.size, args.repeats, args.features, args.depth,
+               args.checkpoint)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(record, indent=2))
+  print(json.dumps({k: record[k] for k in ("slices_per_s", "ratios",
+                                           "max_rel_map_difference",
+                                           "max_rel_logit_difference",
+                                           "targets_met")}, indent=2))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
