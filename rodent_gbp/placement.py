@@ -63,11 +63,14 @@ class ImprovedOptions:
 
   Attributes:
     signal: test image correlated with the templates: ``enhanced`` (Eq. 1 of
-      the gradient image), ``gradient`` (raw gradient image) or ``intensity``.
+      the gradient image), ``gradient`` (raw gradient image), ``log`` (its
+      log, :func:`log_gradient`) or ``intensity``.
     method: saliency method of the test gradient image (guided | vanilla |
       deconvnet); the bank's templates stay the GBP ones.
-    template: ``gradient`` (mask x the bank's raw gradient image, Fig. 7a),
-      ``enhanced`` (mask x Eq. 1 of it) or ``mask``.
+    template: ``gradient`` (mask x the bank's gradient image, Fig. 7a),
+      ``enhanced`` (mask x Eq. 1 of it), ``mask``, or ``appearance`` (the
+      log gradient image of the bank's raw slices over the window).
+    margin: window margin (pixels) of the ``zncc`` score.
     choose_template: candidates from every bank animal and slice offsets
       ``-slice_offsets..slice_offsets``; False: the reference at the same slice.
     slice_offsets: through-plane neighbours considered (+-).
@@ -91,6 +94,7 @@ class ImprovedOptions:
   radius: int = 3
   min_confidence: float = 3.0
   score: str = "ncc"
+  margin: int = 0
   dilate: int = 1
   center: float = 2.0
   width: float = 0.5
@@ -112,6 +116,7 @@ class Candidates:
 
   Attributes:
     masks: (A, S, N, H, W) bool candidate masks (N scales), reference frame.
+    windows: (A, S, N, H, W) bool masks dilated by ``margin`` (zncc windows).
     templates: (A, S, N, H, W) float32 candidate templates.
     to_reference: (A, 2) int shift that aligned each animal to the reference.
     scales: the N scales.
@@ -125,6 +130,8 @@ class Candidates:
   scales: tuple[float, ...]
   reference: int
   kind: str
+  windows: jax.Array | None = None
+  margin: int = 0
 
 
 def alignment_shifts(masks: np.ndarray, reference: int) -> np.ndarray:
@@ -168,12 +175,15 @@ def _scale_about_centroid(image: jax.Array, weight: jax.Array, scale: jax.Array)
                                            cval=0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("kind",))
+@functools.partial(jax.jit, static_argnames=("kind", "margin"))
 def _scaled_candidates(masks: jax.Array, gradients: jax.Array, scales: jax.Array,
-                       center: jax.Array, width: jax.Array, *, kind: str):
-  """Masks (M, N, H, W) bool and templates (M, N, H, W) for (M, H, W) inputs."""
+                       center: jax.Array, width: jax.Array, *, kind: str, margin: int):
+  """Masks, windows (M, N, H, W) bool and templates (M, N, H, W) for (M, H, W) inputs."""
   m = masks.astype(jnp.float32)
-  if kind == "gradient":
+  if kind == "appearance":
+    # The weight is an image of the whole window (brain and its surroundings).
+    weight = gradients
+  elif kind == "gradient":
     weight = gradients
   elif kind == "enhanced":
     weight = enhance.enhance_gradient(gradients, center=center, width=width)
@@ -186,7 +196,9 @@ def _scaled_candidates(masks: jax.Array, gradients: jax.Array, scales: jax.Array
     def at(scale):
       sm = _scale_about_centroid(mask, mask, scale) >= 0.5
       sw = _scale_about_centroid(wgt, mask, scale)
-      return sm, sm.astype(jnp.float32) * sw
+      win = dilate(sm, margin)
+      inside = win if kind == "appearance" else sm
+      return sm, win, inside.astype(jnp.float32) * sw
     return jax.vmap(at)(scales)
 
   return jax.vmap(one)(m, weight)
@@ -194,7 +206,8 @@ def _scaled_candidates(masks: jax.Array, gradients: jax.Array, scales: jax.Array
 
 def build_candidates(bank, *, template: str = "gradient",
                      scales: Sequence[float] = (1.0,), center: float = 2.0,
-                     width: float = 0.5) -> Candidates:
+                     width: float = 0.5, margin: int = 0,
+                     appearance: np.ndarray | None = None) -> Candidates:
   """Aligns ``bank`` (``pipeline.TemplateBank``) to its reference and scales it.
 
   Alignment: :func:`alignment_shifts`; scaling: about each aligned mask's
@@ -205,6 +218,11 @@ def build_candidates(bank, *, template: str = "gradient",
     template: template reading, gradient | enhanced | mask.
     scales: N scales about each mask's centroid.
     center, width: Eq. 1 parameters for ``enhanced``.
+    margin: pixels around each mask inside the comparison window of the
+      ``zncc`` score (the dark skull ring around a brain is part of its look).
+    appearance: (A, S, H, W) images for ``template="appearance"``: the
+      template is this image over the whole window (e.g. the log of the GBP
+      gradient image of the bank's *raw* slices, what a test slice looks like).
   Returns:
     :class:`Candidates` (arrays on the device).
   """
@@ -214,13 +232,19 @@ def build_candidates(bank, *, template: str = "gradient",
   a, s, h, w = masks.shape
   # Align each animal (all slices) by its integer shift; zero-filled.
   masks = correlate.shift_image(masks, to_ref[:, None, :])
+  if template == "appearance":
+    if appearance is None:
+      raise ValueError("template 'appearance' needs the appearance images")
+    grads = jnp.asarray(appearance, jnp.float32)
   grads = correlate.shift_image(grads, to_ref[:, None, :])
-  cm, ct = _scaled_candidates(masks.reshape(a * s, h, w), grads.reshape(a * s, h, w),
-                              jnp.asarray(scales, jnp.float32),
-                              jnp.asarray(center, jnp.float32),
-                              jnp.asarray(width, jnp.float32), kind=template)
+  cm, cw, ct = _scaled_candidates(masks.reshape(a * s, h, w), grads.reshape(a * s, h, w),
+                                  jnp.asarray(scales, jnp.float32),
+                                  jnp.asarray(center, jnp.float32),
+                                  jnp.asarray(width, jnp.float32), kind=template,
+                                  margin=margin)
   n = len(scales)
   return Candidates(masks=cm.reshape(a, s, n, h, w), templates=ct.reshape(a, s, n, h, w),
+                    windows=cw.reshape(a, s, n, h, w), margin=margin,
                     to_reference=np.asarray(to_ref), scales=tuple(float(x) for x in scales),
                     reference=int(bank.reference), kind=template)
 
@@ -263,36 +287,67 @@ def _window_offsets(radius: int) -> jax.Array:
 
 
 def _local_scores(signal: jax.Array, centre: jax.Array, templates: jax.Array,
-                  masks: jax.Array, offsets: jax.Array, score: str) -> jax.Array:
+                  masks: jax.Array, windows: jax.Array, offsets: jax.Array,
+                  score: str) -> jax.Array:
   """(P, K) scores of K templates (K, H, W) at shifts ``centre + offsets`` (P, 2).
 
   The template moved by d is compared with the signal as the signal moved by
-  -d compared with the template: one shift per position, then a matmul over
-  candidates.
+  -d compared with the template: one shift per position, then matmuls over
+  candidates. ``zncc`` compares over each candidate's window (mask dilated by
+  the margin), zero-mean: a cosine of the deviations from the window means.
   """
   h, w = signal.shape
-  windows = correlate.shift_image(signal, -(centre[None, :] + offsets))   # (P, H, W)
-  flat_w = windows.reshape(windows.shape[0], h * w)
+  windows_p = correlate.shift_image(signal, -(centre[None, :] + offsets))   # (P, H, W)
+  flat_i = windows_p.reshape(windows_p.shape[0], h * w)
   flat_t = templates.reshape(templates.shape[0], h * w)
-  num = flat_w @ flat_t.T
+  num = flat_i @ flat_t.T
   norm_t = jnp.sqrt(jnp.sum(flat_t * flat_t, axis=-1))
   safe_t = jnp.where(norm_t > 0, norm_t, 1.0)
+  floor = 1e-6 * jnp.sum(signal * signal) / (h * w) + 1e-12
   if score == "energy":
     out = num / safe_t[None, :]
   elif score == "ncc":
-    energy = (flat_w * flat_w) @ masks.reshape(masks.shape[0], h * w).astype(jnp.float32).T
-    floor = 1e-6 * jnp.sum(signal * signal) + 1e-12
-    out = num / (safe_t[None, :] * jnp.sqrt(energy + floor))
+    energy = (flat_i * flat_i) @ masks.reshape(masks.shape[0], h * w).astype(jnp.float32).T
+    out = num / (safe_t[None, :] * jnp.sqrt(energy + floor * h * w))
+  elif score == "zncc":
+    win = windows.reshape(windows.shape[0], h * w).astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(win, axis=-1), 1.0)
+    s_i = flat_i @ win.T
+    s_ii = (flat_i * flat_i) @ win.T
+    s_t = jnp.sum(flat_t, axis=-1)
+    t_var = jnp.sum(flat_t * flat_t, axis=-1) - s_t * s_t / n
+    i_var = jnp.maximum(s_ii - s_i * s_i / n[None, :], floor * n[None, :])
+    out = (num - s_i * (s_t / n)[None, :]) / jnp.sqrt(
+        jnp.where(t_var > 0, t_var, 1.0)[None, :] * i_var)
   else:
-    raise ValueError(f"unknown score {score!r}; ncc | energy")
+    raise ValueError(f"unknown score {score!r}; zncc | ncc | energy")
   return jnp.where(norm_t[None, :] > 0, out, -jnp.inf)
+
+
+def _coarse_zncc(signal: jax.Array, template: jax.Array, window: jax.Array) -> jax.Array:
+  """ZNCC maps (S, H, W) ('same' layout) of one template and window per slice.
+
+  Shifts whose window leaves the frame score -1 (they would compare the
+  template with zero padding).
+  """
+  n = jnp.maximum(jnp.sum(window, axis=(-2, -1), keepdims=True), 1.0)
+  s_t = jnp.sum(template, axis=(-2, -1), keepdims=True)
+  t_var = jnp.sum(template * template, axis=(-2, -1), keepdims=True) - s_t * s_t / n
+  c_it = correlate.cross_correlate(signal, template, mode="same")
+  c_i = correlate.cross_correlate(signal, window, mode="same")
+  c_ii = correlate.cross_correlate(signal * signal, window, mode="same")
+  inside = correlate.cross_correlate(jnp.ones_like(signal), window, mode="same")
+  floor = 1e-6 * jnp.mean(signal * signal, axis=(-2, -1), keepdims=True) + 1e-12
+  i_var = jnp.maximum(c_ii - c_i * c_i / n, floor * n)
+  z = (c_it - c_i * s_t / n) / jnp.sqrt(jnp.where(t_var > 0, t_var, 1.0) * i_var)
+  return jnp.where(inside >= n - 0.5, z, -1.0)
 
 
 @functools.partial(jax.jit, static_argnames=(
     "animals", "offsets", "scale_idx", "unit_scale", "volume", "radius", "score",
     "slice_batch"))
 def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Array,
-                  masks: jax.Array, min_confidence: jax.Array, *,
+                  masks: jax.Array, windows: jax.Array, min_confidence: jax.Array, *,
                   animals: tuple[int, ...], offsets: tuple[int, ...],
                   scale_idx: tuple[int, ...], unit_scale: int, volume: bool, radius: int,
                   score: str, slice_batch: int = 8) -> dict[str, jax.Array]:
@@ -306,15 +361,20 @@ def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Arra
   def gather(s):
     """Candidates of slice s: (K, H, W) templates and masks, K = A x O x N."""
     bs = jnp.clip(s + offsets_a, 0, bank_slices - 1)
-    t = templates[animals_a[:, None, None], bs[None, :, None], scale_a[None, None, :]]
-    m = masks[animals_a[:, None, None], bs[None, :, None], scale_a[None, None, :]]
-    return t.reshape(-1, h, w), m.reshape(-1, h, w)
+    ix = (animals_a[:, None, None], bs[None, :, None], scale_a[None, None, :])
+    return (templates[ix].reshape(-1, h, w), masks[ix].reshape(-1, h, w),
+            windows[ix].reshape(-1, h, w))
 
   # 1. Coarse: one FFT correlation per slice with the mean unscaled template
   #    at the slice's own position (all chosen animals).
   sc = jnp.clip(slice_index, 0, bank_slices - 1)
   mean_t = jnp.mean(templates[animals_a[:, None], sc[None, :], unit_scale], axis=0)
-  corr = correlate.cross_correlate(signal, mean_t, mode="same")
+  if score == "zncc":
+    win = jnp.mean(windows[animals_a[:, None], sc[None, :], unit_scale].astype(jnp.float32),
+                   axis=0) >= 0.5
+    corr = _coarse_zncc(signal, mean_t * win, win.astype(jnp.float32))
+  else:
+    corr = correlate.cross_correlate(signal, mean_t, mode="same")
   if score == "ncc":
     # Normalised by the signal's energy under the (soft) mean support, so a
     # bright region that is not brain-shaped does not win by brightness.
@@ -342,8 +402,8 @@ def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Arra
 
   def slice_scores(args):
     sig, s, c = args
-    t, m = gather(s)
-    return _local_scores(sig, c, t, m, window, score)
+    t, m, wn = gather(s)
+    return _local_scores(sig, c, t, m, wn, window, score)
 
   scores = jax.lax.map(slice_scores, (signal, slice_index, centres),
                        batch_size=slice_batch)                           # (S, P, K)
@@ -395,8 +455,9 @@ def place_volume(signal: jax.Array, cands: Candidates, options: ImprovedOptions,
   if slice_index is None:
     slice_index = jnp.arange(signal.shape[0], dtype=jnp.int32)
   animals, offsets, scale_idx = candidate_set(options, cands)
+  windows = cands.windows if cands.windows is not None else cands.masks
   out = _place_volume(signal, jnp.asarray(slice_index, jnp.int32), cands.templates,
-                      cands.masks, jnp.asarray(options.min_confidence, jnp.float32),
+                      cands.masks, windows, jnp.asarray(options.min_confidence, jnp.float32),
                       animals=animals, offsets=offsets, scale_idx=scale_idx,
                       unit_scale=int(np.argmin(np.abs(np.asarray(cands.scales) - 1.0))),
                       volume=options.volume, radius=options.radius, score=options.score)
@@ -505,11 +566,41 @@ def signal_for(model, params, images: np.ndarray, options: ImprovedOptions, *,
     cache[options.method] = pipeline._run_batched(
         lambda images: fn(params, images), {"images": images}, batch_size)["out"]
   g = cache[options.method]
+  if options.signal == "log":
+    return log_gradient(g)
   if options.signal == "gradient":
     return np.asarray(g, np.float32)
   if options.signal == "enhanced":
     return np.asarray(enhance.enhance_gradient(g, center=options.center, width=options.width))
   raise ValueError(f"unknown signal {options.signal!r}; enhanced | gradient | intensity")
+
+
+def log_gradient(g: np.ndarray) -> np.ndarray:
+  """Log of gradient images (..., H, W), floored at 1 % of each slice's maximum.
+
+  The magnitudes are close to log-normal (paper Fig. 5); the log makes the
+  brain's weaker responses count beside the strongest edges.
+  """
+  g = np.asarray(g, np.float32)
+  peak = np.max(g, axis=(-2, -1), keepdims=True)
+  return np.log(g + 0.01 * np.where(peak > 0, peak, 1.0)).astype(np.float32)
+
+
+def bank_appearance(model, params, volumes, *, method: str = "guided",
+                    batch_size: int = 40) -> np.ndarray:
+  """(A, S, H, W) log GBP gradient images of the training animals' *raw* slices.
+
+  What a test slice's gradient image looks like around the brain (skull,
+  muscle and all), the ``appearance`` template of :func:`build_candidates`.
+  """
+  out = []
+  cache: dict = {}
+  for v in volumes:
+    cache.clear()
+    opts = ImprovedOptions(signal="log", method=method)
+    out.append(signal_for(model, params, v.image[..., None].astype(np.float32), opts,
+                          cache=cache, batch_size=batch_size))
+  return np.stack(out)
 
 
 def placement_errors(placed: Mapping[str, np.ndarray], truth: np.ndarray) -> np.ndarray:
