@@ -18,6 +18,12 @@ Batches: training uses the data layer's ``iterate_batches`` with
 ``drop_remainder=True`` (the last partial batch of an epoch is dropped; the
 order is reshuffled from (seed, epoch), so every slice is seen over epochs).
 Evaluation pads the last batch and masks the padding out of the counts.
+
+Devices: batches are split over a ``parallel.make_mesh()`` mesh of all
+devices (and hosts) and the state is replicated; the same jitted step runs on
+1 or N devices, jit inserting the cross-device sums of the pooled loss. The
+training batch must be a multiple of the device count (refused otherwise,
+see ``parallel.check_divisible``); evaluation batches are padded up to one.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from rodent_gbp import checkpoint
 from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import model as model_lib
+from rodent_gbp import parallel
 from rodent_gbp import phantom
 
 Config = configs.Config
@@ -309,7 +316,8 @@ def _eval_batches(arrays: dict[str, np.ndarray], image_key: str, batch_size: int
 
 def evaluate(eval_fn: Callable, params: PyTree, arrays: dict[str, np.ndarray], *,
              batch_size: int, image_key: str = "stripped",
-             class_names: tuple[str, ...] = ("background", "wm", "gm", "csf")) -> dict:
+             class_names: tuple[str, ...] = ("background", "wm", "gm", "csf"),
+             mesh=None) -> dict:
   """Dice per class, pooled over all slices and per animal.
 
   ``image_key="stripped"`` is the manual background removal (true brain mask
@@ -319,17 +327,20 @@ def evaluate(eval_fn: Callable, params: PyTree, arrays: dict[str, np.ndarray], *
     eval_fn: jitted ``functools.partial(eval_step, model=model)``.
     params: U-Net params.
     arrays: ``stack_slices`` output (needs ``label``, ``animal`` and ``image_key``).
-    batch_size: slices per call.
+    batch_size: slices per call (rounded up to a multiple of the device count).
+    mesh: devices to split each batch over (default: all).
 
   Returns:
     dict with ``dice`` {class: pooled Dice}, ``dice_per_animal`` {animal index:
     {class: Dice}}, ``dice_mean_over_animals`` {class: nanmean over animals} and
     ``mean_tissue_dice`` (mean of WM, GM, CSF over animals).
   """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  params = parallel.replicate(params, mesh)
   counts = []
-  for batch in _eval_batches(arrays, image_key, batch_size):
-    out = eval_fn(params, batch)
-    counts.append(np.asarray(out["counts"])[batch["valid"]])
+  for batch in _eval_batches(arrays, image_key, parallel.padded_size(batch_size, mesh.size)):
+    out = eval_fn(params, parallel.shard_batch(parallel.local_share(batch, mesh), mesh))
+    counts.append(parallel.to_host(out["counts"])[batch["valid"]])
   counts = np.concatenate(counts).astype(np.int64)  # (N, C, 3)
   names = class_names[:counts.shape[1]]
   per_animal = {}
@@ -460,7 +471,10 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   log(f"split {split}; {n_train} training slices of {image_shape}, "
       f"{steps_per_epoch} steps per epoch")
 
-  # --- model, state, jitted steps ---
+  # --- devices, model, state, jitted steps ---
+  mesh = parallel.make_mesh()
+  parallel.check_divisible(config.batch_size, mesh)
+  log(f"devices: {parallel.describe(mesh)}")
   model = model_lib.build_unet(config)
   state = create_train_state(config, jax.random.PRNGKey(config.seed), image_shape)
   history: list[dict] = []
@@ -481,6 +495,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
         f"{int(state.step)}, best val dice {best_val:.4f}")
   elif resume:
     log(f"nothing to resume in {ckpt_dir}; starting from scratch")
+  state = parallel.replicate(state, mesh)
   checkpoint.write_run_files(ckpt_dir, config=config, split=split,
                              normalisation=normalisation)
 
@@ -497,7 +512,8 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     for batch in data.iterate_batches(train_batches_in, config.batch_size,
                                       seed=config.seed, epoch=epoch, shuffle=True,
                                       drop_remainder=True):
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, parallel.shard_batch(parallel.local_share(batch, mesh),
+                                                           mesh))
       losses.append(metrics["loss"])
       if (config.max_train_seconds > 0
           and time.perf_counter() - t_start > config.max_train_seconds):
@@ -512,7 +528,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
               "train_seconds": train_seconds, "partial_epoch": out_of_time}
     if val_arrays is not None:
       val = evaluate(eval_fn, state.params, val_arrays,
-                     batch_size=config.eval_batch_size)
+                     batch_size=config.eval_batch_size, mesh=mesh)
       record["val_dice"] = val["dice_mean_over_animals"]
       score = val["mean_tissue_dice"]
     else:
@@ -547,7 +563,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   test = None
   if best_params is not None and stacks["test"] is not None:
     test = evaluate(eval_fn, best_params, stacks["test"],
-                    batch_size=config.eval_batch_size)
+                    batch_size=config.eval_batch_size, mesh=mesh)
     log(f"test (true brain mask applied) dice {_fmt_dice(test['dice_mean_over_animals'])}")
   return TrainResult(config=config, params=best_params, history=history,
                      best_val_dice=float(best_val), checkpoint_dir=ckpt_dir,
