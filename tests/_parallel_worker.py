@@ -1,0 +1,173 @@
+"""Subprocess side of tests/test_parallel.py (the device count is fixed at JAX start).
+
+  python tests/_parallel_worker.py --devices 8 --out result.npz --local_only
+  python tests/_parallel_worker.py --devices 2 --out p0.npz --meshes all \
+      --coordinator 127.0.0.1:PORT --num_processes 2 --process_id 0
+
+Runs, on a mesh of ONE device and on a mesh of ALL devices of the run (every
+process's): three training steps with a large learning rate (the library's
+``train.train_step``, jitted once per mesh), a deliberately wrong step on all
+devices (each device's local loss and gradient, no cross-device mean), and the
+GBP removal pipeline (``pipeline.evaluate_volume``) on a tiny phantom animal.
+Writes every result to ``--out`` (npz) for the test to compare. In a
+multi-process run the one-device reference uses this process's first device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import types
+
+
+def _parse():
+  p = argparse.ArgumentParser()
+  p.add_argument("--devices", type=int, required=True, help="CPU devices per process")
+  p.add_argument("--out", required=True)
+  p.add_argument("--coordinator", default=None)
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--size", type=int, default=32)
+  p.add_argument("--meshes", default="one,all", help="one: first local device; all: every device")
+  p.add_argument("--local_only", action="store_true",
+                 help="also run the step without the cross-device mean (must differ)")
+  return p.parse_args()
+
+
+ARGS = _parse()
+# Must precede the first JAX import: the CPU device count is read once.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + f" --xla_force_host_platform_device_count={ARGS.devices}")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# With the partitionable threefry (JAX's default) each random op costs XLA:CPU
+# ~5 s to compile here; the classic one gives the same values on 1 and N
+# devices too (it generates the full array), at a fraction of the cost.
+jax.config.update("jax_threefry_partitionable", False)
+if os.environ.get("RODENT_GBP_JAX_CACHE"):
+  jax.config.update("jax_compilation_cache_dir", os.environ["RODENT_GBP_JAX_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+from rodent_gbp import parallel  # noqa: E402
+
+parallel.initialize_distributed(ARGS.coordinator, ARGS.num_processes, ARGS.process_id)
+
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from rodent_gbp import configs  # noqa: E402
+from rodent_gbp import model as model_lib  # noqa: E402
+from rodent_gbp import phantom  # noqa: E402
+from rodent_gbp import pipeline  # noqa: E402
+from rodent_gbp import train  # noqa: E402
+
+GLOBAL_BATCH = 8
+STEPS = 3
+
+
+def phantom_volume(index: int, size: int):
+  """A phantom animal as the pipeline sees a ``data.Volume`` (no NIfTI round trip)."""
+  a = phantom.make_animal(0, index, size=size)
+  to_slices = lambda v: np.moveaxis(v, 1, 0)  # coronal: (X, Y, Z) -> (Y, X, Z)
+  image = to_slices(a.image).astype(np.float32)
+  image = image / np.float32(np.percentile(image, 99.0))
+  return types.SimpleNamespace(animal_id=a.meta["animal_id"], image=image,
+                               label=to_slices(a.labels).astype(np.int32),
+                               brainmask=to_slices(a.brainmask).astype(bool), meta=a.meta)
+
+
+def training_batches(vol, config):
+  """STEPS global batches of skull-stripped slices, the same on every process."""
+  rng = np.random.default_rng(0)
+  stripped = (vol.image * vol.brainmask)[..., None].astype(np.float32)
+  out = []
+  for _ in range(STEPS):
+    idx = rng.choice(len(stripped), GLOBAL_BATCH, replace=False)
+    out.append({"image": stripped[idx], "label": vol.label[idx]})
+  return out
+
+
+def initial_state(config, image_shape):
+  """Host copy of the initial train state (one jitted init, not op by op)."""
+  init = jax.jit(train.create_train_state, static_argnums=(0, 2))
+  return jax.device_get(init(config, jax.random.PRNGKey(0), tuple(image_shape)))
+
+
+def run_training(mesh, state, batches, step_fn):
+  state = parallel.replicate(state, mesh)
+  losses = []
+  for b in batches:
+    state, metrics = step_fn(state, parallel.shard_batch(parallel.local_share(b, mesh), mesh))
+    losses.append(metrics["loss"])
+  return parallel.to_host(state.params), np.asarray(parallel.to_host(losses))
+
+
+def local_only_step(mesh, model, config):
+  """The bug the equivalence test must catch: no cross-device gradient mean.
+
+  Each device takes the step on its own shard's loss; the replicated output
+  spec (unchecked) then keeps one device's params.
+  """
+  step = functools.partial(train.train_step, model=model, config=config)
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("data")),
+                               out_specs=(P(), P()), check_vma=False))
+
+
+def main():
+  config = configs.override(configs.get_config("smoke"), features=4, depth=2,
+                            learning_rate=1.0, momentum=0.9, augment=True,
+                            loss="dice_ce", batch_size=GLOBAL_BATCH, eval_batch_size=6)
+  model = model_lib.build_unet(config)
+  train_vols = [phantom_volume(i, ARGS.size) for i in (1, 2)]
+  test_vol = phantom_volume(3, ARGS.size)
+  batches = training_batches(train_vols[0], config)
+  state0 = initial_state(config, batches[0]["label"].shape[1:])
+  meshes = {"one": parallel.make_mesh(jax.local_devices()[:1]), "all": parallel.make_mesh()}
+  out = {"device_count": np.int32(jax.device_count()),
+         "process_count": np.int32(jax.process_count())}
+  for name in ARGS.meshes.split(","):
+    mesh = meshes[name]
+    step_fn = jax.jit(functools.partial(train.train_step, model=model, config=config))
+    params, losses = run_training(mesh, state0, batches, step_fn)
+    out[f"{name}/loss"] = losses
+    for k, v in jax.tree_util.tree_leaves_with_path(params):
+      out[f"{name}/params{jax.tree_util.keystr(k)}"] = v
+
+    # The pipeline with the initial params (3 steps at lr 1 collapse to all
+    # background; the initial net labels every class but GM). Batch 6 divides
+    # neither the 40 slices nor 8 devices: both kinds of padding are used.
+    options = pipeline.PlacementOptions.from_config(config)
+    bank = pipeline.build_template_bank(model, state0.params, train_vols, options=options,
+                                        batch_size=config.eval_batch_size, mesh=mesh)
+    ev = pipeline.evaluate_volume(model, state0.params, test_vol, bank, options=options,
+                                  batch_size=config.eval_batch_size, mesh=mesh)
+    out[f"{name}/bank_gradients"] = bank.gradients
+    for way in ("none", "manual", "gbp"):
+      out[f"{name}/counts_{way}"] = ev["counts"][way]
+      out[f"{name}/labels_{way}"] = ev["labels"][way]
+    for key in ("displacement", "placed", "ceiling_shift", "ceiling_dice", "gradient",
+                "signal", "correlation"):
+      out[f"{name}/{key}"] = ev[key]
+    out[f"{name}/brain_counts_gbp"] = ev["brain_counts"]["gbp"]
+
+  if ARGS.local_only:
+    mesh = meshes["all"]
+    bad, _ = run_training(mesh, state0, batches, local_only_step(mesh, model, config))
+    for k, v in jax.tree_util.tree_leaves_with_path(bad):
+      out[f"local_only/params{jax.tree_util.keystr(k)}"] = v
+    try:
+      parallel.check_divisible(5, mesh)
+    except ValueError as e:
+      out["refusal"] = np.array(str(e))
+  np.savez(ARGS.out, **out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,202 @@
+"""Tests of rodent_gbp.parallel: 1 device vs 8 fake CPU devices vs 2 processes.
+
+The device count of a JAX process is fixed when JAX starts, and this pytest
+process has one CPU device, so the many-device runs happen in subprocesses
+(``tests/_parallel_worker.py``), started together once per module:
+
+* 8 fake CPU devices (``--xla_force_host_platform_device_count=8``) in one
+  process: training and the removal pipeline on a mesh of the first device and
+  on a mesh of all 8, plus a step that forgets the cross-device gradient mean;
+* 2 processes x 2 CPU devices joined by ``jax.distributed`` on 127.0.0.1 (gloo
+  CPU collectives), each handing over only its rows of every batch.
+
+The 1-device results are the reference for both.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from rodent_gbp import parallel
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+WORKER = REPO / "tests" / "_parallel_worker.py"
+RTOL = 1e-5
+EXACT = ("labels_none", "labels_manual", "labels_gbp", "counts_none", "counts_manual",
+         "counts_gbp", "displacement", "placed", "ceiling_shift", "brain_counts_gbp")
+FLOATS = ("bank_gradients", "gradient", "signal", "correlation", "ceiling_dice", "loss")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _worker(args: list[str], log: pathlib.Path) -> subprocess.Popen:
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env["JAX_PLATFORMS"] = "cpu"
+  env.setdefault("RODENT_GBP_JAX_CACHE", str(REPO / ".jax_cache"))
+  return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=REPO, env=env,
+                          stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
+  """Results of the 8-device run and of both processes of the 2-process run."""
+  tmp = tmp_path_factory.mktemp("parallel")
+  port = _free_port()
+  jobs = {"eight": _worker(["--devices", "8", "--out", str(tmp / "eight.npz"),
+                            "--local_only"], tmp / "eight.log")}
+  for pid in (0, 1):
+    jobs[f"proc{pid}"] = _worker(
+        ["--devices", "2", "--out", str(tmp / f"proc{pid}.npz"), "--meshes", "all",
+         "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+         "--process_id", str(pid)], tmp / f"proc{pid}.log")
+  try:
+    for name, job in jobs.items():
+      rc = job.wait(timeout=600)
+      if rc:
+        pytest.fail(f"{name} worker exited {rc}:\n{(tmp / f'{name}.log').read_text()[-4000:]}")
+  finally:
+    for job in jobs.values():
+      if job.poll() is None:
+        job.kill()
+  return {name: dict(np.load(tmp / f"{name}.npz")) for name in jobs}
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+  """max |a - b| / max |b|: relative to the array's scale (elementwise ratios of
+  near-zero entries, e.g. a gradient's tails, would measure nothing)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _params(result: dict, prefix: str) -> dict[str, np.ndarray]:
+  return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix + "params")}
+
+
+def _param_error(result: dict, ref: dict, prefix: str) -> float:
+  got, want = _params(result, prefix), _params(ref, "one/")
+  assert got.keys() == want.keys() and len(want) == 26  # 13 convs: kernel and bias
+  return max(_rel(got[k], want[k]) for k in want)
+
+
+def _assert_pipeline_equal(result: dict, prefix: str, ref: dict) -> None:
+  for key in EXACT:
+    np.testing.assert_array_equal(result[prefix + key], ref["one/" + key], err_msg=key)
+  for key in FLOATS:
+    assert _rel(result[prefix + key], ref["one/" + key]) <= RTOL, key
+
+
+# --- one device, in this process ------------------------------------------------
+
+
+def test_one_device_is_a_mesh_of_one():
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == ("data",) and mesh.size == jax.device_count() == 1
+  batch = {"image": np.arange(12, dtype=np.float32).reshape(3, 2, 2),
+           "label": np.arange(3, dtype=np.int32)}
+  assert parallel.local_rows(mesh, 3) == slice(0, 3)
+  placed = parallel.shard_batch(parallel.local_share(batch, mesh), mesh)
+  assert placed["image"].sharding.spec == P("data")
+  params = parallel.replicate({"w": np.ones((2, 3), np.float32)}, mesh)
+  assert params["w"].sharding.spec == P()
+  back = parallel.to_host(placed)
+  np.testing.assert_array_equal(back["image"], batch["image"])
+  assert parallel.describe(mesh).endswith("(1 process)")
+  with pytest.raises(ValueError, match="empty"):
+    parallel.pad_batch({"x": np.zeros((0,), np.float32)}, 2)
+
+
+def test_pad_batch_repeats_last_row_and_marks_it():
+  batch = {"x": np.arange(5, dtype=np.float32), "y": np.arange(10).reshape(5, 2)}
+  padded, valid = parallel.pad_batch(batch, 4)
+  np.testing.assert_array_equal(padded["x"], [0, 1, 2, 3, 4, 4, 4, 4])
+  np.testing.assert_array_equal(padded["y"][5:], [[8, 9]] * 3)
+  np.testing.assert_array_equal(valid, [True] * 5 + [False] * 3)
+  same, valid = parallel.pad_batch(batch, 5)
+  assert same["x"].shape == (5,) and valid.all()
+  assert [parallel.padded_size(n, 8) for n in (1, 8, 9, 40)] == [8, 8, 16, 40]
+  with pytest.raises(ValueError, match="leading size"):
+    parallel.pad_batch({"a": np.zeros(2), "b": np.zeros(3)}, 2)
+
+
+@pytest.mark.parametrize("n,count", [(10, 3), (3, 5), (40, 2), (0, 2), (7, 1)])
+def test_process_shard_blocks_cover_items_in_order(n, count):
+  items = list(range(n))
+  blocks = [parallel.process_shard(items, p, count) for p in range(count)]
+  assert sum(blocks, []) == items
+  assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+  assert parallel.process_shard(items) == items  # this run: one process
+
+
+def test_process_shard_rejects_bad_index():
+  with pytest.raises(ValueError, match="not a valid process"):
+    parallel.process_shard([1, 2], 2, 2)
+
+
+def test_initialize_distributed_only_when_asked():
+  assert parallel.initialize_distributed() is False
+  assert parallel.initialize_distributed(None, 1, 0) is False
+  with pytest.raises(ValueError, match="without coordinator_address"):
+    parallel.initialize_distributed(None, 2, 1)
+  with pytest.raises(ValueError, match="together"):
+    parallel.initialize_distributed("127.0.0.1:1234", 2, None)
+  with pytest.raises(ValueError, match="out of range"):
+    parallel.initialize_distributed("127.0.0.1:1234", 2, 2)
+
+
+# --- 8 fake devices and 2 processes (subprocesses) ------------------------------
+
+
+def test_workers_saw_their_devices(runs):
+  assert int(runs["eight"]["device_count"]) == 8
+  assert int(runs["eight"]["process_count"]) == 1
+  for p in ("proc0", "proc1"):
+    assert int(runs[p]["device_count"]) == 4 and int(runs[p]["process_count"]) == 2
+
+
+def test_training_on_8_devices_equals_1_device(runs):
+  r = runs["eight"]
+  # lr 1 with momentum: the loss moves far in 3 steps, so an error grows.
+  assert r["one/loss"][0] - r["one/loss"][-1] > 0.5
+  assert _param_error(r, r, "all/") <= RTOL
+  assert _rel(r["all/loss"], r["one/loss"]) <= RTOL
+
+
+def test_missing_gradient_mean_is_caught(runs):
+  """Each device stepping on its own shard's loss must fail the same check."""
+  r = runs["eight"]
+  assert _param_error(r, r, "local_only/") > 100 * RTOL
+
+
+def test_training_refuses_a_batch_the_devices_do_not_divide(runs):
+  msg = str(runs["eight"]["refusal"])
+  assert "batch_size=5" in msg and "8 devices" in msg and "multiple of 8" in msg
+
+
+def test_pipeline_on_8_devices_equals_1_device(runs):
+  r = runs["eight"]
+  # The reference labels are not degenerate: three classes present.
+  assert (np.bincount(r["one/labels_none"].ravel(), minlength=4) > 0).sum() >= 3
+  assert np.abs(r["one/displacement"]).max() > 0
+  _assert_pipeline_equal(r, "all/", r)
+
+
+def test_two_processes_equal_one_process(runs):
+  ref = runs["eight"]
+  for p in ("proc0", "proc1"):
+    r = runs[p]
+    assert _param_error(r, ref, "all/") <= RTOL
+    _assert_pipeline_equal(r, "all/", ref)
