@@ -446,7 +446,10 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
       generates the phantom (``config.animals``, ``image_size``,
       ``phantom_seed``).
     resume: continue from ``<workdir>/checkpoints/latest`` (at the epoch after
-      the one it recorded) instead of starting over.
+      the one it recorded; an epoch cut short by ``max_train_seconds`` counts
+      as done) instead of starting over. The stored config must agree on the
+      data, split, network and seed fields (else ``CheckpointError``); epochs,
+      learning rate etc. may change.
     log: receives one progress line per epoch.
 
   Returns:
@@ -506,6 +509,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   # --- epochs ---
   t_start = time.perf_counter()
   out_of_time = False
+  reserve = 0.0  # seconds the last validation + checkpoint took, kept for the next
   for epoch in range(start_epoch, config.epochs):
     t_epoch = time.perf_counter()
     losses = []
@@ -516,11 +520,12 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
                                                            mesh))
       losses.append(metrics["loss"])
       if (config.max_train_seconds > 0
-          and time.perf_counter() - t_start > config.max_train_seconds):
+          and time.perf_counter() - t_start + reserve > config.max_train_seconds):
         out_of_time = True
         break
     loss = float(np.mean(jax.device_get(losses)))
-    train_seconds = time.perf_counter() - t_epoch
+    t_train_end = time.perf_counter()
+    train_seconds = t_train_end - t_epoch
     images_per_s = len(losses) * config.batch_size / max(train_seconds, 1e-9)
 
     record = {"epoch": epoch, "step": int(state.step), "loss": loss,
@@ -548,6 +553,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
                      "history": history})
 
     elapsed = time.perf_counter() - t_start
+    reserve = time.perf_counter() - t_train_end
     remaining = (config.epochs - epoch - 1) * record["seconds"]
     if config.max_train_seconds > 0:
       remaining = min(remaining, max(config.max_train_seconds - elapsed, 0.0))

@@ -275,3 +275,11 @@ def test_interrupted_save_keeps_a_whole_checkpoint(smoke_run, tmp_path):
   os.replace(d / "latest", d / ".latest.old")
   _leaves_equal(checkpoint.restore(d, "latest", template)[0], want)
   assert (d / "latest" / "meta.json").is_file()
+
+
+def test_max_train_seconds_stops_early(smoke_run, phantom_dir, tmp_path):
+  config = configs.override(smoke_run.config, epochs=3, max_train_seconds=1e-3)
+  r = train.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
+  assert len(r.history) == 1 and r.history[0]["partial_epoch"]
+  assert r.history[0]["step"] == 1  # the limit is checked after every step
+  assert checkpoint.exists(r.checkpoint_dir, "latest")
