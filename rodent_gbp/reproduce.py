@@ -20,6 +20,7 @@ import numpy as np
 from rodent_gbp import configs as configs_lib
 from rodent_gbp import metrics
 from rodent_gbp import pipeline
+from rodent_gbp import placement
 from rodent_gbp import report
 
 
@@ -201,6 +202,11 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   t0 = time.time()
   results["lognormal"] = lognormal_verdict(evals, seed=config.seed)
   timing["lognormal_s"] = time.time() - t0
+  t0 = time.time()
+  placement.add_to_results(results, model, params, bank, volumes, evals, workdir=workdir,
+                           batch_size=config.eval_batch_size,
+                           num_classes=config.num_classes, log=log)
+  timing["improved_placement_s"] = time.time() - t0
   timing["total_s"] = time.time() - t_start
   results["timing"] = timing
 
