@@ -11,7 +11,9 @@ The saliency target for class ``c`` is the sum over pixels of the softmax
 probability of ``c`` (DESIGN.md section 1). Images of a batch are independent
 (no normalisation layers), so the gradient of the batch sum is the stack of
 per-image gradients. All requested classes share one forward pass: one
-``jax.vjp`` and its pullback ``vmap``-ed over one cotangent per class.
+``jax.vjp``, its pullback applied to one cotangent per class in the same
+compiled program (unrolled by default, or ``vmap``-ed with
+``pullback_mode="vmap"``).
 
 Example::
 
@@ -182,10 +184,13 @@ def _class_cotangents(probs: jax.Array, select: dict) -> jax.Array:
   return weight[..., None] * onehot[:, None, None, None, :]
 
 
-def _maps(model: nn.Module, params, images: jax.Array, spec, select) -> jax.Array:
+def _maps(model: nn.Module, params, images: jax.Array, spec, select,
+          pullback_mode: str = "unroll") -> jax.Array:
   """Gradient maps of ``model`` (activation already set): (B, K, H, W) or (B, H, W).
 
-  ``spec`` and ``select`` come from :func:`_split_spec`.
+  ``spec`` and ``select`` come from :func:`_split_spec`; ``pullback_mode``
+  says how the K backward passes share the one forward pass (see
+  :func:`saliency`).
   """
 
   def probs_fn(x):
@@ -199,22 +204,29 @@ def _maps(model: nn.Module, params, images: jax.Array, spec, select) -> jax.Arra
     return grad[..., 0]
   _, num_maps, squeeze = spec
   cots = _class_cotangents(probs, select)
+  # One forward pass for all classes: the pullback (of that one forward
+  # pass) is applied to each class's own cotangent; the guided rule is not
+  # linear in the cotangent, so they cannot be summed first.
   if num_maps == 1:
     (grad,) = pullback(cots[0])
     grads = grad[None]
-  else:
-    # One forward pass for all classes: for a fixed forward pass the pullback
-    # is applied to each class's own cotangent (the guided rule is not linear
-    # in it, so they cannot be summed); vmap turns the K backward passes into
-    # one batched one.
+  elif pullback_mode == "vmap":
     (grads,) = jax.vmap(pullback)(cots)  # (K, B, H, W, 1)
+  elif pullback_mode == "unroll":
+    # K backward passes in one program. On CPU this measured ~1.4x faster
+    # than the vmapped pullback (benchmarks/saliency_bench.py): the batched
+    # conv transposes and max-pool scatters that vmap produces are slower
+    # than K plain ones.
+    grads = jnp.stack([pullback(cots[k])[0] for k in range(num_maps)])
+  else:
+    raise ValueError(f"pullback_mode must be 'unroll' or 'vmap', got {pullback_mode!r}")
   grads = jnp.moveaxis(grads[..., 0], 0, 1)  # (B, K, H, W)
   return grads[:, 0] if squeeze else grads
 
 
 def _saliency_core(model: nn.Module, params, images: jax.Array, select,
                    rng, noise, *, method: str, spec, samples: int,
-                   smooth_base: str) -> jax.Array:
+                   smooth_base: str, pullback_mode: str = "unroll") -> jax.Array:
   if method == "smoothgrad":
     if smooth_base not in _ACTIVATIONS:
       raise ValueError(f"smooth_base must be one of {sorted(_ACTIVATIONS)}")
@@ -228,14 +240,14 @@ def _saliency_core(model: nn.Module, params, images: jax.Array, select,
 
     def body(total, key):
       eps = jax.random.normal(key, images.shape, images.dtype) * sigma
-      return total + _maps(base, params, images + eps, spec, select), None
+      return total + _maps(base, params, images + eps, spec, select, pullback_mode), None
 
-    shape = jax.eval_shape(lambda x: _maps(base, params, x, spec, select), images)
+    shape = jax.eval_shape(lambda x: _maps(base, params, x, spec, select, pullback_mode), images)
     total, _ = jax.lax.scan(body, jnp.zeros(shape.shape, shape.dtype),
                             jax.random.split(rng, samples))
     return total / samples
   return _maps(model.clone(activation=_ACTIVATIONS[method]), params, images,
-               spec, select)
+               spec, select, pullback_mode)
 
 
 # Compiled once per (model, method, number of maps, shapes): model is a
@@ -244,14 +256,16 @@ def _saliency_core(model: nn.Module, params, images: jax.Array, select,
 # data.
 saliency_jit = jax.jit(
     _saliency_core,
-    static_argnames=("model", "method", "spec", "samples", "smooth_base"))
+    static_argnames=("model", "method", "spec", "samples", "smooth_base",
+                     "pullback_mode"))
 
 
 def saliency(model: nn.Module, params, images: jax.Array, *,
              method: str = "guided", target: Target = 1,
              region: jax.Array | None = None, noise: float = 0.15,
              samples: int = 16, rng: jax.Array | None = None,
-             smooth_base: str = "vanilla") -> jax.Array:
+             smooth_base: str = "vanilla",
+             pullback_mode: str = "unroll") -> jax.Array:
   """Gradient of a class objective w.r.t. the input images.
 
   The objective for class ``c`` is ``sum_{pixels} softmax(model(x))[..., c]``
@@ -279,6 +293,9 @@ def saliency(model: nn.Module, params, images: jax.Array, *,
     region: optional (H, W) or (B, H, W) bool mask restricting the pixel sum.
     noise, samples, rng, smooth_base: smoothgrad settings (rng defaults to
       ``jax.random.key(0)``).
+    pullback_mode: how several maps share the one forward pass: "unroll"
+      (K backward passes in one compiled program; the faster on CPU) or
+      "vmap" (one batched backward pass). Same result.
 
   Returns:
     d objective / d images with the channel squeezed: (B, H, W), or
@@ -291,7 +308,8 @@ def saliency(model: nn.Module, params, images: jax.Array, *,
   spec, region = _normalise_target(target, region, model.num_classes)
   spec, select = _split_spec(spec, region, images.shape)
   return saliency_jit(model, params, images, select, rng, noise, method=method,
-                      spec=spec, samples=samples, smooth_base=smooth_base)
+                      spec=spec, samples=samples, smooth_base=smooth_base,
+                      pullback_mode=pullback_mode)
 
 
 @jax.jit

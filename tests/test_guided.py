@@ -175,6 +175,9 @@ def test_all_classes_equal_stacked_single_classes(small, method):
   np.testing.assert_allclose(every, single, rtol=1e-5, atol=1e-6 * np.abs(single).max())
   if method != "guided":
     return
+  vmapped = guided.saliency(net, params, images, method=method, target="all",
+                            pullback_mode="vmap")
+  np.testing.assert_allclose(vmapped, every, rtol=1e-5, atol=1e-6 * np.abs(single).max())
   picked = guided.saliency(net, params, images, method=method, target=(3, 1))
   np.testing.assert_allclose(picked, single[:, jnp.array([3, 1])], rtol=1e-5,
                              atol=1e-6 * np.abs(single).max())
@@ -226,18 +229,16 @@ def test_smoothgrad(small):
   net, params, images = small
   # Zero noise: the average of identical maps is the base map.
   np.testing.assert_allclose(
-      guided.saliency(net, params, images, method="smoothgrad", target="all", noise=0.0,
-                      samples=3),
-      guided.saliency(net, params, images, method="vanilla", target="all"),
-      rtol=1e-5, atol=1e-8)
-  noisy = guided.saliency(net, params, images, method="smoothgrad", target="all",
-                          samples=3, rng=jax.random.key(1))
-  assert noisy.shape == (2, 4, 32, 32) and np.all(np.isfinite(noisy))
+      guided.saliency(net, params, images, method="smoothgrad", noise=0.0, samples=3),
+      guided.saliency(net, params, images, method="vanilla"), rtol=1e-5, atol=1e-8)
+  noisy = guided.saliency(net, params, images, method="smoothgrad", samples=3,
+                          rng=jax.random.key(1))
+  assert noisy.shape == (2, 32, 32) and np.all(np.isfinite(noisy))
   # Deterministic in rng; a different rng gives a different map.
-  again = guided.saliency(net, params, images, method="smoothgrad", target="all",
-                          samples=3, rng=jax.random.key(1))
-  other = guided.saliency(net, params, images, method="smoothgrad", target="all",
-                          samples=3, rng=jax.random.key(2))
+  again = guided.saliency(net, params, images, method="smoothgrad", samples=3,
+                          rng=jax.random.key(1))
+  other = guided.saliency(net, params, images, method="smoothgrad", samples=3,
+                          rng=jax.random.key(2))
   np.testing.assert_array_equal(noisy, again)
   assert not np.allclose(noisy, other)
 
