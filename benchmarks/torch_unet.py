@@ -81,7 +81,7 @@ def _copy_conv(conv: nn.Conv2d, p: dict) -> None:
   kernel = np.asarray(p["kernel"], np.float32)  # (H, W, in, out)
   with torch.no_grad():
     conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
-    conv.bias.copy_(torch.from_numpy(np.asarray(p["bias"], np.float32)))
+    conv.bias.copy_(torch.from_numpy(np.array(p["bias"], np.float32)))
 
 
 def from_flax(params, *, features: int, depth: int, num_classes: int) -> TorchUNet:
