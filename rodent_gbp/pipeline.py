@@ -86,6 +86,8 @@ class TemplateBank:
     reference: index of the reference animal (median brain volume).
     displacements: (A, 2) recorded in-plane displacement of each animal's
       acquisition (phantom truth, ``meta.json``); NaN where unknown.
+    voxel_size: (3,) RAS voxel size in mm of the training volumes (what a
+      user's scan is resampled to), or None when unknown.
   """
 
   animal_ids: list[str]
@@ -94,6 +96,7 @@ class TemplateBank:
   brain_volumes: np.ndarray
   reference: int
   displacements: np.ndarray
+  voxel_size: np.ndarray | None = None
 
   def save(self, path) -> None:
     """Writes the bank to ``path`` (npz), atomically."""
@@ -103,7 +106,9 @@ class TemplateBank:
                         masks=self.masks, gradients=self.gradients,
                         brain_volumes=self.brain_volumes,
                         reference=np.int64(self.reference),
-                        displacements=self.displacements)
+                        displacements=self.displacements,
+                        **({} if self.voxel_size is None
+                           else {"voxel_size": np.asarray(self.voxel_size, np.float64)}))
     os.replace(tmp, path)
 
   @classmethod
@@ -114,7 +119,8 @@ class TemplateBank:
                  gradients=z["gradients"].astype(np.float32),
                  brain_volumes=z["brain_volumes"],
                  reference=int(z["reference"]),
-                 displacements=z["displacements"].astype(np.float64))
+                 displacements=z["displacements"].astype(np.float64),
+                 voxel_size=z["voxel_size"] if "voxel_size" in z else None)
 
 
 def median_animal(brain_volumes: Sequence[float]) -> int:
@@ -183,7 +189,18 @@ def build_template_bank(model, params, volumes, *, options: PlacementOptions,
   return TemplateBank(animal_ids=[v.animal_id for v in volumes],
                       masks=np.stack(masks), gradients=np.stack(grads).astype(np.float32),
                       brain_volumes=vols, reference=median_animal(vols),
-                      displacements=np.stack([recorded_displacement(v) for v in volumes]))
+                      displacements=np.stack([recorded_displacement(v) for v in volumes]),
+                      voxel_size=_common_voxel_size(volumes))
+
+
+def _common_voxel_size(volumes) -> np.ndarray | None:
+  """RAS voxel size (3,) shared by the volumes; None if unknown or mixed."""
+  from rodent_gbp import inference  # inference builds on this module
+  sizes = [inference.voxel_sizes_ras(v.affine) for v in volumes
+           if getattr(v, "affine", None) is not None]
+  if not sizes or not all(np.allclose(s, sizes[0], rtol=1e-4) for s in sizes):
+    return None
+  return np.asarray(sizes[0], np.float64)
 
 
 def recorded_displacement(volume) -> np.ndarray:

@@ -14,6 +14,7 @@ import pathlib
 import time
 from typing import Any, Callable
 
+import jax
 import nibabel as nib
 import numpy as np
 
@@ -158,7 +159,7 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
 
   t0 = time.time()
   if checkpoint is None:
-    result = train.train_and_evaluate(config, workdir, data_dir=data_dir)
+    result = train.train_and_evaluate(config, workdir, data_dir=data_dir, log=log)
     params, split, ckpt_dir = result.params, result.split, pathlib.Path(result.checkpoint_dir)
   else:
     ckpt_dir = pathlib.Path(checkpoint)
@@ -178,7 +179,8 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   t0 = time.time()
   bank = pipeline.build_template_bank(model, params, [volumes[a] for a in split["train"]],
                                       options=options, batch_size=config.eval_batch_size)
-  bank.save(ckpt_dir / "templates.npz")
+  if jax.process_index() == 0:  # one writer in multi-host runs
+    bank.save(ckpt_dir / "templates.npz")
   log(f"template bank: {len(bank.animal_ids)} training animals, reference "
       f"{bank.animal_ids[bank.reference]} (median brain volume)")
   timing["template_bank_s"] = time.time() - t0
@@ -208,8 +210,10 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
                            num_classes=config.num_classes, log=log)
   timing["improved_placement_s"] = time.time() - t0
   timing["total_s"] = time.time() - t_start
-  results["timing"] = timing
+  results["timing"] = timing | results.get("timing", {})
 
+  if jax.process_index() != 0:  # every process computed; process 0 writes
+    return results
   _write_outputs(workdir, results, evals, volumes, figures=figures, log=log)
   if figures:
     t0 = time.time()
