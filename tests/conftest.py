@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -49,15 +50,9 @@ def smoke_run(tmp_path_factory, phantom_dir):
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_binary(script: str, argv: list[str]):
-  """Runs ``experiments/<script>.py``'s ``main`` in-process with ``argv``.
-
-  Each binary defines its absl flags at import; several binaries share names
-  (``--seed``, ``--workdir``). The module is imported fresh under a private
-  name, its flags are parsed from ``argv``, ``main`` runs, and the flags it
-  defined are removed again, so binaries can be tested one after another in
-  one process. Returns ``main``'s return value.
-  """
+@contextlib.contextmanager
+def imported_binary(script: str):
+  """Imports ``experiments/<script>.py`` fresh; removes its absl flags on exit."""
   import importlib.util
   import sys
   from absl import flags
@@ -69,12 +64,27 @@ def run_binary(script: str, argv: list[str]):
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    rest = FLAGS([script, *argv])
-    return module.main(rest)
+    yield module
   finally:
     for flag in set(FLAGS) - before:
       delattr(FLAGS, flag)
     sys.modules.pop(name, None)
+
+
+def run_binary(script: str, argv: list[str]):
+  """Runs ``experiments/<script>.py``'s ``main`` in-process with ``argv``.
+
+  Each binary defines its absl flags at import; several binaries share names
+  (``--seed``, ``--workdir``). The module is imported fresh under a private
+  name, its flags are parsed from ``argv``, ``main`` runs, and the flags it
+  defined are removed again, so binaries can be tested one after another in
+  one process. Returns ``main``'s return value.
+  """
+  from absl import flags
+
+  with imported_binary(script) as module:
+    rest = flags.FLAGS([script, *argv])
+    return module.main(rest)
 
 
 @pytest.fixture

@@ -305,15 +305,11 @@ def test_trained_network_differs_from_random(smoke_run, phantom_dir):
 
 
 def test_saliency_experiment_writes_maps_and_figure(smoke_run, phantom_dir, tmp_path):
-  import importlib.util
   import json
-  import pathlib
-  path = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "saliency.py"
-  spec = importlib.util.spec_from_file_location("saliency_experiment", path)
-  experiment = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(experiment)
-  summary = experiment.run(smoke_run.checkpoint_dir, tmp_path, data_dir=phantom_dir,
-                           animal="rat00", slices=[20], shift=8)
+  from conftest import imported_binary
+  with imported_binary("saliency") as experiment:
+    summary = experiment.run(smoke_run.checkpoint_dir, tmp_path, data_dir=phantom_dir,
+                             animal="rat00", slices=[20], shift=8)
   maps = np.load(tmp_path / "rat00_s20_maps.npy")
   shifted = np.load(tmp_path / "rat00_s20_shift8_maps.npy")
   assert maps.shape == shifted.shape == (4, 96, 96)

@@ -142,27 +142,9 @@ def test_other_size_scales_geometry():
   assert ratio == pytest.approx(0.25, rel=0.1)
 
 
-def test_make_phantom_main_writes_nifti(tmp_path):
-  import importlib.util
-  import pathlib
-  import sys
-  from absl import flags
-  # Loaded by path: experiments/ is not a package, and plain ``pytest`` does
-  # not put the repository root on sys.path.
-  path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "make_phantom.py"
-  make_phantom = sys.modules.get("make_phantom")
-  if make_phantom is None:
-    spec = importlib.util.spec_from_file_location("make_phantom", path)
-    make_phantom = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_phantom)
-    sys.modules["make_phantom"] = make_phantom
+def test_make_phantom_main_writes_nifti(tmp_path, binary):
   out = tmp_path / "ph"
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["make_phantom", f"--out={out}", "--animals=2", "--seed=0"])
-  try:
-    make_phantom.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  binary("make_phantom", [f"--out={out}", "--animals=2", "--seed=0"])
   assert sorted(p.name for p in out.iterdir()) == ["rat00", "rat01"]
   for folder in out.iterdir():
     assert sorted(p.name for p in folder.iterdir()) == [
