@@ -13,7 +13,6 @@ from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp import configs
-from rodent_gbp import parallel
 from rodent_gbp import reproduce
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/main", "Output folder.")
@@ -26,17 +25,14 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A trained model folder (e.g. runs/main/checkpoints); skips training.")
 _SEED = flags.DEFINE_integer("seed", None, "Overrides the config's seed.")
 _NOFIGURES = flags.DEFINE_bool("nofigs", False, "Skip the PNG figures.")
-_COORD = flags.DEFINE_string("coordinator_address", None,
-                             "host:port of process 0 (multi-host runs only).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
-_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+cli.define_distributed_flags()
 
 
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+  cli.start_distributed()
   logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter
   reproduce.reproduce(configs.get_config(_CONFIG.value), _WORKDIR.value,
                       data_dir=_DATA_DIR.value, checkpoint=_CHECKPOINT.value,

@@ -13,7 +13,6 @@ from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp import configs
-from rodent_gbp import parallel
 from rodent_gbp import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
@@ -25,17 +24,14 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue from <workdir>/checkpoint
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Override config.epochs.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override config.learning_rate.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override config.batch_size.")
-_COORD = flags.DEFINE_string("coordinator_address", None,
-                             "host:port of process 0 (multi-host runs only).")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
-_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+cli.define_distributed_flags()
 
 
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+  cli.start_distributed()
   logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter
   config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
                             learning_rate=_LR.value, batch_size=_BATCH.value)

@@ -64,6 +64,23 @@ def run_main(fn: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
   return wrapped
 
 
+# --- multi-host flags shared by the binaries -------------------------------------
+
+
+def define_distributed_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines --coordinator_address, --num_processes, --process_id on ``fv``."""
+  flags.DEFINE_string("coordinator_address", None,
+                      "host:port of process 0 (multi-host runs only).", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
+
+
+def start_distributed(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """``jax.distributed.initialize`` from the flags of :func:`define_distributed_flags`."""
+  from rodent_gbp import parallel
+  parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+
+
 # --- rodent-gbp-segment ---------------------------------------------------------------
 
 
