@@ -168,3 +168,38 @@ def test_weighted_median():
   assert int(placement.weighted_median(v, np.array([1.0, 0.0, 1.0, 0.0]))) == 1
   assert int(placement.weighted_median(v, np.array([0.0, 0.0, 0.0, 3.0]))) == 9
   assert int(placement.weighted_median(v, np.zeros(4))) == 2
+
+
+def test_two_stage_locates_with_the_reference_and_chooses_by_intensity():
+  # Stage 1 sees only the reference (animal 1, another shape) in the edge
+  # signal; stage 2 picks animal 0 at scale 1.06 from the plain intensity.
+  truth_mask, signal = _test_volume()
+  intensity = truth_mask.astype(np.float32) + 0.2
+  bank = _bank()
+  cbank = placement.CandidateBank(bank, scales=(0.94, 1.0, 1.06))
+  options = placement.ImprovedOptions(template="gradient", scales=(0.94, 1.0, 1.06),
+                                      slice_offsets=1, radius=2, min_confidence=0.0,
+                                      choice="intensity", choice_margin=2, choice_radius=3)
+  cands, choice = cbank.for_options(options)
+  assert cands.masks.shape[:3] == (1, S, 1) and choice.masks.shape[:3] == (3, S, 3)
+  out = placement.place_improved(signal, intensity, cands, choice, options)
+  truth = placement.true_displacements(TEST_DISP, BANK_DISP, choice.to_reference)
+  # The reference is another shape: its edge ring locates the brain only
+  # roughly; the intensity choice corrects that within its window.
+  assert np.abs(out["located"] - truth[1]).max() <= 3
+  np.testing.assert_array_equal(out["animal"], 0)
+  np.testing.assert_array_equal(np.asarray(choice.scales)[out["scale_index"]], TEST_SCALE)
+  np.testing.assert_array_equal(out["displacement"], np.broadcast_to(truth[0], (S, 2)))
+  # The confidence is the locating stage's.
+  assert np.all(out["confidence"] > 0)
+
+
+def test_candidates_of_some_animals_keep_the_bank_indices():
+  bank = _bank()
+  sub = placement.build_candidates(bank, template="mask", animals=(1, 2))
+  full = placement.build_candidates(bank, template="mask")
+  assert sub.reference == 0 and sub.masks.shape[0] == 2
+  np.testing.assert_array_equal(sub.to_reference, full.to_reference[[1, 2]])
+  np.testing.assert_array_equal(sub.masks, full.masks[1:])
+  with pytest.raises(ValueError, match="reference"):
+    placement.build_candidates(bank, template="mask", animals=(0, 2))
