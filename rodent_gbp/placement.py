@@ -474,7 +474,8 @@ def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Arra
     floor = 1e-6 * jnp.sum(signal * signal, axis=(-2, -1), keepdims=True) + 1e-12
     corr = corr / (jnp.where(norm_t > 0, norm_t, 1.0) * jnp.sqrt(jnp.maximum(energy, 0.0) + floor))
   d0 = correlate.locate(corr, image_shape=(fh, fw), template_shape=(fh, fw), mode="same")
-  has_template = jnp.sum(mean_t, axis=(-2, -1)) > 0
+  # Any nonzero value (a log-gradient template is negative where it is < 1).
+  has_template = jnp.any(mean_t != 0, axis=(-2, -1))
   psr = jnp.where(has_template, correlate.peak_confidence(corr), 0.0)
   trusted = has_template & (psr >= min_confidence)
 
@@ -709,15 +710,25 @@ def bank_appearance(model, params, bank, volumes: Mapping[str, Any], *,
     (appearance (A, S, H, W) float32, zero for animals not computed,
     available (A,) bool).
   """
+  from rodent_gbp import parallel
+  from rodent_gbp import pipeline
+
   animals = (bank.reference,) if animals is None else tuple(animals)
   a, s, h, w = bank.masks.shape
   out = np.zeros((a, s, h, w), np.float32)
   available = np.zeros(a, bool)
-  opts = ImprovedOptions(signal="log", method=method)
+  # The bank's own compiled gradient function (same shapes and options as
+  # pipeline.build_template_bank): no new compilation. Its unit scaling only
+  # adds a constant per slice to the log, which zero-mean NCC ignores.
+  mesh = parallel.make_mesh()
+  rep_params = parallel.replicate(params, mesh)
+  opts = pipeline.PlacementOptions(method=method)
   for i in animals:
     v = volumes[bank.animal_ids[i]]
-    out[i] = signal_for(model, params, v.image[..., None].astype(np.float32), opts,
-                        batch_size=batch_size)
+    g = pipeline._run_batched(
+        lambda images: pipeline._bank_gradients(rep_params, images, model=model, options=opts),
+        {"images": v.image[..., None].astype(np.float32)}, batch_size, mesh)["out"]
+    out[i] = log_gradient(g)
     available[i] = True
   return out, available
 
@@ -909,6 +920,7 @@ IMPROVED = ImprovedOptions(signal="log", template="appearance", score="zncc", ma
                            choice_margin=2)
 
 #: Ablation rows: one change from :data:`IMPROVED` each (name, changes).
+#: The main job runs :data:`MAIN_ABLATION`; the placement study runs them all.
 ABLATION = (
     ("improved: GBP locates, intensity chooses template and scale", {}),
     ("- template choice (reference at the same slice)", {"choose_template": False}),
@@ -933,16 +945,23 @@ ABLATION = (
 )
 
 
+#: The main job's rows: all but those needing another saliency pass over the
+#: test slices (vanilla, deconvnet: ~10 s of a ~25 s hook on a quiet 2-core
+#: machine); ``experiments/placement_study.py`` reports them.
+MAIN_ABLATION = tuple(r for r in ABLATION if r[1].get("method", "guided") == "guided")
+
+
 def run_improved(model, params, bank, volumes: Mapping[str, Any], evals: list[dict], *,
                  batch_size: int = 40, num_classes: int = 4,
                  options: ImprovedOptions = IMPROVED, ablation: bool = True,
-                 log=print) -> dict[str, Any]:
+                 rows: Sequence = MAIN_ABLATION, log=print) -> dict[str, Any]:
   """Improved placement for every evaluated test animal, oracle and ablation.
 
   Cost: one saliency pass over the reference animal's raw slices (its
-  appearance template); the test slices' GBP gradient images come from
-  ``evals``; vanilla and deconvnet maps of the test slices for their
-  ablation rows; every placement is a jitted call compiled once per
+  appearance template, with the bank's compiled function); the test slices'
+  GBP gradient images come from ``evals``; ``rows`` with another saliency
+  method cost a pass over the test slices each (not in
+  :data:`MAIN_ABLATION`); every placement is a jitted call compiled once per
   (shapes, per-volume or per-slice mode).
 
   Args:
@@ -971,9 +990,9 @@ def run_improved(model, params, bank, volumes: Mapping[str, Any], evals: list[di
                                   num_classes=num_classes)
                 for e in evals]
   timing["improved_s"] = time.time() - t0
-  rows = []
+  table = []
   t0 = time.time()
-  for name, changes in (ABLATION if ablation else ()):
+  for name, changes in (rows if ablation else ()):
     o = dataclasses.replace(options, **changes)
     cands, choice = cbank.for_options(o)
     dscs, errs = [], []
@@ -988,12 +1007,12 @@ def run_improved(model, params, bank, volumes: Mapping[str, Any], evals: list[di
       dsc, err = placement_quality(pl, v, truth)
       dscs.append(dsc)
       errs.append(err)
-    rows.append({"reading": name, "options": o.to_dict(), "brain_dsc": float(np.mean(dscs)),
-                 "mean_abs_error_px": float(np.mean(errs))})
-    log(f"ablation: {name}: brain DSC {rows[-1]['brain_dsc']:.4f}, "
-        f"error {rows[-1]['mean_abs_error_px']:.2f} px")
+    table.append({"reading": name, "options": o.to_dict(), "brain_dsc": float(np.mean(dscs)),
+                  "mean_abs_error_px": float(np.mean(errs))})
+    log(f"ablation: {name}: brain DSC {table[-1]['brain_dsc']:.4f}, "
+        f"error {table[-1]['mean_abs_error_px']:.2f} px")
   timing["ablation_s"] = time.time() - t0
-  return {"results": per_animal, "ablation": rows, "timing": timing,
+  return {"results": per_animal, "ablation": table, "timing": timing,
           "options": options.to_dict()}
 
 
@@ -1003,7 +1022,9 @@ def ablation_markdown(rows: list[Mapping[str, Any]], oracle_dsc: float | None = 
            "Brain DSC of the placed mask (mean over test animals) and mean |error| of",
            "the displacement (pixels, mean over slices with brain, against the recorded",
            "truth of the chosen template's animal). Each row changes one thing from the",
-           "improved reading (first row).", "",
+           "improved reading (first row). Vanilla-gradient and deconvnet readings",
+           "need their own saliency pass and are in the placement study",
+           "(experiments/placement_study.py) when not listed here.", "",
            "| reading | brain DSC | mean abs error (px) |", "|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['reading']} | {100 * r['brain_dsc']:.2f} | {r['mean_abs_error_px']:.2f} |")
