@@ -8,8 +8,9 @@
   python experiments/placement_study.py --out_dir /tmp/study --config smoke \
       --shifts 0,8,16 --alphas 1,3 --cascade_steps 3 --folds 2 --epochs 1
 
-Writes placement_study.json and robustness.png, cascade.png,
-cross_validation.png into --out_dir.
+Writes placement_study.json, placement_ablation.md (every reading, vanilla
+and deconvnet included) and robustness.png, cascade.png, cross_validation.png
+into --out_dir.
 """
 
 from absl import app
@@ -35,6 +36,7 @@ _CASCADE = flags.DEFINE_integer(
     "cascade_steps", 0, "Depths of the randomisation cascade (0: every layer, -1: skip).")
 _MAX_TEST = flags.DEFINE_integer("max_test_animals", None, "Use only the first test animals.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the randomised parameters.")
+_ABLATION = flags.DEFINE_bool("ablation", True, "Full ablation table (vanilla, deconvnet too).")
 
 
 def main(argv):
@@ -45,6 +47,7 @@ def main(argv):
       config=configs.get_config(_CONFIG.value), epochs=_EPOCHS.value, folds=_FOLDS.value,
       shifts=[float(x) for x in _SHIFTS.value], alphas=[float(x) for x in _ALPHAS.value],
       cascade_steps=_CASCADE.value, max_test_animals=_MAX_TEST.value, seed=_SEED.value,
+      ablation=_ABLATION.value,
       log=lambda msg: print(msg, flush=True))
 
 

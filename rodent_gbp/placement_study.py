@@ -413,6 +413,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
               shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
               alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0),
               cascade_steps: int = 0, folds: int = 0, epochs: int | None = None,
+              ablation: bool = True,
               max_test_animals: int | None = None, seed: int = 0,
               log: Callable[[str], None] = print) -> dict[str, Any]:
   """The whole study; writes ``placement_study.json`` and figures to ``out_dir``.
@@ -427,6 +428,8 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     cascade_steps: depths of the randomisation cascade (0: every layer;
       negative: skip).
     folds: k of the cross-validation (0: skip).
+    ablation: the full ablation table (``placement.ABLATION``, with the
+      vanilla-gradient and deconvnet rows the main job leaves out).
     max_test_animals: use only the first test animals (quick runs).
   """
   from rodent_gbp import configs
@@ -459,6 +462,19 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     study["robustness"] = robustness(ctx, candidate_bank(ctx), shifts=shifts, alphas=alphas,
                                      log=log)
     timing["robustness_s"] = time.time() - t0
+  if ablation:
+    t0 = time.time()
+    evals = [{"animal_id": v.animal_id,
+              "gradient": placement.signal_for(
+                  ctx.model, ctx.params, v.image[..., None].astype(np.float32),
+                  placement.ImprovedOptions(signal="gradient"), batch_size=ctx.batch_size)}
+             for v in ctx.test]
+    study["ablation"] = placement.run_improved(
+        ctx.model, ctx.params, ctx.bank, ctx.volumes, evals, batch_size=ctx.batch_size,
+        num_classes=ctx.config.num_classes, rows=placement.ABLATION,
+        log=lambda s: None)["ablation"]
+    (out / "placement_ablation.md").write_text(placement.ablation_markdown(study["ablation"]))
+    timing["ablation_s"] = time.time() - t0
   if cascade_steps >= 0:
     t0 = time.time()
     study["cascade"] = cascade(ctx, steps=cascade_steps, seed=seed, log=log)

@@ -19,7 +19,8 @@ def study(tmp_path_factory, smoke_run, phantom_dir):
   out = tmp_path_factory.mktemp("study")
   run_binary("placement_study", [f"--out_dir={out}", f"--checkpoint={smoke_run.checkpoint_dir}",
                              f"--data_dir={phantom_dir}", "--shifts=0,4", "--alphas=1",
-                             "--cascade_steps=2", "--folds=0"])
+                             "--cascade_steps=2", "--folds=0",
+                                 "--noablation"])
   return out, json.loads((out / "placement_study.json").read_text())
 
 
