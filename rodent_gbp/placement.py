@@ -733,8 +733,39 @@ def bank_appearance(model, params, bank, volumes: Mapping[str, Any], *,
   return out, available
 
 
+#: Keys :func:`save_appearance` adds to a bank file (``templates.npz``).
+APPEARANCE_KEYS = ("appearance", "appearance_available")
+
+
+def save_appearance(path, appearance: np.ndarray, available: np.ndarray) -> None:
+  """Adds :func:`bank_appearance`'s arrays to a saved bank file, atomically.
+
+  Inference on a user's scan has no training volumes, so the raw-slice
+  appearance the improved placement locates with must travel in the model
+  folder beside the bank (call after ``TemplateBank.save``; other keys are kept).
+  """
+  import os
+  path = str(path)
+  with np.load(path) as z:
+    arrays = {k: z[k] for k in z.files if k not in APPEARANCE_KEYS}
+  tmp = f"{path}.tmp.npz"
+  np.savez_compressed(tmp, **arrays, appearance=np.asarray(appearance, np.float32),
+                      appearance_available=np.asarray(available, bool))
+  os.replace(tmp, path)
+
+
+def load_appearance(path) -> tuple[np.ndarray, np.ndarray] | None:
+  """(appearance (A, S, H, W), available (A,)) of a bank file, or None if absent."""
+  with np.load(str(path)) as z:
+    if not all(k in z.files for k in APPEARANCE_KEYS):
+      return None
+    return (np.asarray(z["appearance"], np.float32),
+            np.asarray(z["appearance_available"], bool))
+
+
 def place_improved(signal: np.ndarray, images: np.ndarray, cands: Candidates,
-                   choice_cands: Candidates | None, options: ImprovedOptions) -> dict[str, np.ndarray]:
+                   choice_cands: Candidates | None, options: ImprovedOptions, *,
+                   slice_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """The improved placement of one volume: locate, then choose the candidate.
 
   ``options.choice == "none"``: :func:`place_volume` of ``signal`` with
@@ -750,19 +781,22 @@ def place_improved(signal: np.ndarray, images: np.ndarray, cands: Candidates,
     signal: (S, H, W) locating signal.
     images: (S, H, W) plain intensity of the raw slices.
     cands, choice_cands: :func:`build_candidates` results.
+    slice_index: (S,) bank slice of each slice (default 0..S-1), e.g. matched
+      by relative anterior-posterior position for a scan of another length.
   Returns:
     :func:`place_volume`'s dict; confidence, fallback, coarse, correlation
     and ``located`` (S, 2) come from the locating stage.
   """
   if options.choice == "none":
-    out = place_volume(signal, cands, options)
+    out = place_volume(signal, cands, options, slice_index=slice_index)
     out["located"] = out["displacement"]
   elif options.choice == "intensity":
     located = place_volume(signal, cands, dataclasses.replace(
-        options, choose_template=False, scales=(1.0,)))
+        options, choose_template=False, scales=(1.0,)), slice_index=slice_index)
     out = place_volume(images, choice_cands, dataclasses.replace(
         options, signal="intensity", template="mask", margin=options.choice_margin,
-        score="zncc", radius=options.choice_radius), centre=located["displacement"])
+        score="zncc", radius=options.choice_radius), centre=located["displacement"],
+        slice_index=slice_index)
     for k in ("confidence", "fallback", "coarse", "correlation", "volume_displacement"):
       out[k] = located[k]
     out["located"] = located["displacement"]
@@ -866,8 +900,13 @@ class CandidateBank:
 def evaluate_improved(model, params, volume, cbank: CandidateBank,
                       options: ImprovedOptions, *, cache: dict | None = None,
                       batch_size: int = 40, num_classes: int = 4,
-                      oracle: bool = True) -> dict[str, Any]:
+                      oracle: bool = True,
+                      slice_index: np.ndarray | None = None) -> dict[str, Any]:
   """Improved placement, removal and re-segmentation of one test volume.
+
+  ``slice_index``: (S,) bank slice of each slice (default 0..S-1). A volume
+  without labels or recorded displacement (a user's scan) gets NaN errors and
+  no counts; ``cache["guided"]`` then holds its GBP gradient image.
 
   Returns:
     dict with counts (C, 4) of the re-segmentation, brain_counts
@@ -881,7 +920,8 @@ def evaluate_improved(model, params, volume, cbank: CandidateBank,
   images = volume.image[..., None].astype(np.float32)
   cands, choice = cbank.for_options(options)
   sig = signal_for(model, params, images, options, cache=cache, batch_size=batch_size)
-  placed = place_improved(sig, images[..., 0], cands, choice, options)
+  placed = place_improved(sig, images[..., 0], cands, choice, options,
+                          slice_index=slice_index)
   removal = np.asarray(dilate(placed["placed"], options.dilate))
   masked = images * removal[..., None].astype(np.float32)
   labels = pipeline._run_batched(
