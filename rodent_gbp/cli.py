@@ -12,7 +12,7 @@ Any other exception is a bug and keeps its traceback. ``RODENT_GBP_TRACEBACK=1``
 shows tracebacks for expected errors too.
 
   rodent-gbp-segment --input scan.nii.gz --checkpoint runs/main/checkpoints \\
-      --out_dir out/
+      --out_dir out/ [--placement=improved|paper]
 """
 
 from __future__ import annotations
@@ -104,6 +104,15 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("overwrite", False, "Replace existing outputs of the same name.",
                     flag_values=fv)
   flags.DEFINE_bool("qc", True, "Write the QC figure <name>_qc.png.", flag_values=fv)
+  flags.DEFINE_enum("placement", "improved", ["improved", "paper"],
+                    "How the brain mask is placed. improved (default): rodent_gbp/"
+                    "placement.py, one displacement for the scan from its log GBP image "
+                    "against the reference's raw-slice appearance, template animal, "
+                    "neighbouring slice and scale chosen on the intensity, per-slice "
+                    "confidence with fallback (needs the appearance in templates.npz). "
+                    "paper: the paper's per-slice correlation of the reference "
+                    "template with the enhanced GBP image (misplaces the mask on the "
+                    "phantom, brain DSC ~0.2).", flag_values=fv)
 
 
 def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]], None]:
@@ -119,7 +128,7 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
         fv["input"].value, fv["checkpoint"].value, fv["out_dir"].value,
         plane=fv["plane"].value, volume=fv["volume"].value, average=fv["average"].value,
         name=fv["name"].value, overwrite=fv["overwrite"].value, qc=fv["qc"].value,
-        log=lambda msg: print(msg, flush=True))
+        placement=fv["placement"].value, log=lambda msg: print(msg, flush=True))
 
   return main
 

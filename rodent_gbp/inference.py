@@ -15,14 +15,34 @@ job's test animals:
    pad / crop, centred, to the template bank's slice shape (H, W);
 5. match each slice to a bank slice by relative anterior-posterior position
    (identity when the slice counts agree);
-6. GBP background removal and re-segmentation (``pipeline.remove_background``,
-   jitted once for a fixed batch size; the last batch is padded);
+6. place the brain mask, remove the background and segment again, by one of
+   two placements (``placement=``, flag ``--placement``):
+
+   - ``improved`` (default): ``placement.py``'s placement, as the main job's
+     ``gbp_improved`` rows: the log GBP gradient image of the raw slices
+     against the reference animal's raw-slice appearance finds one rigid
+     displacement for the volume (a scan is one volume), each slice's
+     peak-to-sidelobe ratio is its confidence (slices below the threshold
+     fall back to the volume's displacement), and every training animal's
+     mask at the slice and its neighbours, at five scales, competes on the
+     plain intensity; the mask is dilated by one pixel before the network
+     runs again. Needs the appearance in ``templates.npz``
+     (``placement.save_appearance``);
+   - ``paper``: the paper's method (``pipeline.remove_background``: the
+     reference mask at the same slice, moved by the argmax of its template's
+     correlation with the enhanced GBP image, slice by slice). On the
+     phantom it misplaces the mask (brain DSC ~0.2, README);
+
+   both jitted once for a fixed batch size (the last batch is padded);
 7. undo the padding and the resampling (nearest neighbour for the brain mask
    and labels, linear for the saliency map) and the reorientation, and write
    ``<name>_brainmask.nii.gz``, ``<name>_labels.nii.gz`` and
    ``<name>_saliency.nii.gz`` with the input's shape, affine and header, a QC
-   figure ``<name>_qc.png`` and ``<name>_slices.csv`` (displacement and
-   placement confidence per slice).
+   figure ``<name>_qc.png`` and ``<name>_slices.csv`` (per slice:
+   displacement and placement confidence; for the improved placement also
+   the volume's displacement, whether the slice fell back to it, and the
+   chosen template animal, slice offset and scale). Displacements are in
+   model voxels, relative to the reference animal's acquisition.
 
 Outputs appear all together or not at all: they are written into a hidden
 temporary folder inside the output folder and renamed into place at the end;
@@ -56,8 +76,10 @@ from rodent_gbp import data
 from rodent_gbp import model as model_lib
 from rodent_gbp import phantom
 from rodent_gbp import pipeline
+from rodent_gbp import placement as placement_lib
 
 OUTPUTS = ("brainmask", "labels", "saliency")
+PLACEMENTS = ("improved", "paper")
 TEMPLATES_FILE = "templates.npz"
 _RAS = nib.orientations.axcodes2ornt("RAS")
 # RAS axes of a slice's (H, W) for each plane (data.to_slices' convention).
@@ -186,6 +208,9 @@ class ModelFolder:
     bank: the template bank; ``bank.masks`` is (A, S, H, W).
     voxel_size: (3,) RAS mm of the training volumes.
     voxel_size_source: where ``voxel_size`` came from.
+    appearance: (A, S, H, W) raw-slice appearance of the bank animals for the
+      improved placement (``placement.save_appearance``), or None.
+    appearance_available: (A,) bool, the animals ``appearance`` holds, or None.
   """
 
   config: Any
@@ -194,6 +219,8 @@ class ModelFolder:
   bank: pipeline.TemplateBank
   voxel_size: np.ndarray
   voxel_size_source: str
+  appearance: np.ndarray | None = None
+  appearance_available: np.ndarray | None = None
 
 
 def _normalisation_rule(norm: Any, where: pathlib.Path) -> dict:
@@ -235,6 +262,7 @@ def load_model_folder(folder: str | os.PathLike) -> ModelFolder:
     bank = pipeline.TemplateBank.load(path)
     with np.load(path) as z:
       stored_vs = np.asarray(z["voxel_size"], np.float64) if "voxel_size" in z else None
+    app = placement_lib.load_appearance(path)
   except Exception as e:  # zipfile, pickle and key errors of a damaged file.
     raise checkpoint_lib.CheckpointError(
         f"{path}: corrupt template bank ({type(e).__name__}: {e})") from None
@@ -245,6 +273,11 @@ def load_model_folder(folder: str | os.PathLike) -> ModelFolder:
     raise checkpoint_lib.CheckpointError(
         f"{path}: inconsistent template bank (masks {m.shape}, gradients {g.shape}, "
         f"reference {bank.reference})")
+  if app is not None and (app[0].shape != m.shape or app[1].shape != m.shape[:1]
+                          or not app[1][bank.reference]):
+    raise checkpoint_lib.CheckpointError(
+        f"{path}: inconsistent appearance (shape {app[0].shape}, masks {m.shape}, "
+        "or none for the reference animal)")
   if m.shape[2] % factor or m.shape[3] % factor:
     raise checkpoint_lib.CheckpointError(
         f"{path}: template slices {m.shape[2:]} do not fit the U-Net of depth "
@@ -256,7 +289,9 @@ def load_model_folder(folder: str | os.PathLike) -> ModelFolder:
         f"phantom geometry of image_size {config.image_size}")
   params = jax.device_put(loaded.params)
   return ModelFolder(config=config, params=params, normalisation=rule, bank=bank,
-                     voxel_size=vs, voxel_size_source=source)
+                     voxel_size=vs, voxel_size_source=source,
+                     appearance=None if app is None else app[0],
+                     appearance_available=None if app is None else app[1])
 
 
 # --- geometry: in-plane resampling and padding --------------------------------------
@@ -381,6 +416,55 @@ def run_model(folder: ModelFolder, slices: np.ndarray, bank_index: np.ndarray, *
   return {k: np.concatenate(v) for k, v in outs.items()}
 
 
+def run_improved(folder: ModelFolder, volume: data.Volume, bank_index: np.ndarray, *,
+                 batch_size: int, path: pathlib.Path | None = None) -> dict[str, np.ndarray]:
+  """The improved placement (``placement.IMPROVED``) of one scan's model-grid slices.
+
+  The scan is one volume, so the per-volume displacement applies as in the
+  main job; ``placement.evaluate_improved`` does the work (no labels, no
+  truth: no counts, NaN errors).
+
+  Args:
+    folder: the model folder, with ``appearance``.
+    volume: ``data.Volume`` whose image (S, H, W) is on the model grid.
+    bank_index: (S,) bank slice of each slice.
+    path: the bank file, for the error message.
+
+  Returns:
+    :func:`run_model`'s keys plus volume_displacement (2,), fallback (S,) bool,
+    template_animal (S,) bank index, slice_offset (S,), scale (S,).
+
+  Raises:
+    checkpoint.CheckpointError: the bank file holds no appearance.
+  """
+  if folder.appearance is None:
+    raise checkpoint_lib.CheckpointError(
+        f"{path or TEMPLATES_FILE}: the template bank has no raw-slice appearance, which "
+        "the improved placement needs (written by placement.save_appearance; rebuild "
+        "the bank with the current code) or pass --placement=paper")
+  model = model_lib.build_unet(folder.config)
+  options = placement_lib.IMPROVED
+  cbank = placement_lib.CandidateBank(folder.bank, appearance=folder.appearance,
+                                      available=folder.appearance_available,
+                                      scales=options.scales)
+  cache: dict = {}
+  res = placement_lib.evaluate_improved(model, folder.params, volume, cbank, options,
+                                        cache=cache, batch_size=batch_size,
+                                        num_classes=folder.config.num_classes,
+                                        oracle=False, slice_index=bank_index)
+  pl = res["placement"]
+  return {"placed": np.asarray(pl["placed"], bool),
+          "labels": np.asarray(res["labels"], np.int32),
+          "saliency": np.asarray(cache[options.method], np.float32),
+          "displacement": np.asarray(pl["displacement"], np.int32),
+          "confidence": np.asarray(pl["confidence"], np.float32),
+          "volume_displacement": np.asarray(pl["volume_displacement"], np.int32),
+          "fallback": np.asarray(pl["fallback"], bool),
+          "template_animal": np.asarray(pl["animal"], np.int32),
+          "slice_offset": np.asarray(pl["slice_offset"], np.int32),
+          "scale": np.asarray(options.scales, np.float64)[np.asarray(pl["scale_index"])]}
+
+
 # --- outputs ------------------------------------------------------------------------
 
 
@@ -458,7 +542,7 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
                  out_dir: str | os.PathLike, *, plane: str = "coronal",
                  volume: int | None = None, average: bool = False,
                  name: str | None = None, overwrite: bool = False, qc: bool = True,
-                 batch_size: int | None = None,
+                 batch_size: int | None = None, placement: str = "improved",
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Segments one scan with a trained model folder; writes the outputs.
 
@@ -473,6 +557,8 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
     overwrite: replace existing outputs of the same name.
     qc: write the QC figure.
     batch_size: slices per network call; default ``config.eval_batch_size``.
+    placement: "improved" (default, ``placement.py``) or "paper" (the
+      paper's per-slice method); see the module docstring.
     log: progress sink.
 
   Returns:
@@ -492,6 +578,8 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
     raise InferenceError("--out_dir is required")
   if plane not in data.PLANES:
     raise InferenceError(f"--plane {plane!r}: must be one of {', '.join(data.PLANES)}")
+  if placement not in PLACEMENTS:
+    raise InferenceError(f"--placement {placement!r}: must be one of {', '.join(PLACEMENTS)}")
   if volume is not None and average:
     raise InferenceError("--volume and --average exclude each other; pass one")
   if volume is not None and volume < 0:
@@ -528,8 +616,13 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
   model_slices = fit_to(resample_inplane(vol.image, vs_scan, vs_model, grid, order=1),
                         bank_hw)
   bank_index = bank_slice_index(n_slices, folder.bank.masks.shape[1])
-  out = run_model(folder, model_slices, bank_index,
-                  batch_size=batch_size or config.eval_batch_size)
+  if placement == "improved":
+    out = run_improved(folder, dataclasses.replace(vol, image=model_slices), bank_index,
+                       batch_size=batch_size or config.eval_batch_size,
+                       path=pathlib.Path(checkpoint_dir) / TEMPLATES_FILE)
+  else:
+    out = run_model(folder, model_slices, bank_index,
+                    batch_size=batch_size or config.eval_batch_size)
 
   # --- back to the input grid ---
   def back(x: np.ndarray, order: int) -> np.ndarray:
@@ -545,6 +638,15 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
            "dx_mm": float(out["displacement"][s, 1] * vs_model[1]),
            "confidence": float(out["confidence"][s]),
            "brain_voxels": int(native["brainmask"][s].sum())} for s in range(n_slices)]
+  for s, row in enumerate(rows):
+    row["placement"] = placement
+    if placement == "improved":
+      row |= {"volume_dy_vox": int(out["volume_displacement"][0]),
+              "volume_dx_vox": int(out["volume_displacement"][1]),
+              "fallback": bool(out["fallback"][s]),
+              "template_animal": folder.bank.animal_ids[int(out["template_animal"][s])],
+              "slice_offset": int(out["slice_offset"][s]),
+              "scale": float(out["scale"][s])}
 
   # --- write everything into a temporary folder, then rename into place ---
   created = not out_dir.exists()
@@ -571,6 +673,10 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
     shutil.rmtree(tmp, ignore_errors=True)
   if not qc:
     paths.pop("qc")
+  if placement == "improved":
+    d = out["volume_displacement"]
+    log(f"improved placement: volume displacement ({d[0]}, {d[1]}) model voxels, "
+        f"{int(out['fallback'].sum())} of {n_slices} slices fell back to it")
   log(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
   return {"paths": paths, "slices": rows, "placed": out["placed"], "labels": out["labels"],
           "image": model_slices, "grid": grid, "bank_index": bank_index}
