@@ -48,6 +48,7 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | 38 | segment | volume too small for the network            | too small for the network         |
 | 39 | segment | unexpected positional argument              | unexpected arguments              |
 | 40 | segment | --name with a folder separator              | not a usable file name prefix     |
+| 54 | segment | templates.npz without the appearance        | no raw-slice appearance           |
 | 41 | train   | data folder missing                         | dataset folder not found          |
 | 42 | train   | empty data folder                           | no animal folders                 |
 | 43 | train   | label values outside 0..3                   | outside 0..3                      |
@@ -275,6 +276,12 @@ def _case_templates_shape(t, scan, m):
   return {}, str(m / "templates.npz")
 
 
+def _case_templates_no_appearance(t, scan, m):
+  from rodent_gbp import pipeline
+  pipeline.TemplateBank.load(m / "templates.npz").save(m / "templates.npz")
+  return {}, str(m / "templates.npz")
+
+
 def _case_norm_missing(t, scan, m):
   (m / "normalisation.json").unlink()
   return {}, str(m)
@@ -352,6 +359,7 @@ SEGMENT_CASES = {
     "templates_missing": (_case_templates_missing, "template bank not found"),
     "templates_corrupt": (_case_templates_corrupt, "corrupt template bank"),
     "templates_unfit": (_case_templates_shape, "do not fit the U-Net"),
+    "templates_no_appearance": (_case_templates_no_appearance, "no raw-slice appearance"),
     "normalisation_missing": (_case_norm_missing, "missing normalisation.json"),
     "normalisation_method": (_case_norm_method, "unknown normalisation method"),
     "out_dir_is_file": (_case_out_is_file, "is a file, not a folder"),

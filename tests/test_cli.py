@@ -1,7 +1,9 @@
 """rodent-gbp-segment: geometry round trips, 4D series, outputs, the error edge.
 
 The model folder is the session's smoke model (``smoke_run``) plus a template
-bank of its training animals, built once per session (:func:`segment_model`).
+bank of its training animals and the reference's raw-slice appearance (what
+the improved placement locates with), built once per session
+(:func:`segment_model`).
 """
 
 from __future__ import annotations
@@ -23,21 +25,31 @@ from rodent_gbp import inference
 
 
 def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
-  """A model folder (smoke checkpoints + templates.npz), built once per session."""
+  """A model folder (smoke checkpoints + templates.npz), built once per session.
+
+  Built as the main job builds it: ``pipeline.build_template_bank`` of the
+  training animals, then ``placement.save_appearance`` of the bank's
+  raw-slice appearance.
+  """
   folder = tmp_path_factory.getbasetemp() / "segment_model" / "checkpoints"
   if (folder / "templates.npz").is_file():
     return folder
   from rodent_gbp import model as model_lib
   from rodent_gbp import pipeline
+  from rodent_gbp import placement
   shutil.rmtree(folder.parent, ignore_errors=True)
   shutil.copytree(smoke_run.checkpoint_dir, folder)
   config = smoke_run.config
-  volumes = [data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]]
+  volumes = {a: data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]}
+  model = model_lib.build_unet(config)
   bank = pipeline.build_template_bank(
-      model_lib.build_unet(config), smoke_run.params, volumes,
+      model, smoke_run.params, list(volumes.values()),
       options=pipeline.PlacementOptions.from_config(config),
       batch_size=config.eval_batch_size)
   bank.save(folder / "templates.npz")
+  appearance, available = placement.bank_appearance(
+      model, smoke_run.params, bank, volumes, batch_size=config.eval_batch_size)
+  placement.save_appearance(folder / "templates.npz", appearance, available)
   return folder
 
 
@@ -272,6 +284,49 @@ def test_binary_segments_with_fewer_slices(scan, model_dir, tmp_path, binary):
     rows = list(csv.DictReader(f))
   assert [int(r["bank_slice"]) for r in rows] == inference.bank_slice_index(10, 40).tolist()
   assert not (tmp_path / "o" / "crop_qc.png").exists()
+
+
+def test_improved_placement_is_the_default(native, model_dir):
+  """Default: placement.py's placement, one volume displacement, CSV columns."""
+  import inspect
+  from absl import flags
+  assert inspect.signature(inference.segment_scan).parameters["placement"].default == "improved"
+  fv = flags.FlagValues()
+  cli.define_segment_flags(fv)
+  assert fv["placement"].default == "improved"
+  with open(native["paths"]["csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert {r["placement"] for r in rows} == {"improved"}
+  assert {"volume_dy_vox", "volume_dx_vox", "fallback", "template_animal", "slice_offset",
+          "scale"} <= set(rows[0])
+  # One scan is one volume: a single volume displacement on every row.
+  assert len({(r["volume_dy_vox"], r["volume_dx_vox"]) for r in rows}) == 1
+  assert {r["fallback"] for r in rows} <= {"True", "False"}
+  bank = inference.load_model_folder(model_dir).bank
+  assert {r["template_animal"] for r in rows} <= set(bank.animal_ids)
+  assert {float(r["scale"]) for r in rows} <= {0.94, 0.97, 1.0, 1.03, 1.06}
+
+
+def test_paper_placement_by_flag(scan, model_dir, tmp_path, capsys):
+  """--placement=paper: the reference mask at each slice moved by its displacement."""
+  from rodent_gbp import correlate
+  cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+                    f"--out_dir={tmp_path}", "--placement=paper", "--noqc"])
+  with open(tmp_path / "image_slices.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert {r["placement"] for r in rows} == {"paper"} and "fallback" not in rows[0]
+  img = nib.load(str(scan))
+  out = nib.load(str(tmp_path / "image_brainmask.nii.gz"))
+  np.testing.assert_array_equal(out.affine, img.affine)
+  bank = inference.load_model_folder(model_dir).bank
+  disp = np.array([[int(r["dy_vox"]), int(r["dx_vox"])] for r in rows])
+  expected = np.asarray(correlate.shift_image(bank.masks[bank.reference], disp))
+  np.testing.assert_array_equal(data.to_slices(np.asarray(out.dataobj), "coronal"), expected)
+  with pytest.raises(SystemExit) as e:
+    cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+                      f"--out_dir={tmp_path / 'x'}", "--placement=oracle"])
+  assert e.value.code == 2 and "placement" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
 
 
 def test_run_main_keeps_tracebacks_of_bugs():
