@@ -179,8 +179,13 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   t0 = time.time()
   bank = pipeline.build_template_bank(model, params, [volumes[a] for a in split["train"]],
                                       options=options, batch_size=config.eval_batch_size)
+  # What rodent-gbp-segment's improved placement needs besides the bank: the
+  # reference's raw-slice GBP appearance (one saliency pass over its slices).
+  appearance, available = placement.bank_appearance(model, params, bank, volumes,
+                                                     batch_size=config.eval_batch_size)
   if jax.process_index() == 0:  # one writer in multi-host runs
     bank.save(ckpt_dir / "templates.npz")
+    placement.save_appearance(ckpt_dir / "templates.npz", appearance, available)
   log(f"template bank: {len(bank.animal_ids)} training animals, reference "
       f"{bank.animal_ids[bank.reference]} (median brain volume)")
   timing["template_bank_s"] = time.time() - t0

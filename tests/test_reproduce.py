@@ -83,3 +83,15 @@ def test_tables_md_has_paper_numbers(smoke_reproduce):
   text = (workdir / "tables.md").read_text()
   assert "(99.12)" in text and "(77.61)" in text  # paper Table 1 brain DSC, Table 2 CSF
   assert "Table 1" in text and "Table 2" in text
+
+
+def test_model_folder_serves_segment(smoke_reproduce, smoke_run, phantom_dir, tmp_path, binary):
+  """The main job's model folder is all rodent-gbp-segment needs (improved placement)."""
+  animal = smoke_run.split["test"][0]
+  scan = phantom_dir / animal / "image.nii.gz"
+  binary("segment", [f"--input={scan}", f"--checkpoint={smoke_run.checkpoint_dir}",
+                     f"--out_dir={tmp_path}", "--noqc"])
+  src = nib.load(scan)
+  mask = nib.load(tmp_path / "image_brainmask.nii.gz")
+  np.testing.assert_array_equal(mask.affine, src.affine)
+  assert mask.shape == src.shape and np.asarray(mask.dataobj).any()
