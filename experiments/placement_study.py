@@ -15,6 +15,7 @@ into --out_dir.
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from rodent_gbp import configs
 from rodent_gbp import placement_study
@@ -42,6 +43,7 @@ _ABLATION = flags.DEFINE_bool("ablation", True, "Full ablation table (vanilla, d
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter of the folds
   placement_study.run_study(
       _OUT_DIR.value, checkpoint=_CHECKPOINT.value, data_dir=_DATA_DIR.value,
       config=configs.get_config(_CONFIG.value), epochs=_EPOCHS.value, folds=_FOLDS.value,

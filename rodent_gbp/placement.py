@@ -34,6 +34,17 @@ image of each raw slice):
    the volume), then per slice the best candidate at that shift; per-slice mode
    picks the best (shift, candidate) of each slice.
 
+The main job's reading (:data:`IMPROVED`, :func:`place_improved`) runs these
+steps twice. *Locate*: the log GBP gradient image of the raw test slices
+against the reference animal's own raw-slice log GBP gradient image (brain
+plus a 6-pixel ring, zero-mean NCC) gives one displacement per volume.
+*Choose*: every candidate's bare mask (plus a 2-pixel ring) is scored by
+zero-mean NCC against the plain intensity within ``choice_radius`` of it. On
+the default run the GBP signals located the brain exactly but chose template
+and scale worse than the intensity (brain DSC 0.9795 by the GBP appearance of
+the reference's offsets and scales, 0.9773 with every animal's, 0.9725 by
+mask x gradient, against 0.9866 by intensity and 0.9876 for the oracle).
+
 The removal mask can be dilated (``dilate`` pixels) before the test image is
 masked and segmented again: surface CSF is one or two pixels thick, and a mask
 one pixel too small cuts it off, while the network labels a thin ring of dark
