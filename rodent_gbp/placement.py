@@ -1005,7 +1005,9 @@ MAIN_ABLATION = tuple(r for r in ABLATION if r[1].get("method", "guided") == "gu
 def run_improved(model, params, bank, volumes: Mapping[str, Any], evals: list[dict], *,
                  batch_size: int = 40, num_classes: int = 4,
                  options: ImprovedOptions = IMPROVED, ablation: bool = True,
-                 rows: Sequence = MAIN_ABLATION, log=print) -> dict[str, Any]:
+                 rows: Sequence = MAIN_ABLATION,
+                 appearance: tuple[np.ndarray, np.ndarray] | None = None,
+                 log=print) -> dict[str, Any]:
   """Improved placement for every evaluated test animal, oracle and ablation.
 
   Cost: one saliency pass over the reference animal's raw slices (its
@@ -1021,6 +1023,8 @@ def run_improved(model, params, bank, volumes: Mapping[str, Any], evals: list[di
     volumes: animal id -> ``data.Volume`` (training and test).
     evals: ``pipeline.evaluate_volume`` results (their guided gradient images
       are reused).
+    appearance: :func:`bank_appearance`'s (appearance, available) when
+      already computed (the main job stores it in the model folder).
   Returns:
     dict with per-animal ``results`` (:func:`evaluate_improved`), ``ablation``
     rows (brain DSC, mean placement error) and timings.
@@ -1029,8 +1033,8 @@ def run_improved(model, params, bank, volumes: Mapping[str, Any], evals: list[di
   from rodent_gbp import pipeline
 
   t0 = time.time()
-  app, available = bank_appearance(model, params, bank, volumes, method=options.method,
-                                   batch_size=batch_size)
+  app, available = appearance if appearance is not None else bank_appearance(
+      model, params, bank, volumes, method=options.method, batch_size=batch_size)
   cbank = CandidateBank(bank, appearance=app, available=available, scales=IMPROVED.scales)
   timing = {"appearance_s": time.time() - t0}
 
@@ -1098,13 +1102,15 @@ def ablation_markdown(rows: list[Mapping[str, Any]], oracle_dsc: float | None = 
 
 def add_to_results(results: dict[str, Any], model, params, bank, volumes, evals, *,
                    workdir, batch_size: int = 40, num_classes: int = 4,
+                   appearance: tuple[np.ndarray, np.ndarray] | None = None,
                    log=print) -> None:
   """The main job's hook: fills the reserved keys of ``results`` and writes placement.md.
 
   ``tables["gbp_improved"]``, ``brain["gbp_improved"]``, ``brain["oracle"]``,
   ``placement["improved"]`` (error, volume displacements, per-slice confidence
   and fallback), ``results["ablation"]``; per-slice CSV rows get the improved
-  placement's columns.
+  placement's columns. ``appearance``: :func:`bank_appearance`'s result when
+  already computed (skips that saliency pass).
   """
   import pathlib
   import time
@@ -1113,6 +1119,7 @@ def add_to_results(results: dict[str, Any], model, params, bank, volumes, evals,
 
   t0 = time.time()
   out = run_improved(model, params, bank, volumes, evals, batch_size=batch_size,
+                     appearance=appearance,
                      num_classes=num_classes, log=log)
   per = out["results"]
   tables = {}
