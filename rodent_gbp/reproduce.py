@@ -212,7 +212,8 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   t0 = time.time()
   placement.add_to_results(results, model, params, bank, volumes, evals, workdir=workdir,
                            batch_size=config.eval_batch_size,
-                           num_classes=config.num_classes, log=log)
+                           num_classes=config.num_classes,
+                           appearance=(appearance, available), log=log)
   timing["improved_placement_s"] = time.time() - t0
   timing["total_s"] = time.time() - t_start
   results["timing"] = timing | results.get("timing", {})
