@@ -105,11 +105,14 @@ def _read_json(path: pathlib.Path) -> Any:
 def write_run_files(checkpoint_dir: PathLike, *, config: configs.Config,
                     split: dict, normalisation: dict) -> None:
   """Writes config.json, split.json and normalisation.json (atomically each)."""
+  from rodent_gbp import parallel
   d = pathlib.Path(checkpoint_dir)
-  d.mkdir(parents=True, exist_ok=True)
-  _write_json(d / CONFIG_FILE, config.to_dict())
-  _write_json(d / SPLIT_FILE, {k: list(v) for k, v in split.items()})
-  _write_json(d / NORMALISATION_FILE, normalisation)
+  if parallel.is_lead():  # one writer in multi-host runs
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json(d / CONFIG_FILE, config.to_dict())
+    _write_json(d / SPLIT_FILE, {k: list(v) for k, v in split.items()})
+    _write_json(d / NORMALISATION_FILE, normalisation)
+  parallel.barrier("rodent_gbp:run_files")
 
 
 def read_config(checkpoint_dir: PathLike) -> configs.Config:
@@ -157,20 +160,27 @@ def save(checkpoint_dir: PathLike, name: str, state: dict, meta: dict) -> pathli
   Returns:
     The folder of the new checkpoint.
   """
+  from rodent_gbp import parallel
   d = pathlib.Path(checkpoint_dir).resolve()
-  d.mkdir(parents=True, exist_ok=True)
   final, tmp, old = d / name, d / f".{name}.tmp", d / f".{name}.old"
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir()
+  # Multi-host: every process takes part in Orbax's save (it synchronises
+  # them); only process 0 prepares the folder, writes meta.json and renames.
+  if parallel.is_lead():
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+  parallel.barrier(f"rodent_gbp:save:{name}:prepare")
   state = jax.device_get(state)
   with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
     ckptr.save(tmp / STATE_DIR, args=ocp.args.StandardSave(state))
-  _write_json(tmp / META_FILE, dict(meta, saved_at=time.time()))
-  if final.exists():
+  if parallel.is_lead():
+    _write_json(tmp / META_FILE, dict(meta, saved_at=time.time()))
+    if final.exists():
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(final, old)
+    os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    os.replace(final, old)
-  os.replace(tmp, final)
-  shutil.rmtree(old, ignore_errors=True)
+  parallel.barrier(f"rodent_gbp:save:{name}:done")
   return final
 
 

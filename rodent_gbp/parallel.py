@@ -268,3 +268,19 @@ def describe(mesh: Mesh) -> str:
   kind = getattr(d, "device_kind", d.platform)
   procs = len({x.process_index for x in mesh.devices.flat})
   return (f"{mesh.size} x {kind} ({procs} process{'es' if procs > 1 else ''})")
+
+
+def is_lead() -> bool:
+  """True on the process that writes shared files (process 0; always in 1-process runs)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches ``name``; a no-op in 1-process runs.
+
+  Used around files that one process writes and all read: the lead writes,
+  then everyone passes the barrier before reading or renaming.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

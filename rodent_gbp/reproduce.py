@@ -14,12 +14,12 @@ import pathlib
 import time
 from typing import Any, Callable
 
-import jax
 import nibabel as nib
 import numpy as np
 
 from rodent_gbp import configs as configs_lib
 from rodent_gbp import metrics
+from rodent_gbp import parallel
 from rodent_gbp import pipeline
 from rodent_gbp import placement
 from rodent_gbp import report
@@ -150,10 +150,11 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
 
   if data_dir is None:
     data_dir = workdir / "data"
-    if not (data_dir.exists() and any(data_dir.iterdir())):
+    if not (data_dir.exists() and any(data_dir.iterdir())) and parallel.is_lead():
       log(f"writing the synthetic phantom ({config.animals} animals) to {data_dir}")
       phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
                             size=config.image_size)
+    parallel.barrier("rodent_gbp:phantom")
   volumes = {v.animal_id: v for v in data.load_dataset(data_dir)}
   timing["data_s"] = time.time() - t_start
 
@@ -183,7 +184,7 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   # reference's raw-slice GBP appearance (one saliency pass over its slices).
   appearance, available = placement.bank_appearance(model, params, bank, volumes,
                                                      batch_size=config.eval_batch_size)
-  if jax.process_index() == 0:  # one writer in multi-host runs
+  if parallel.is_lead():  # one writer in multi-host runs
     bank.save(ckpt_dir / "templates.npz")
     placement.save_appearance(ckpt_dir / "templates.npz", appearance, available)
   log(f"template bank: {len(bank.animal_ids)} training animals, reference "
@@ -218,7 +219,7 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   timing["total_s"] = time.time() - t_start
   results["timing"] = timing | results.get("timing", {})
 
-  if jax.process_index() != 0:  # every process computed; process 0 writes
+  if not parallel.is_lead():  # every process computed; process 0 writes
     return results
   _write_outputs(workdir, results, evals, volumes, figures=figures, log=log)
   if figures:
