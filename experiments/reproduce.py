@@ -9,7 +9,6 @@ Multi-host: the same command on every host, plus --coordinator_address,
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp import configs
@@ -30,10 +29,7 @@ cli.define_distributed_flags()
 
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.start_distributed()
-  logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter
+  cli.begin(argv)
   reproduce.reproduce(configs.get_config(_CONFIG.value), _WORKDIR.value,
                       data_dir=_DATA_DIR.value, checkpoint=_CHECKPOINT.value,
                       seed=_SEED.value, figures=not _NOFIGURES.value,

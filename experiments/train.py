@@ -9,7 +9,6 @@ config.json, split.json and normalisation.json go to <workdir>/checkpoints.
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp import configs
@@ -29,10 +28,7 @@ cli.define_distributed_flags()
 
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.start_distributed()
-  logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter
+  cli.begin(argv)
   config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
                             learning_rate=_LR.value, batch_size=_BATCH.value)
   train.train_and_evaluate(config, _WORKDIR.value, data_dir=_DATA_DIR.value,

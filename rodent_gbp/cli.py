@@ -75,6 +75,18 @@ def define_distributed_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
 
 
+def begin(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> None:
+  """The common start of a binary's ``main``: no stray arguments, multi-host
+  initialisation from the flags, library INFO chatter (Orbax) kept out of the
+  progress output."""
+  from absl import app
+  from absl import logging
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  start_distributed(fv)
+  logging.set_verbosity(logging.WARNING)
+
+
 def start_distributed(fv: flags.FlagValues = flags.FLAGS) -> None:
   """``jax.distributed.initialize`` from the flags of :func:`define_distributed_flags`."""
   from rodent_gbp import parallel

@@ -13,6 +13,7 @@ import contextlib
 import os
 import pathlib
 
+from absl import logging as _absl_logging  # noqa: F401  its flags exist before any binary's
 import jax
 import pytest
 
