@@ -212,3 +212,14 @@ def metrics_table(metrics: Mapping[str, ArrayLike],
 def scalar_row(metrics: Mapping[str, ArrayLike]) -> dict[str, float]:
   """0-d metrics (from (4,) counts, e.g. the brain row) -> {metric: float}."""
   return {m: float(np.asarray(metrics[m])) for m in METRIC_NAMES if m in metrics}
+
+
+def class_table(counts_per_animal: Sequence[ArrayLike]) -> dict[str, dict[str, float]]:
+  """Results-table rows from per-animal pooled (C, 4) counts (mean over animals)."""
+  mean = mean_over_animals(dict(enumerate(counts_per_animal)))["mean"]
+  return metrics_table(mean)
+
+
+def binary_row(counts_per_animal: Sequence[ArrayLike]) -> dict[str, float]:
+  """A brain row from per-animal pooled (4,) counts (mean over animals)."""
+  return scalar_row(mean_over_animals(dict(enumerate(counts_per_animal)))["mean"])

@@ -1122,16 +1122,10 @@ def add_to_results(results: dict[str, Any], model, params, bank, volumes, evals,
                      appearance=appearance,
                      num_classes=num_classes, log=log)
   per = out["results"]
-  tables = {}
-  for c, key in report.CLASS_KEYS.items():
-    ms = [metrics.metrics_from_counts(np.asarray(r["counts"])[c]) for r in per]
-    tables[key] = {m: float(np.nanmean([x[m] for x in ms])) for m in report.METRIC_KEYS}
-  results["tables"]["gbp_improved"] = tables
+  results["tables"]["gbp_improved"] = metrics.class_table([r["counts"] for r in per])
   for key in ("gbp_improved", "oracle"):
     if all(key in r["brain_counts"] for r in per):
-      ms = [metrics.metrics_from_counts(np.asarray(r["brain_counts"][key])) for r in per]
-      results["brain"][key] = {m: float(np.nanmean([x[m] for x in ms]))
-                               for m in report.METRIC_KEYS}
+      results["brain"][key] = metrics.binary_row([r["brain_counts"][key] for r in per])
   errors, volume_d, rows_by_key = [], {}, {}
   for r in per:
     pl = r["placement"]

@@ -25,21 +25,6 @@ from rodent_gbp import placement
 from rodent_gbp import report
 
 
-def _table(per_animal_counts: list[np.ndarray]) -> dict[str, dict[str, float]]:
-  """Mean over animals of per-class metrics from pooled (C, 4) counts."""
-  out = {}
-  for c, key in report.CLASS_KEYS.items():
-    per = [metrics.metrics_from_counts(np.asarray(counts)[c]) for counts in per_animal_counts]
-    out[key] = {m: float(np.nanmean([p[m] for p in per])) if any(
-        not np.isnan(p[m]) for p in per) else float("nan") for m in report.METRIC_KEYS}
-  return out
-
-
-def _binary_table(per_animal_counts: list[np.ndarray]) -> dict[str, float]:
-  per = [metrics.metrics_from_counts(np.asarray(c)) for c in per_animal_counts]
-  return {m: float(np.nanmean([p[m] for p in per])) for m in report.METRIC_KEYS}
-
-
 def _slice_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Per-slice Dice of boolean stacks (S, H, W); NaN where both are empty."""
   inter = (a & b).reshape(len(a), -1).sum(-1)
@@ -50,9 +35,9 @@ def _slice_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def summarise(evals: list[dict[str, Any]]) -> dict[str, Any]:
   """Tables, brain rows, placement and per-animal metrics from evaluations."""
-  tables = {way: _table([e["counts"][way] for e in evals])
+  tables = {way: metrics.class_table([e["counts"][way] for e in evals])
             for way in ("none", "manual", "gbp")}
-  brain = {key: _binary_table([e["brain_counts"][key] for e in evals])
+  brain = {key: metrics.binary_row([e["brain_counts"][key] for e in evals])
            for key in evals[0]["brain_counts"]}
   per_slice, errors = [], []
   for e in evals:
