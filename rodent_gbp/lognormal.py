@@ -34,7 +34,6 @@ resample) on a small subsample, if asked for.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib

@@ -29,7 +29,6 @@ Everything is written to ``out_dir``: ``placement_study.json`` and PNG figures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence

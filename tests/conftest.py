@@ -92,3 +92,46 @@ def run_binary(script: str, argv: list[str]):
 def binary():
   """``binary(script, argv)`` runs an experiment binary in-process."""
   return run_binary
+
+
+def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
+  """A model folder (smoke checkpoints + templates.npz), built once per session.
+
+  Built as the main job builds it: ``pipeline.build_template_bank`` of the
+  training animals, then ``placement.save_appearance`` of the bank's
+  raw-slice appearance.
+  """
+  folder = tmp_path_factory.getbasetemp() / "segment_model" / "checkpoints"
+  if (folder / "templates.npz").is_file():
+    return folder
+  import shutil
+  from rodent_gbp import data
+  from rodent_gbp import model as model_lib
+  from rodent_gbp import pipeline
+  from rodent_gbp import placement
+  shutil.rmtree(folder.parent, ignore_errors=True)
+  shutil.copytree(smoke_run.checkpoint_dir, folder)
+  config = smoke_run.config
+  volumes = {a: data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]}
+  model = model_lib.build_unet(config)
+  bank = pipeline.build_template_bank(
+      model, smoke_run.params, list(volumes.values()),
+      options=pipeline.PlacementOptions.from_config(config),
+      batch_size=config.eval_batch_size)
+  bank.save(folder / "templates.npz")
+  appearance, available = placement.bank_appearance(
+      model, smoke_run.params, bank, volumes, batch_size=config.eval_batch_size)
+  placement.save_appearance(folder / "templates.npz", appearance, available)
+  return folder
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
+  """A model folder as the main job writes it (smoke model); tests copy before changing it."""
+  return segment_model(tmp_path_factory, smoke_run, phantom_dir)
+
+
+@pytest.fixture(scope="session")
+def scan(phantom_dir) -> pathlib.Path:
+  """A test animal's image (not in the template bank)."""
+  return phantom_dir / "rat04" / "image.nii.gz"

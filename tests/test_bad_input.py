@@ -81,19 +81,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from test_cli import segment_model
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smoke_run, phantom_dir):
-  return segment_model(tmp_path_factory, smoke_run, phantom_dir)
-
-
-@pytest.fixture(scope="module")
-def scan(phantom_dir) -> pathlib.Path:
-  return phantom_dir / "rat04" / "image.nii.gz"
 
 
 def _save(path, array, affine=None):

@@ -3,14 +3,12 @@
 The model folder is the session's smoke model (``smoke_run``) plus a template
 bank of its training animals and the reference's raw-slice appearance (what
 the improved placement locates with), built once per session
-(:func:`segment_model`).
+(conftest's ``model_dir`` fixture).
 """
 
 from __future__ import annotations
 
 import csv
-import pathlib
-import shutil
 
 import nibabel as nib
 import numpy as np
@@ -24,44 +22,6 @@ from rodent_gbp import inference
 # ------------------------------------------------------------------ helpers --
 
 
-def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
-  """A model folder (smoke checkpoints + templates.npz), built once per session.
-
-  Built as the main job builds it: ``pipeline.build_template_bank`` of the
-  training animals, then ``placement.save_appearance`` of the bank's
-  raw-slice appearance.
-  """
-  folder = tmp_path_factory.getbasetemp() / "segment_model" / "checkpoints"
-  if (folder / "templates.npz").is_file():
-    return folder
-  from rodent_gbp import model as model_lib
-  from rodent_gbp import pipeline
-  from rodent_gbp import placement
-  shutil.rmtree(folder.parent, ignore_errors=True)
-  shutil.copytree(smoke_run.checkpoint_dir, folder)
-  config = smoke_run.config
-  volumes = {a: data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]}
-  model = model_lib.build_unet(config)
-  bank = pipeline.build_template_bank(
-      model, smoke_run.params, list(volumes.values()),
-      options=pipeline.PlacementOptions.from_config(config),
-      batch_size=config.eval_batch_size)
-  bank.save(folder / "templates.npz")
-  appearance, available = placement.bank_appearance(
-      model, smoke_run.params, bank, volumes, batch_size=config.eval_batch_size)
-  placement.save_appearance(folder / "templates.npz", appearance, available)
-  return folder
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, smoke_run, phantom_dir):
-  return segment_model(tmp_path_factory, smoke_run, phantom_dir)
-
-
-@pytest.fixture(scope="module")
-def scan(phantom_dir) -> pathlib.Path:
-  """A test animal's image (not in the bank)."""
-  return phantom_dir / "rat04" / "image.nii.gz"
 
 
 def rewrite(img: nib.Nifti1Image, *, inplane_mm: float | None = None,

@@ -21,7 +21,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from rodent_gbp import checkpoint
 from rodent_gbp import phantom

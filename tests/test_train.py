@@ -10,7 +10,6 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from rodent_gbp import checkpoint
