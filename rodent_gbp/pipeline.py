@@ -143,14 +143,6 @@ def _bank_gradients(params, stripped: jax.Array, *, model, options: PlacementOpt
   return _scale_to_unit(g)
 
 
-def _batched(fn, n: int, batch: int):
-  """Runs ``fn(start, stop)`` over [0, n) in chunks of ``batch``; concatenates."""
-  outs = [fn(i, min(i + batch, n)) for i in range(0, n, batch)]
-  if isinstance(outs[0], dict):
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-  return np.concatenate(outs)
-
-
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
   """Pads axis 0 of ``x`` to ``size`` by repeating the last row (results dropped)."""
   if x.shape[0] == size:
@@ -174,15 +166,9 @@ def build_template_bank(model, params, volumes, *, options: PlacementOptions,
     if v.brainmask is None:
       raise ValueError(f"template animal {v.animal_id} has no brain mask")
     stripped = (v.image * v.brainmask).astype(np.float32)[..., None]
-    n = stripped.shape[0]
-
-    def chunk(i, j, stripped=stripped):
-      x = _pad_to(stripped[i:j], parallel.padded_size(batch_size, mesh.size))
-      x = parallel.shard_batch(parallel.local_share(x, mesh), mesh)
-      g = _bank_gradients(params, x, model=model, options=options)
-      return parallel.to_host(g)[: j - i]
-
-    grads.append(_batched(chunk, n, batch_size))
+    grads.append(run_batched(
+        lambda x: _bank_gradients(params, x, model=model, options=options),
+        {"x": stripped}, batch_size, mesh)["out"])
     masks.append(v.brainmask.astype(bool))
     vols.append(int(v.brainmask.sum()))
   vols = np.asarray(vols)
@@ -336,7 +322,7 @@ def best_shift_dice(true_mask: jax.Array, ref_mask: jax.Array):
 best_shift_dice_jit = jax.jit(best_shift_dice)
 
 
-def _run_batched(fn, arrays: Mapping[str, np.ndarray], batch_size: int,
+def run_batched(fn, arrays: Mapping[str, np.ndarray], batch_size: int,
                  mesh=None) -> dict[str, np.ndarray]:
   """Calls jitted ``fn(**batch)`` on fixed-size batches (padded), one compile.
 
@@ -389,19 +375,19 @@ def evaluate_volume(model, params, volume, bank: TemplateBank, *,
   mesh = parallel.make_mesh() if mesh is None else mesh
   params = parallel.replicate(params, mesh)
   seg = functools.partial(segment_batch, params, model=model)
-  none_labels = _run_batched(lambda images: seg(images), {"images": images}, batch_size,
+  none_labels = run_batched(lambda images: seg(images), {"images": images}, batch_size,
                              mesh)["out"]
-  manual_labels = _run_batched(lambda images: seg(images), {"images": stripped}, batch_size,
+  manual_labels = run_batched(lambda images: seg(images), {"images": stripped}, batch_size,
                                mesh)["out"]
   bank_masks, bank_grads, ref = parallel.replicate(
       (bank.masks, bank.gradients, np.int32(bank.reference)), mesh)
-  gbp = _run_batched(
+  gbp = run_batched(
       lambda images, slice_index: remove_background(
           params, images, slice_index, bank_masks, bank_grads, ref,
           model=model, options=options),
       {"images": images, "slice_index": slice_index}, batch_size, mesh)
   ref_masks = bank.masks[bank.reference, np.clip(slice_index, 0, bank.masks.shape[1] - 1)]
-  ceil = _run_batched(
+  ceil = run_batched(
       lambda t, r: dict(zip(("dice", "shift", "overlap", "inside"), best_shift_dice_jit(t, r))),
       {"t": volume.brainmask, "r": ref_masks}, batch_size, mesh)
 

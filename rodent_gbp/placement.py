@@ -679,7 +679,7 @@ def signal_for(model, params, images: np.ndarray, options: ImprovedOptions, *,
   if options.method not in cache:
     # guided.gradient_image is compiled once per (model, method, batch shape);
     # a jit wrapped around a fresh partial here would recompile every call.
-    cache[options.method] = pipeline._run_batched(
+    cache[options.method] = pipeline.run_batched(
         lambda images: guided.gradient_image(model, params, images, method=options.method),
         {"images": images}, batch_size)["out"]
   g = cache[options.method]
@@ -736,7 +736,7 @@ def bank_appearance(model, params, bank, volumes: Mapping[str, Any], *,
   opts = pipeline.PlacementOptions(method=method)
   for i in animals:
     v = volumes[bank.animal_ids[i]]
-    g = pipeline._run_batched(
+    g = pipeline.run_batched(
         lambda images: pipeline._bank_gradients(rep_params, images, model=model, options=opts),
         {"images": v.image[..., None].astype(np.float32)}, batch_size, mesh)["out"]
     out[i] = log_gradient(g)
@@ -935,7 +935,7 @@ def evaluate_improved(model, params, volume, cbank: CandidateBank,
                           slice_index=slice_index)
   removal = np.asarray(dilate(placed["placed"], options.dilate))
   masked = images * removal[..., None].astype(np.float32)
-  labels = pipeline._run_batched(
+  labels = pipeline.run_batched(
       lambda images: pipeline.segment_batch(params, images, model=model),
       {"images": masked}, batch_size)["out"]
   truth = true_displacements(pipeline.recorded_displacement(volume),

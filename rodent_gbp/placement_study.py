@@ -257,7 +257,7 @@ def cascade(ctx: Context, *, steps: int = 0, seed: int = 0,
     depths = sorted({int(round(x)) for x in np.linspace(0, len(order), steps)})
 
   def gradients(params):
-    return [pipeline._run_batched(
+    return [pipeline.run_batched(
         lambda images: guided.gradient_image(ctx.model, params, images),
         {"images": v.image[..., None].astype(np.float32)}, ctx.batch_size)["out"]
         for v in ctx.test]

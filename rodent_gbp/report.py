@@ -17,10 +17,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-CLASS_KEYS = {1: "wm", 2: "gm", 3: "csf"}
+from rodent_gbp.metrics import CLASS_NAMES as CLASS_KEYS  # {1: "wm", 2: "gm", 3: "csf"}
+from rodent_gbp.metrics import METRIC_NAMES as METRIC_KEYS
+
 CLASS_NAMES = {"brain": "Brain segmentation", "wm": "White Matter", "gm": "Gray Matter",
                "csf": "Cerebrospinal Liquid"}
-METRIC_KEYS = ("accuracy", "specificity", "sensitivity", "precision", "dsc")
 
 # The paper's Tables 1 and 2 (percent; accuracy, specificity, sensitivity, DSC).
 PAPER_TABLE1 = {
