@@ -1,0 +1,51 @@
+"""The paper's placement under every reading DESIGN.md leaves open.
+
+  # the full grid on the main job's model (~3 min on 2 CPU cores):
+  python experiments/paper_readings.py --checkpoint runs/main/checkpoints \
+      --data_dir runs/main/data --out_dir runs/readings
+  # a few readings:
+  python experiments/paper_readings.py --checkpoint runs/main/checkpoints \
+      --data_dir runs/main/data --out_dir /tmp/readings \
+      --class_sets tissue,gm --centers 1,2 --widths 0.5 --templates gradient,mask
+
+Ranks readings on the animals that are neither test animals nor the reference
+and reports the chosen reading on the test animals. Writes readings.json,
+readings.md and readings.png into --out_dir.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from rodent_gbp import readings
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder "
+                                  "(<workdir>/checkpoints of the main job).", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder the model was trained on.",
+                                required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+_CLASS_SETS = flags.DEFINE_list("class_sets", list(readings.CLASS_SETS),
+                                "Gradient images: " + ", ".join(readings.CLASS_SETS) + ".")
+_CENTERS = flags.DEFINE_list("centers", [f"{c:g}" for c in readings.CENTERS],
+                             "Eq. 1 centres (paper: 2).")
+_WIDTHS = flags.DEFINE_list("widths", [f"{w:g}" for w in readings.WIDTHS],
+                            "Eq. 1 widths (paper: 0.5).")
+_TEMPLATES = flags.DEFINE_list("templates", list(readings.TEMPLATES),
+                               "Templates: " + ", ".join(readings.TEMPLATES) + ".")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter
+  try:
+    grid = readings.grid(_CLASS_SETS.value, [float(c) for c in _CENTERS.value],
+                         [float(w) for w in _WIDTHS.value], _TEMPLATES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  readings.run(_CHECKPOINT.value, _DATA_DIR.value, _OUT_DIR.value, readings=grid,
+               log=lambda msg: print(msg, flush=True))
+
+
+if __name__ == "__main__":
+  app.run(main)

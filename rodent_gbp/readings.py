@@ -1,0 +1,336 @@
+"""The paper's placement under every reading DESIGN.md leaves open.
+
+DESIGN.md fixes a default reading of the paper's mask placement (section 4.3,
+Fig. 7) and names the alternatives: which classes' GBP maps make the gradient
+image, Eq. 1's centre and width, and the template (reference mask x the
+reference's gradient image, x its enhancement, or the bare mask). This module
+measures them all on one trained model with the placement otherwise exactly
+the paper's: the reference animal (the bank's, median brain volume) at the
+same slice index, plain 'same'-mode FFT correlation of the template with the
+enhanced gradient image of each raw slice, argmax, zero-filled shift of the
+reference mask (``pipeline.place_mask``). The score is the brain DSC of the
+placed mask, confusion counts pooled per animal, mean over animals.
+
+The choice is kept apart from the report: readings are ranked on the
+*selection* animals (every animal with labels that is neither a test animal
+nor the reference), and the chosen reading's brain DSC on the *test* animals,
+which play no part in the choice, is the held-out number. The default reading
+(tissue classes, centre 2, width 0.5, mask x gradient) on the test animals is
+the main job's ``brain.gbp``.
+
+Besides the fixed centres, a *calibrated* centre per class set: the mean z
+(Eq. 1's input) of the reference's own raw-slice gradient image inside its
+brain mask, i.e. the z at which the brain sits on these scans, in place of
+the paper's 2 (chosen on theirs).
+
+Cost: one saliency pass (all four classes at once) over every animal's raw
+slices and one over the reference's skull-stripped slices; then each reading
+is one jitted call over all slices of all animals, compiled once per
+(class set, template kind); centre and width are traced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rodent_gbp import enhance
+from rodent_gbp import guided
+from rodent_gbp import metrics
+from rodent_gbp import pipeline
+
+#: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
+CLASS_SETS: dict[str, tuple[int, ...]] = {
+    "tissue": (1, 2, 3), "wm": (1,), "gm": (2,), "csf": (3,),
+    "background": (0,), "all": (0, 1, 2, 3)}
+TEMPLATES = ("gradient", "enhanced", "mask")
+CENTERS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
+WIDTHS = (0.5, 1.0, 1.5)
+#: The main job's reading (DESIGN.md defaults).
+DEFAULT = {"classes": "tissue", "center": 2.0, "width": 0.5, "template": "gradient"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """One reading of the paper's placement.
+
+  Attributes:
+    classes: a key of :data:`CLASS_SETS`.
+    center, width: Eq. 1 parameters (signal, and the ``enhanced`` template).
+    template: ``gradient`` (mask x unit-scaled reference gradient image of its
+      skull-stripped slice), ``enhanced`` (mask x Eq. 1 of that) or ``mask``.
+    calibrated: the centre was calibrated on the reference (module doc).
+  """
+
+  classes: str
+  center: float
+  width: float
+  template: str
+  calibrated: bool = False
+
+  def label(self) -> str:
+    c = f"{self.center:.2f} (calibrated)" if self.calibrated else f"{self.center:g}"
+    return f"{self.classes}, centre {c}, width {self.width:g}, template {self.template}"
+
+
+def grid(class_sets: Sequence[str] = tuple(CLASS_SETS), centers: Sequence[float] = CENTERS,
+         widths: Sequence[float] = WIDTHS,
+         templates: Sequence[str] = TEMPLATES) -> list[Reading]:
+  """Every combination, the default first."""
+  for c in class_sets:
+    if c not in CLASS_SETS:
+      raise ValueError(f"unknown class set {c!r}; one of {sorted(CLASS_SETS)}")
+  for t in templates:
+    if t not in TEMPLATES:
+      raise ValueError(f"unknown template {t!r}; one of {TEMPLATES}")
+  out = [Reading(**DEFAULT)]
+  for c in class_sets:
+    for t in templates:
+      for ce in centers:
+        for w in widths:
+          r = Reading(c, float(ce), float(w), t)
+          if r != out[0]:
+            out.append(r)
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("classes", "template"))
+def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, width, *,
+          classes: tuple[int, ...], template: str):
+  """The paper's placement for a batch of raw slices under one reading.
+
+  Args:
+    maps: (B, 4, H, W) |GBP maps| of the raw slices, all four classes.
+    ref_maps: (B, 4, H, W) |GBP maps| of the reference's skull-stripped slice
+      at each slice's index.
+    ref_masks: (B, H, W) the reference's brain masks at those indices.
+    center, width: Eq. 1 parameters (traced).
+    classes: summed classes (static).
+    template: ``gradient`` | ``enhanced`` | ``mask`` (static).
+
+  Returns:
+    displacement (B, 2) int32 and the placed masks (B, H, W) bool.
+  """
+  g = jnp.sum(maps[:, list(classes)], axis=1)
+  signal = enhance.enhance_gradient(g, center=center, width=width)
+  ref_g = pipeline._scale_to_unit(jnp.sum(ref_maps[:, list(classes)], axis=1))
+  m = ref_masks.astype(jnp.float32)
+  if template == "gradient":
+    tmpl = m * ref_g
+  elif template == "enhanced":
+    tmpl = m * enhance.enhance_gradient(ref_g, center=center, width=width)
+  elif template == "mask":
+    tmpl = m
+  else:
+    raise ValueError(f"unknown template {template!r}; one of {TEMPLATES}")
+  _, disp, placed = pipeline.place_mask(signal, tmpl, ref_masks)
+  return disp, placed
+
+
+def abs_maps(model, params, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """|GBP maps| (S, 4, H, W) float32 of slices (S, H, W), all four classes."""
+  x = images[..., None].astype(np.float32)
+  fn = lambda images: jnp.abs(guided.saliency(model, params, images, target="all"))
+  return pipeline.run_batched(fn, {"images": x}, batch_size)["out"]
+
+
+def calibrated_center(ref_raw_maps: np.ndarray, ref_masks: np.ndarray,
+                      classes: tuple[int, ...]) -> float:
+  """Mean Eq. 1 input z of the reference's raw-slice gradient image in its brain."""
+  g = np.sum(ref_raw_maps[:, list(classes)], axis=1)
+  z = np.asarray(enhance.enhancement_steps(g)["z"])
+  m = ref_masks.astype(bool)
+  if not m.any():
+    raise ValueError("the reference animal's brain masks are empty")
+  return float(z[m].mean())
+
+
+@dataclasses.dataclass
+class Inputs:
+  """Everything the readings are evaluated on (host arrays)."""
+
+  animals: list[str]                 # evaluated animals, selection then test
+  test: list[str]
+  maps: np.ndarray                   # (N, 4, H, W) |maps| of every raw slice, animals stacked
+  ref_maps: np.ndarray               # (N, 4, H, W) reference skull-stripped |maps| per slice
+  ref_masks: np.ndarray              # (N, H, W)
+  true_masks: np.ndarray             # (N, H, W)
+  owner: np.ndarray                  # (N,) index into animals
+  true_disp: np.ndarray              # (N, 2) test minus reference displacement (NaN: unknown)
+  ref_raw_maps: np.ndarray           # (S, 4, H, W) reference raw-slice |maps| (calibration)
+  ref_raw_masks: np.ndarray          # (S, H, W)
+  reference: str
+
+
+def prepare(model, params, bank: pipeline.TemplateBank, volumes: Mapping[str, Any],
+            test: Sequence[str], *, batch_size: int) -> Inputs:
+  """Saliency of every labelled animal but the reference, and the reference's."""
+  ref_id = bank.animal_ids[bank.reference]
+  if ref_id not in volumes:
+    raise ValueError(f"the reference animal {ref_id} is not in the dataset")
+  ref = volumes[ref_id]
+  missing = [a for a in test if a not in volumes]
+  if missing:
+    raise ValueError(f"test animals {missing} are not in the dataset")
+  selection = [a for a in sorted(volumes) if a not in test and a != ref_id
+               and volumes[a].brainmask is not None]
+  animals = selection + list(test)
+  ref_st = abs_maps(model, params, ref.image * ref.brainmask, batch_size)
+  ref_raw = abs_maps(model, params, ref.image, batch_size)
+  ref_disp = pipeline.recorded_displacement(ref)
+  maps, refm, refk, truem, owner, disp = [], [], [], [], [], []
+  for i, a in enumerate(animals):
+    v = volumes[a]
+    if v.brainmask is None:
+      raise ValueError(f"test animal {a} has no brain mask")
+    n = v.image.shape[0]
+    s = np.clip(np.arange(n), 0, bank.masks.shape[1] - 1)
+    maps.append(abs_maps(model, params, v.image, batch_size))
+    refm.append(ref_st[np.clip(s, 0, len(ref_st) - 1)])
+    refk.append(bank.masks[bank.reference, s])
+    truem.append(v.brainmask.astype(bool))
+    owner.append(np.full(n, i))
+    disp.append(np.broadcast_to(pipeline.recorded_displacement(v) - ref_disp, (n, 2)))
+  return Inputs(animals=animals, test=list(test), maps=np.concatenate(maps),
+                ref_maps=np.concatenate(refm), ref_masks=np.concatenate(refk),
+                true_masks=np.concatenate(truem), owner=np.concatenate(owner),
+                true_disp=np.concatenate(disp), ref_raw_maps=ref_raw,
+                ref_raw_masks=ref.brainmask.astype(bool), reference=ref_id)
+
+
+def score(reading: Reading, inputs: Inputs) -> dict[str, Any]:
+  """Brain DSC (per animal, and means over selection and test) of one reading."""
+  disp, placed = place(inputs.maps, inputs.ref_maps, inputs.ref_masks,
+                       np.float32(reading.center), np.float32(reading.width),
+                       classes=CLASS_SETS[reading.classes], template=reading.template)
+  disp, placed = np.asarray(disp), np.asarray(placed)
+  per_animal, errors = {}, {}
+  for i, a in enumerate(inputs.animals):
+    rows = inputs.owner == i
+    counts = metrics.binary_counts(placed[rows], inputs.true_masks[rows])
+    per_animal[a] = float(metrics.metrics_from_counts(np.asarray(counts))["dsc"])
+    has_brain = inputs.true_masks[rows].reshape(rows.sum(), -1).any(-1)
+    err = np.abs(disp[rows] - inputs.true_disp[rows]).mean(-1)[has_brain]
+    errors[a] = float(np.mean(err)) if err.size else float("nan")
+  sel = [a for a in inputs.animals if a not in inputs.test]
+  mean = lambda d, keys: float(np.nanmean([d[k] for k in keys])) if keys else float("nan")
+  return {"reading": dataclasses.asdict(reading), "label": reading.label(),
+          "selection_brain_dsc": mean(per_animal, sel),
+          "test_brain_dsc": mean(per_animal, inputs.test),
+          "selection_error_px": mean(errors, sel), "test_error_px": mean(errors, inputs.test),
+          "per_animal_brain_dsc": per_animal}
+
+
+def search(inputs: Inputs, readings: Sequence[Reading], *,
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Scores every reading plus the calibrated centres; picks on the selection."""
+  readings = list(readings)
+  class_sets = sorted({r.classes for r in readings}, key=list(CLASS_SETS).index)
+  templates = sorted({r.template for r in readings}, key=TEMPLATES.index)
+  widths = sorted({r.width for r in readings})
+  calib = {c: calibrated_center(inputs.ref_raw_maps, inputs.ref_raw_masks, CLASS_SETS[c])
+           for c in class_sets}
+  readings += [Reading(c, calib[c], w, t, calibrated=True)
+               for c in class_sets for t in templates for w in widths]
+  rows = []
+  for k, r in enumerate(readings):
+    rows.append(score(r, inputs))
+    if (k + 1) % 50 == 0 or k + 1 == len(readings):
+      log(f"readings: {k + 1}/{len(readings)} scored")
+  default = rows[0]
+  sel_animals = [a for a in inputs.animals if a not in inputs.test]
+  chosen = (max(rows, key=lambda r: (np.nan_to_num(r["selection_brain_dsc"], nan=-1.0)))
+            if sel_animals else None)
+  best_test = max(rows, key=lambda r: np.nan_to_num(r["test_brain_dsc"], nan=-1.0))
+  calibrated = [r for r in rows if r["reading"]["calibrated"]]
+  return {"reference": inputs.reference, "selection_animals": sel_animals,
+          "test_animals": inputs.test, "calibrated_centers": calib,
+          "default": default, "chosen_on_selection": chosen,
+          "best_on_test_in_hindsight": best_test,
+          "best_calibrated_on_selection": max(
+              calibrated, key=lambda r: np.nan_to_num(r["selection_brain_dsc"], nan=-1.0)),
+          "rows": rows}
+
+
+def markdown(result: Mapping[str, Any], *, top: int = 10) -> str:
+  """The search as a Markdown report."""
+  def row(r):
+    return (f"| {r['label']} | {100 * r['selection_brain_dsc']:.2f} | "
+            f"{100 * r['test_brain_dsc']:.2f} | {r['test_error_px']:.1f} |")
+  head = ["| reading | selection brain DSC | test brain DSC | test error (px) |",
+          "|---|---|---|---|"]
+  lines = ["# The paper's placement under every reading", "",
+           f"Reference animal {result['reference']}; selection animals "
+           f"{', '.join(result['selection_animals']) or '(none)'}; test animals "
+           f"{', '.join(result['test_animals'])}. Brain DSC of the placed mask in "
+           f"percent (counts pooled per animal, mean over animals); error: mean "
+           f"|estimated - true| displacement over slices with brain. "
+           f"{len(result['rows'])} readings.", ""]
+  lines += ["## Headline", ""] + head
+  for key, name in (("default", "default (DESIGN.md)"),
+                    ("chosen_on_selection", "chosen on the selection animals"),
+                    ("best_calibrated_on_selection", "best calibrated centre (on selection)"),
+                    ("best_on_test_in_hindsight", "best on the test animals (hindsight)")):
+    if result.get(key):
+      r = result[key]
+      lines.append(row({**r, "label": f"{name}: {r['label']}"}))
+  ranked = sorted(result["rows"], key=lambda r: -np.nan_to_num(r["selection_brain_dsc"],
+                                                                 nan=-1.0))
+  lines += ["", f"## Top {top} on the selection animals", ""] + head
+  lines += [row(r) for r in ranked[:top]]
+  lines += ["", "Centres calibrated on the reference (mean z inside its brain): "
+            + ", ".join(f"{c} {z:.2f}" for c, z in result["calibrated_centers"].items()), ""]
+  return "\n".join(lines)
+
+
+def figure(result: Mapping[str, Any], path) -> None:
+  """Selection brain DSC against Eq. 1's centre, best width and template per class set."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  rows = [r for r in result["rows"] if not r["reading"]["calibrated"]]
+  for c in CLASS_SETS:
+    mine = [r for r in rows if r["reading"]["classes"] == c]
+    if not mine:
+      continue
+    centers = sorted({r["reading"]["center"] for r in mine})
+    best = [max(np.nan_to_num(r["selection_brain_dsc"], nan=0.0) for r in mine
+                if r["reading"]["center"] == ce) for ce in centers]
+    ax.plot(centers, best, marker="o", label=c)
+  ax.axvline(2.0, color="gray", ls=":", lw=1)
+  ax.set_xlabel("Eq. 1 centre (paper: 2)")
+  ax.set_ylabel("brain DSC, selection animals (best width, template)")
+  ax.set_ylim(0, 1)
+  ax.legend(title="gradient image", fontsize=8)
+  ax.set_title("The paper's placement under every reading")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def run(checkpoint_dir, data_dir, out_dir, *, readings: Sequence[Reading] | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Loads a trained model folder, searches, writes readings.{json,md,png}."""
+  from rodent_gbp import placement_study
+
+  ctx = placement_study.load_context(checkpoint_dir, data_dir)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  log(f"saliency of {len(ctx.volumes)} animals (raw slices) and of the reference")
+  inputs = prepare(ctx.model, ctx.params, ctx.bank, ctx.volumes, ctx.split["test"],
+                   batch_size=ctx.batch_size)
+  result = search(inputs, grid() if readings is None else readings, log=log)
+  (out / "readings.json").write_text(json.dumps(result, indent=1, allow_nan=True))
+  (out / "readings.md").write_text(markdown(result))
+  figure(result, out / "readings.png")
+  log(markdown(result))
+  return result
