@@ -9,6 +9,7 @@ Writes lognormal.json, lognormal.md and the Fig. 5 / Q-Q figures.
 from absl import app
 from absl import flags
 
+from rodent_gbp import cli
 from rodent_gbp import lognormal
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder.", required=True)
@@ -19,6 +20,7 @@ _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 20000, "Pixels subsampled for p
 _SEED = flags.DEFINE_integer("seed", 0, "Random-network init and subsample seed.")
 
 
+@cli.run_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -9,6 +9,7 @@ shape (96, 40, 96), voxels 0.375 x 0.5 x 0.375 mm) and ``meta.json``.
 from absl import app
 from absl import flags
 
+from rodent_gbp import cli
 from rodent_gbp import phantom
 
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
@@ -17,6 +18,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Phantom seed.")
 _SIZE = flags.DEFINE_integer("size", 96, "In-plane matrix (96: the paper's geometry).")
 
 
+@cli.run_main
 def main(argv):
   del argv
   phantom.write_phantom(_OUT.value, animals=_ANIMALS.value, seed=_SEED.value,

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from rodent_gbp import cli
 from rodent_gbp import readings
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder "
@@ -34,6 +35,7 @@ _TEMPLATES = flags.DEFINE_list("templates", list(readings.TEMPLATES),
                                "Templates: " + ", ".join(readings.TEMPLATES) + ".")
 
 
+@cli.run_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from rodent_gbp import cli
 from rodent_gbp import configs
 from rodent_gbp import placement_study
 
@@ -40,6 +41,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the randomised parameters.")
 _ABLATION = flags.DEFINE_bool("ablation", True, "Full ablation table (vanilla, deconvnet too).")
 
 
+@cli.run_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -4,38 +4,21 @@
       [--data_dir=<dataset>] [--animal=rat07] [--slices=14,20,26] [--shift=8] \
       [--method=guided] --out_dir=<folder>
 
-For each chosen slice of one animal (default: the first test animal of the
-checkpoint's split) this writes, into ``out_dir``:
-
-* ``<animal>_s<j>_probs.npy`` (C, H, W) softmax output, ``<animal>_s<j>_maps.npy``
-  (C, H, W) one saliency map per class (the sum over pixels of that class's
-  probability, differentiated by ``--method``), and the same two for the input
-  translated by ``--shift`` voxels along both slice axes (``..._shift<k>_*.npy``);
-* ``<animal>_s<j>.png``: input, per-class output and per-class |map|, for the
-  slice (top row) and its translation (bottom row), as the paper's Figs. 2-3;
-* ``saliency.json``: per slice, how far the translated map is from the
-  translated original map (max |difference| / max |map|, away from the
-  borders), the check behind Fig. 3.
-
-Slices are the raw (not skull-stripped) input unless ``--stripped``.
+Writes per-class maps and probabilities (.npy), one figure per slice as the
+paper's Figs. 2-3, and saliency.json (how well the translated input's map
+matches the translated map); see ``rodent_gbp.explain``.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-from rodent_gbp import checkpoint as checkpoint_lib
-from rodent_gbp import data
-from rodent_gbp import figures
+from rodent_gbp import cli
+from rodent_gbp import explain
 from rodent_gbp import guided
-from rodent_gbp import model as model_lib
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder.", required=True)
 _DATA_DIR = flags.DEFINE_string(
@@ -48,95 +31,13 @@ _STRIPPED = flags.DEFINE_bool("stripped", False, "Zero the input outside the bra
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
 
-def _shift(images: np.ndarray, k: int) -> np.ndarray:
-  """Zero-filled translation of (B, H, W, 1) by k voxels along H and W."""
-  out = np.zeros_like(images)
-  if k >= 0:
-    out[:, k:, k:] = images[:, :images.shape[1] - k, :images.shape[2] - k]
-  else:
-    out[:, :k, :k] = images[:, -k:, -k:]
-  return out
-
-
-def _figure(path, image, probs, maps, image_t, probs_t, maps_t, shift, method):
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  num_classes = probs.shape[0]
-  fig, axes = plt.subplots(2, 1 + 2 * num_classes, figsize=(1.9 * (1 + 2 * num_classes), 4.4))
-  for row, (img, p, m, name) in enumerate(((image, probs, maps, "Input"),
-                                          (image_t, probs_t, maps_t, f"Translated {shift}"))):
-    figures.show(axes[row, 0], img, name)
-    for c in range(num_classes):
-      figures.show(axes[row, 1 + c], p[c], f"P({figures.CLASS_TITLES[c]})", vmin=0, vmax=1)
-      # Same scale for both rows, so a translated map looks like the original.
-      vmax = np.percentile(np.abs(maps[c]), 99.5) + 1e-12
-      figures.show(axes[row, 1 + num_classes + c], np.abs(m[c]),
-                   f"|{method}| {figures.CLASS_TITLES[c]}", cmap="magma", vmin=0, vmax=vmax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
-        shift=8, method="guided", stripped=False) -> dict:
-  """Writes the maps, figures and ``saliency.json``; returns the summary."""
-  checkpoint = pathlib.Path(checkpoint)
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  loaded = checkpoint_lib.load_model(checkpoint)
-  config = loaded.config
-  net = model_lib.build_unet(config)
-  params = jax.tree_util.tree_map(jnp.asarray, loaded.params)
-  data_dir = pathlib.Path(data_dir) if data_dir else checkpoint.resolve().parent / "data"
-  if animal is None:
-    split = loaded.extras.get("split") or {}
-    animal = (split.get("test") or sorted(p.name for p in data_dir.iterdir() if p.is_dir()))[0]
-  volume = data.load_animal(data_dir / animal, require_labels=False)
-  slices = [int(j) for j in slices]
-  images = volume.image[slices][..., None].astype(np.float32)
-  if stripped:
-    if volume.brainmask is None:
-      raise ValueError(f"{animal}: --stripped needs a brain mask")
-    images = images * volume.brainmask[slices][..., None]
-  images_t = _shift(images, shift)
-
-  # One batch holds the slices and their translations: one compilation.
-  both = jnp.asarray(np.concatenate([images, images_t]))
-  probs = np.asarray(jax.nn.softmax(net.apply({"params": params}, both), -1))
-  maps = np.asarray(guided.saliency(net, params, both, method=method, target="all"))
-  probs = probs.transpose(0, 3, 1, 2)  # (2S, C, H, W)
-  n = len(slices)
-  margin = 3 * 2**config.depth  # the border band where zero padding matters
-  summary = {"checkpoint": str(checkpoint), "animal": animal, "method": method,
-             "shift": shift, "stripped": stripped, "slices": {}}
-  for i, j in enumerate(slices):
-    stem = f"{animal}_s{j:02d}"
-    np.save(out_dir / f"{stem}_probs.npy", probs[i])
-    np.save(out_dir / f"{stem}_maps.npy", maps[i])
-    np.save(out_dir / f"{stem}_shift{shift}_probs.npy", probs[n + i])
-    np.save(out_dir / f"{stem}_shift{shift}_maps.npy", maps[n + i])
-    # Fig. 3 check: the translated map against the original map, translated.
-    expected = _shift(maps[i].transpose(1, 2, 0)[None], shift)[0].transpose(2, 0, 1)
-    inner = (slice(None), slice(margin + max(shift, 0), -margin + min(shift, 0) or None),
-             slice(margin + max(shift, 0), -margin + min(shift, 0) or None))
-    scale = float(np.abs(maps[i]).max()) or 1.0
-    summary["slices"][str(j)] = {
-        "max_abs_map": scale,
-        "translation_rel_error_inner": float(
-            np.abs(maps[n + i][inner] - expected[inner]).max() / scale),
-        "translation_rel_error_all": float(np.abs(maps[n + i] - expected).max() / scale),
-    }
-    _figure(out_dir / f"{stem}.png", images[i, ..., 0], probs[i], maps[i],
-            images_t[i, ..., 0], probs[n + i], maps[n + i], shift, method)
-  (out_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
-  return summary
-
-
+@cli.run_main
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  summary = run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
-                animal=_ANIMAL.value, slices=_SLICES.value, shift=_SHIFT.value,
-                method=_METHOD.value, stripped=_STRIPPED.value)
+  summary = explain.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
+                        animal=_ANIMAL.value, slices=_SLICES.value, shift=_SHIFT.value,
+                        method=_METHOD.value, stripped=_STRIPPED.value)
   print(json.dumps(summary, indent=2))
 
 
