@@ -184,6 +184,12 @@ def save(checkpoint_dir: PathLike, name: str, state: dict, meta: dict) -> pathli
   return final
 
 
+def read_meta(checkpoint_dir: PathLike, name: str = "latest") -> dict | None:
+  """The ``meta.json`` of complete checkpoint ``name`` (epoch, history, ...), or None."""
+  path = _resolve(checkpoint_dir, name)
+  return None if path is None else _read_json(path / META_FILE)
+
+
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(k): tuple(v.shape)
           for k, v in jax.tree_util.tree_leaves_with_path(tree)}

@@ -123,6 +123,14 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
       "the small classes). Confusion counts are pooled over the slices of each test",
       f"animal; the table is the mean over {len(results.get('per_animal', {}))} test animals.",
       "",
+  ]
+  tr = results.get("training") or {}
+  if tr.get("stopped_by_time_cap"):
+    lines += [f"**Training stopped at the time cap** (max_train_seconds = "
+              f"{tr['max_train_seconds']:g}) after {tr['epochs_completed']} of "
+              f"{tr['epochs_planned']} epochs: these results depend on this machine's "
+              "speed (rerun with a larger cap to compare runs).", ""]
+  lines += [
       "## Table 1. After background removal with GBP (the paper's method)",
       "",
       _HEADER,

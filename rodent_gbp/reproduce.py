@@ -147,6 +147,7 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   if checkpoint is None:
     result = train.train_and_evaluate(config, workdir, data_dir=data_dir, log=log)
     params, split, ckpt_dir = result.params, result.split, pathlib.Path(result.checkpoint_dir)
+    history = result.history
   else:
     ckpt_dir = pathlib.Path(checkpoint)
     loaded = checkpoint_lib.load_model(ckpt_dir)
@@ -155,6 +156,8 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
     split_file = ckpt_dir / "split.json"
     split = (json.loads(split_file.read_text()) if split_file.exists()
              else data.split_animals(sorted(volumes), config.split_seed))
+    meta = checkpoint_lib.read_meta(ckpt_dir, "latest") or loaded.extras.get("meta") or {}
+    history = meta.get("history", [])
   timing["train_s"] = time.time() - t0
   missing = [a for a in split["train"] + split["test"] if a not in volumes]
   if missing:
@@ -190,7 +193,8 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, checkpoint=
   results: dict[str, Any] = {"config": config.to_dict(),
                              "provenance": report.provenance(config.seed),
                              "split": split,
-                             "reference_animal": bank.animal_ids[bank.reference]}
+                             "reference_animal": bank.animal_ids[bank.reference],
+                             "training": train.training_summary(history, config)}
   results |= summarise(evals)
   t0 = time.time()
   results["lognormal"] = lognormal_verdict(evals, seed=config.seed)

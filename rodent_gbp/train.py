@@ -431,6 +431,28 @@ def _check_resumable(stored: Config, config: Config, checkpoint_dir) -> None:
         + ", ".join(f"{f} ({getattr(stored, f)!r} -> {getattr(config, f)!r})" for f in bad))
 
 
+def training_summary(history: list[dict], config: Config) -> dict[str, Any]:
+  """What a run's results should say about its training (``results.json``).
+
+  ``stopped_by_time_cap`` is True when ``max_train_seconds`` cut an epoch
+  short: the run then trained fewer epochs than planned, and its results
+  depend on the speed of the machine.
+  """
+  done = [r for r in history if not r.get("partial_epoch")]
+  scores = [r.get("val_mean_tissue_dice", float("nan")) for r in history]
+  best = int(np.nanargmax(scores)) if history and not np.all(np.isnan(scores)) else None
+  return {
+      "epochs_planned": int(config.epochs),
+      "epochs_completed": len(done),
+      "stopped_by_time_cap": any(r.get("partial_epoch") for r in history),
+      "max_train_seconds": config.max_train_seconds,
+      "train_seconds": float(sum(r.get("seconds", 0.0) for r in history)),
+      "best_epoch": None if best is None else int(history[best]["epoch"]) + 1,
+      "best_val_mean_tissue_dice": None if best is None else float(scores[best]),
+      "history": history,
+  }
+
+
 def _fmt_dice(d: dict) -> str:
   return " ".join(f"{k}={v:.3f}" for k, v in d.items() if k != "background")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import nibabel as nib
 import numpy as np
@@ -53,6 +54,31 @@ def test_results_json_layout(smoke_reproduce, smoke_run):
   assert set(on_disk["per_animal"]) == set(test_animals)
   assert on_disk["lognormal"]["winner"] in {"lognormal", "normal", "gamma", "weibull",
                                             "exponential"}
+  # Training as the checkpoint recorded it (the smoke run: 1 epoch, no cap hit).
+  tr = on_disk["training"]
+  assert tr["epochs_planned"] == smoke_run.config.epochs == tr["epochs_completed"]
+  assert tr["stopped_by_time_cap"] is False
+  assert len(tr["history"]) == len(smoke_run.history)
+  assert tr["best_val_mean_tissue_dice"] == pytest.approx(smoke_run.best_val_dice)
+
+
+def test_training_summary_and_time_cap_warning():
+  from rodent_gbp import report
+  from rodent_gbp import train
+  config = configs.override(configs.get_config("smoke"), epochs=5, max_train_seconds=30)
+  history = [{"epoch": 0, "seconds": 10.0, "val_mean_tissue_dice": 0.5, "partial_epoch": False},
+             {"epoch": 1, "seconds": 12.0, "val_mean_tissue_dice": 0.7, "partial_epoch": False},
+             {"epoch": 2, "seconds": 8.5, "val_mean_tissue_dice": 0.6, "partial_epoch": True}]
+  tr = train.training_summary(history, config)
+  assert (tr["epochs_planned"], tr["epochs_completed"], tr["best_epoch"]) == (5, 2, 2)
+  assert tr["stopped_by_time_cap"] is True
+  assert tr["train_seconds"] == pytest.approx(30.5)
+  assert tr["best_val_mean_tissue_dice"] == pytest.approx(0.7)
+  reference = pathlib.Path(__file__).parent.parent / "experiments/results/default"
+  results = json.loads((reference / "results.json").read_text())
+  assert "Training stopped at the time cap" not in report.tables_markdown(results)
+  text = report.tables_markdown({**results, "training": tr})
+  assert "after 2 of 5 epochs" in text and "max_train_seconds = 30" in text
 
 
 def test_placement_error_matches_meta(smoke_reproduce, phantom_dir):
