@@ -207,26 +207,37 @@ def test_train_binary_on_two_processes_matches_one(tmp_path, phantom_dir, binary
 
   Two processes share one workdir (only process 0 writes shared files, both
   take part in the Orbax save); the checkpoint must be complete and its loss
-  history equal to the same run in one process.
+  history equal to the same run in one process. Then both runs --resume for
+  a second epoch: the two processes restore the shared checkpoint and must
+  again agree with one process.
   """
   import json
-  port = _free_port()
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env["JAX_PLATFORMS"] = "cpu"
-  common = [sys.executable, str(REPO / "experiments" / "train.py"),
-            f"--workdir={tmp_path / 'two'}", f"--data_dir={phantom_dir}", "--config=smoke",
-            "--epochs=1", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-  procs = [subprocess.Popen(common + [f"--process_id={i}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-2000:]
-  binary("train", [f"--workdir={tmp_path / 'one'}", f"--data_dir={phantom_dir}",
-                   "--config=smoke", "--epochs=1"])
+
+  def two_processes(extra):
+    port = _free_port()
+    common = [sys.executable, str(REPO / "experiments" / "train.py"),
+              f"--workdir={tmp_path / 'two'}", f"--data_dir={phantom_dir}", "--config=smoke",
+              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", *extra]
+    procs = [subprocess.Popen(common + [f"--process_id={i}"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+      assert p.returncode == 0, out[-2000:]
+
+  def one_process(extra):
+    binary("train", [f"--workdir={tmp_path / 'one'}", f"--data_dir={phantom_dir}",
+                     "--config=smoke", *extra])
+
   read = lambda d: json.loads((tmp_path / d / "checkpoints" / "latest" / "meta.json").read_text())
-  two, one = read("two"), read("one")
-  assert two["step"] == one["step"]
-  np.testing.assert_allclose([h["loss"] for h in two["history"]],
-                             [h["loss"] for h in one["history"]], rtol=1e-5)
+  for extra in (["--epochs=1"], ["--epochs=2", "--resume"]):
+    two_processes(extra)
+    one_process(extra)
+    two, one = read("two"), read("one")
+    assert two["step"] == one["step"]
+    assert len(two["history"]) == len(one["history"]) == int(extra[0][-1])
+    np.testing.assert_allclose([h["loss"] for h in two["history"]],
+                               [h["loss"] for h in one["history"]], rtol=1e-5)
