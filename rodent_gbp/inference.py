@@ -31,7 +31,7 @@ job's test animals:
    - ``paper``: the paper's method (``pipeline.remove_background``: the
      reference mask at the same slice, moved by the argmax of its template's
      correlation with the enhanced GBP image, slice by slice). On the
-     phantom it misplaces the mask (brain DSC ~0.2, README);
+     phantom it misplaces the mask (brain DSC 0.08 on the reference run, README);
 
    both jitted once for a fixed batch size (the last batch is padded);
 7. undo the padding and the resampling (nearest neighbour for the brain mask
