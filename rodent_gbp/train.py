@@ -439,8 +439,11 @@ def training_summary(history: list[dict], config: Config) -> dict[str, Any]:
   depend on the speed of the machine.
   """
   done = [r for r in history if not r.get("partial_epoch")]
+  # The score train_and_evaluate kept the best params by: validation mean
+  # tissue Dice, or minus the training loss when there are no validation animals.
   scores = [r.get("val_mean_tissue_dice", float("nan")) for r in history]
   best = int(np.nanargmax(scores)) if history and not np.all(np.isnan(scores)) else None
+  validated = any("val_dice" in r for r in history)
   return {
       "epochs_planned": int(config.epochs),
       "epochs_completed": len(done),
@@ -448,7 +451,10 @@ def training_summary(history: list[dict], config: Config) -> dict[str, Any]:
       "max_train_seconds": config.max_train_seconds,
       "train_seconds": float(sum(r.get("seconds", 0.0) for r in history)),
       "best_epoch": None if best is None else int(history[best]["epoch"]) + 1,
-      "best_val_mean_tissue_dice": None if best is None else float(scores[best]),
+      "best_selected_by": ("validation mean tissue dice" if validated
+                           else "training loss (no validation animals)"),
+      "best_val_mean_tissue_dice": (float(scores[best]) if validated and best is not None
+                                    else None),
       "history": history,
   }
 

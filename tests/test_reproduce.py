@@ -66,14 +66,19 @@ def test_training_summary_and_time_cap_warning():
   from rodent_gbp import report
   from rodent_gbp import train
   config = configs.override(configs.get_config("smoke"), epochs=5, max_train_seconds=30)
-  history = [{"epoch": 0, "seconds": 10.0, "val_mean_tissue_dice": 0.5, "partial_epoch": False},
-             {"epoch": 1, "seconds": 12.0, "val_mean_tissue_dice": 0.7, "partial_epoch": False},
-             {"epoch": 2, "seconds": 8.5, "val_mean_tissue_dice": 0.6, "partial_epoch": True}]
+  history = [{"epoch": e, "seconds": t, "val_mean_tissue_dice": d, "val_dice": {},
+              "partial_epoch": e == 2}
+             for e, t, d in ((0, 10.0, 0.5), (1, 12.0, 0.7), (2, 8.5, 0.6))]
   tr = train.training_summary(history, config)
   assert (tr["epochs_planned"], tr["epochs_completed"], tr["best_epoch"]) == (5, 2, 2)
   assert tr["stopped_by_time_cap"] is True
   assert tr["train_seconds"] == pytest.approx(30.5)
   assert tr["best_val_mean_tissue_dice"] == pytest.approx(0.7)
+  # Without validation animals the best epoch is the lowest loss: no val Dice claimed.
+  unvalidated = [{k: v for k, v in h.items() if k != "val_dice"} for h in history]
+  tr2 = train.training_summary(unvalidated, config)
+  assert tr2["best_val_mean_tissue_dice"] is None and tr2["best_epoch"] == 2
+  assert tr2["best_selected_by"].startswith("training loss")
   reference = pathlib.Path(__file__).parent.parent / "experiments/results/default"
   results = json.loads((reference / "results.json").read_text())
   assert "Training stopped at the time cap" not in report.tables_markdown(results)
