@@ -1,6 +1,6 @@
 """The paper's placement under every reading DESIGN.md leaves open.
 
-  # the full grid on the main job's model (~3 min on 2 CPU cores):
+  # the full grid on the main job's model (~2 min on 2 CPU cores):
   python experiments/paper_readings.py --checkpoint runs/main/checkpoints \
       --data_dir runs/main/data --out_dir runs/readings
   # a few readings:
