@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -45,6 +44,7 @@ from rodent_gbp import enhance
 from rodent_gbp import guided
 from rodent_gbp import metrics
 from rodent_gbp import pipeline
+from rodent_gbp import report
 
 #: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
 CLASS_SETS: dict[str, tuple[int, ...]] = {
@@ -329,8 +329,10 @@ def run(checkpoint_dir, data_dir, out_dir, *, readings: Sequence[Reading] | None
   inputs = prepare(ctx.model, ctx.params, ctx.bank, ctx.volumes, ctx.split["test"],
                    batch_size=ctx.batch_size)
   result = search(inputs, grid() if readings is None else readings, log=log)
-  (out / "readings.json").write_text(json.dumps(result, indent=1, allow_nan=True))
-  (out / "readings.md").write_text(markdown(result))
+  result = {"checkpoint": str(checkpoint_dir), "data_dir": str(data_dir),
+            "provenance": report.provenance(ctx.config.seed), **result}
+  report.write_json(out / "readings.json", result)  # NaN -> null
+  report.atomic_write_text(out / "readings.md", markdown(result))
   figure(result, out / "readings.png")
   log(markdown(result))
   return result
