@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from rodent_gbp import correlate
@@ -129,7 +130,7 @@ def median_animal(brain_volumes: Sequence[float]) -> int:
   return int(order[(len(order) - 1) // 2])
 
 
-def _scale_to_unit(g: jax.Array) -> jax.Array:
+def scale_to_unit(g: jax.Array) -> jax.Array:
   """Scales each (H, W) slice of (..., H, W) to max 1; all-zero slices stay 0."""
   peak = jnp.max(g, axis=(-2, -1), keepdims=True)
   return jnp.where(peak > 0, g / jnp.where(peak > 0, peak, 1.0), 0.0)
@@ -140,7 +141,7 @@ def _bank_gradients(params, stripped: jax.Array, *, model, options: PlacementOpt
   """Unit-scaled gradient images (B, H, W) of skull-stripped slices (B, H, W, 1)."""
   g = guided.gradient_image(model, params, stripped, classes=options.classes,
                             method=options.method)
-  return _scale_to_unit(g)
+  return scale_to_unit(g)
 
 
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
@@ -195,17 +196,22 @@ def recorded_displacement(volume) -> np.ndarray:
   return np.asarray(d, np.float64) if d is not None else np.full(2, np.nan)
 
 
-def make_template(mask: jax.Array, gradient: jax.Array, options: PlacementOptions) -> jax.Array:
-  """The shape template of Fig. 7a from reference mask and gradient image (..., H, W)."""
+def make_template(mask: jax.Array, gradient: jax.Array, template: str = "gradient", *,
+                  center: ArrayLike = 2.0, width: ArrayLike = 0.5) -> jax.Array:
+  """The shape template of Fig. 7a from reference mask and gradient image (..., H, W).
+
+  ``template`` is ``gradient`` (mask x gradient), ``enhanced`` (mask x Eq. 1
+  of the gradient with ``center`` and ``width``, which may be traced) or
+  ``mask``.
+  """
   mask = mask.astype(jnp.float32)
-  if options.template == "gradient":
+  if template == "gradient":
     return mask * gradient
-  if options.template == "enhanced":
-    return mask * enhance.enhance_gradient(gradient, center=options.center,
-                                           width=options.width)
-  if options.template == "mask":
+  if template == "enhanced":
+    return mask * enhance.enhance_gradient(gradient, center=center, width=width)
+  if template == "mask":
     return mask
-  raise ValueError(f"unknown template {options.template!r}; gradient | enhanced | mask")
+  raise ValueError(f"unknown template {template!r}; gradient | enhanced | mask")
 
 
 def test_signal(model, params, images: jax.Array, options: PlacementOptions) -> dict[str, jax.Array]:
@@ -274,7 +280,8 @@ def remove_background(params, images: jax.Array, slice_index: jax.Array,
   s = jnp.clip(slice_index, 0, bank_masks.shape[1] - 1)
   ref_mask = bank_masks[reference, s]
   ref_grad = bank_gradients[reference, s]
-  template = make_template(ref_mask, ref_grad, options)
+  template = make_template(ref_mask, ref_grad, options.template,
+                           center=options.center, width=options.width)
   sig = test_signal(model, params, images, options)
   corr, disp, placed = place_mask(sig["signal"], template, ref_mask)
   masked = images * placed[..., None].astype(images.dtype)

@@ -120,18 +120,21 @@ def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, wi
   """
   g = jnp.sum(maps[:, list(classes)], axis=1)
   signal = enhance.enhance_gradient(g, center=center, width=width)
-  ref_g = pipeline._scale_to_unit(jnp.sum(ref_maps[:, list(classes)], axis=1))
-  m = ref_masks.astype(jnp.float32)
-  if template == "gradient":
-    tmpl = m * ref_g
-  elif template == "enhanced":
-    tmpl = m * enhance.enhance_gradient(ref_g, center=center, width=width)
-  elif template == "mask":
-    tmpl = m
-  else:
-    raise ValueError(f"unknown template {template!r}; one of {TEMPLATES}")
+  ref_g = pipeline.scale_to_unit(jnp.sum(ref_maps[:, list(classes)], axis=1))
+  tmpl = pipeline.make_template(ref_masks, ref_g, template, center=center, width=width)
   _, disp, placed = pipeline.place_mask(signal, tmpl, ref_masks)
   return disp, placed
+
+
+@functools.partial(jax.jit, static_argnames=("classes", "template"))
+def place_counts(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array,
+                 true_masks: jax.Array, center, width, *, classes: tuple[int, ...],
+                 template: str):
+  """:func:`place`, then per-slice brain confusion counts (B, 4) [TP, FP, FN, TN]
+  against ``true_masks`` (B, H, W): only (B, 2) + (B, 4) numbers leave the device."""
+  disp, placed = place(maps, ref_maps, ref_masks, center, width, classes=classes,
+                       template=template)
+  return disp, jax.vmap(metrics.binary_counts)(placed, true_masks)
 
 
 def abs_maps(model, params, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -154,15 +157,20 @@ def calibrated_center(ref_raw_maps: np.ndarray, ref_masks: np.ndarray,
 
 @dataclasses.dataclass
 class Inputs:
-  """Everything the readings are evaluated on (host arrays)."""
+  """Everything the readings are evaluated on.
+
+  The per-slice stacks every reading reads (``maps`` .. ``true_masks``) are
+  put on the device once by :func:`prepare`; the rest are host arrays.
+  """
 
   animals: list[str]                 # evaluated animals, selection then test
   test: list[str]
-  maps: np.ndarray                   # (N, 4, H, W) |maps| of every raw slice, animals stacked
-  ref_maps: np.ndarray               # (N, 4, H, W) reference skull-stripped |maps| per slice
-  ref_masks: np.ndarray              # (N, H, W)
-  true_masks: np.ndarray             # (N, H, W)
+  maps: jax.Array                    # (N, 4, H, W) |maps| of every raw slice, animals stacked
+  ref_maps: jax.Array                # (N, 4, H, W) reference skull-stripped |maps| per slice
+  ref_masks: jax.Array               # (N, H, W)
+  true_masks: jax.Array              # (N, H, W)
   owner: np.ndarray                  # (N,) index into animals
+  has_brain: np.ndarray              # (N,) the true mask is not empty
   true_disp: np.ndarray              # (N, 2) test minus reference displacement (NaN: unknown)
   ref_raw_maps: np.ndarray           # (S, 4, H, W) reference raw-slice |maps| (calibration)
   ref_raw_masks: np.ndarray          # (S, H, W)
@@ -193,32 +201,36 @@ def prepare(model, params, bank: pipeline.TemplateBank, volumes: Mapping[str, An
     n = v.image.shape[0]
     s = np.clip(np.arange(n), 0, bank.masks.shape[1] - 1)
     maps.append(abs_maps(model, params, v.image, batch_size))
-    refm.append(ref_st[np.clip(s, 0, len(ref_st) - 1)])
+    refm.append(ref_st[s])
     refk.append(bank.masks[bank.reference, s])
     truem.append(v.brainmask.astype(bool))
     owner.append(np.full(n, i))
     disp.append(np.broadcast_to(pipeline.recorded_displacement(v) - ref_disp, (n, 2)))
-  return Inputs(animals=animals, test=list(test), maps=np.concatenate(maps),
-                ref_maps=np.concatenate(refm), ref_masks=np.concatenate(refk),
-                true_masks=np.concatenate(truem), owner=np.concatenate(owner),
+  true_masks = np.concatenate(truem)
+  maps, refm, refk, truem = jax.device_put(
+      (np.concatenate(maps), np.concatenate(refm), np.concatenate(refk), true_masks))
+  return Inputs(animals=animals, test=list(test), maps=maps, ref_maps=refm, ref_masks=refk,
+                true_masks=truem, owner=np.concatenate(owner),
+                has_brain=true_masks.reshape(len(true_masks), -1).any(-1),
                 true_disp=np.concatenate(disp), ref_raw_maps=ref_raw,
                 ref_raw_masks=ref.brainmask.astype(bool), reference=ref_id)
 
 
 def score(reading: Reading, inputs: Inputs) -> dict[str, Any]:
   """Brain DSC (per animal, and means over selection and test) of one reading."""
-  disp, placed = place(inputs.maps, inputs.ref_maps, inputs.ref_masks,
-                       np.float32(reading.center), np.float32(reading.width),
-                       classes=CLASS_SETS[reading.classes], template=reading.template)
-  disp, placed = np.asarray(disp), np.asarray(placed)
+  disp, counts = place_counts(inputs.maps, inputs.ref_maps, inputs.ref_masks,
+                              inputs.true_masks, np.float32(reading.center),
+                              np.float32(reading.width), classes=CLASS_SETS[reading.classes],
+                              template=reading.template)
+  disp, counts = np.asarray(disp), np.asarray(counts, np.int64)
+  err = np.abs(disp - inputs.true_disp).mean(-1)
   per_animal, errors = {}, {}
-  for i, a in enumerate(inputs.animals):
+  for i, a in enumerate(inputs.animals):  # a few animals, host sums of small arrays
     rows = inputs.owner == i
-    counts = metrics.binary_counts(placed[rows], inputs.true_masks[rows])
-    per_animal[a] = float(metrics.metrics_from_counts(np.asarray(counts))["dsc"])
-    has_brain = inputs.true_masks[rows].reshape(rows.sum(), -1).any(-1)
-    err = np.abs(disp[rows] - inputs.true_disp[rows]).mean(-1)[has_brain]
-    errors[a] = float(np.mean(err)) if err.size else float("nan")
+    pooled = counts[rows].sum(0)
+    per_animal[a] = float(metrics.metrics_from_counts(pooled)["dsc"])
+    mine = err[rows & inputs.has_brain]
+    errors[a] = float(np.mean(mine)) if mine.size else float("nan")
   sel = [a for a in inputs.animals if a not in inputs.test]
   mean = lambda d, keys: float(np.nanmean([d[k] for k in keys])) if keys else float("nan")
   return {"reading": dataclasses.asdict(reading), "label": reading.label(),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rodent_gbp import correlate
+from rodent_gbp import enhance
 from rodent_gbp import model as model_lib
 from rodent_gbp import pipeline
 
@@ -118,9 +119,11 @@ def test_template_bank_roundtrip(tmp_path):
 def test_make_template_readings():
   mask = jnp.asarray(_ellipse(8, 8, 4, 4, 2, 2))
   grad = jnp.linspace(0, 1, 64, dtype=jnp.float32).reshape(8, 8)
-  opt = pipeline.PlacementOptions
-  np.testing.assert_allclose(pipeline.make_template(mask, grad, opt(template="mask")), mask)
-  np.testing.assert_allclose(pipeline.make_template(mask, grad, opt(template="gradient")),
+  np.testing.assert_allclose(pipeline.make_template(mask, grad, "mask"), mask)
+  np.testing.assert_allclose(pipeline.make_template(mask, grad, "gradient"),
                              np.where(mask, grad, 0))
+  np.testing.assert_allclose(
+      pipeline.make_template(mask, grad, "enhanced", center=1.0, width=0.7),
+      np.where(mask, enhance.enhance_gradient(grad, center=1.0, width=0.7), 0), rtol=1e-6)
   with pytest.raises(ValueError, match="unknown template"):
-    pipeline.make_template(mask, grad, opt(template="nope"))
+    pipeline.make_template(mask, grad, "nope")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import nibabel as nib
 import numpy as np
@@ -62,7 +61,7 @@ def test_results_json_layout(smoke_reproduce, smoke_run):
   assert tr["best_val_mean_tissue_dice"] == pytest.approx(smoke_run.best_val_dice)
 
 
-def test_training_summary_and_time_cap_warning():
+def test_training_summary_and_time_cap_warning(smoke_reproduce):
   from rodent_gbp import report
   from rodent_gbp import train
   config = configs.override(configs.get_config("smoke"), epochs=5, max_train_seconds=30)
@@ -79,8 +78,7 @@ def test_training_summary_and_time_cap_warning():
   tr2 = train.training_summary(unvalidated, config)
   assert tr2["best_val_mean_tissue_dice"] is None and tr2["best_epoch"] == 2
   assert tr2["best_selected_by"].startswith("training loss")
-  reference = pathlib.Path(__file__).parent.parent / "experiments/results/default"
-  results = json.loads((reference / "results.json").read_text())
+  _, results = smoke_reproduce
   assert "Training stopped at the time cap" not in report.tables_markdown(results)
   text = report.tables_markdown({**results, "training": tr})
   assert "after 2 of 5 epochs" in text and "max_train_seconds = 30" in text
