@@ -449,7 +449,7 @@ def training_summary(history: list[dict], config: Config) -> dict[str, Any]:
       "epochs_completed": len(done),
       "stopped_by_time_cap": any(r.get("partial_epoch") for r in history),
       "max_train_seconds": config.max_train_seconds,
-      "train_seconds": float(sum(r.get("seconds", 0.0) for r in history)),
+      "epochs_seconds": float(sum(r.get("seconds", 0.0) for r in history)),  # with validation
       "best_epoch": None if best is None else int(history[best]["epoch"]) + 1,
       "best_selected_by": ("validation mean tissue dice" if validated
                            else "training loss (no validation animals)"),
