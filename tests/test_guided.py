@@ -110,6 +110,82 @@ def test_exact_gbp_map_of_tiny_net():
   np.testing.assert_allclose(g[0, 0], [0.25, 0.75, 0.5, 0, 0], atol=1e-7)
 
 
+def test_logit_target_of_tiny_net():
+  """The same network and input as above, target = the logit z1 of class 1.
+
+  d z1 / d a = v = [1, -1, 2, -2] (4x the probability target's v / 4: here
+  p1 = 1/2 and d p1 / d z1 = 1/4 at every output pixel, as there is one).
+  * vanilla: v 1[h>0]          = [1, -1, 0, 0] -> dx = [1, 1, -2, 0, 0]
+  * guided:  v 1[h>0] 1[v>0]   = [1,  0, 0, 0] -> dx = [1, 2, 0, 0, 0]
+  * deconv:  max(v, 0)         = [1,  0, 2, 0] -> dx = [1, 2, 2, 4, 0]
+  Class 0's logit has a zero kernel: it does not depend on x at all.
+  """
+  net = _TinyNet()
+  want = {
+      "vanilla": [1.0, 1.0, -2.0, 0, 0],
+      "guided": [1.0, 2.0, 0, 0, 0],
+      "deconvnet": [1.0, 2.0, 2.0, 4.0, 0],
+  }
+  for method, expected in want.items():
+    got = guided.saliency(net, _TINY_PARAMS, _TINY_X, method=method, target="all",
+                          score="logit")
+    np.testing.assert_allclose(got[0, 1, 0], expected, atol=1e-6, err_msg=method)
+    np.testing.assert_array_equal(got[0, 0, 0], np.zeros(5))
+    prob = guided.saliency(net, _TINY_PARAMS, _TINY_X, method=method, target=1)
+    np.testing.assert_allclose(prob[0, 0], np.asarray(expected) / 4, atol=1e-7, err_msg=method)
+
+
+class _PixelNet(nn.Module):
+  """Per pixel: h = [x, -x], a = activation(h), logits (0, u . a), u = [2, -1].
+
+  1x1 convolutions only, so every pixel is its own small network and the
+  output pixels differ in confidence.
+  """
+
+  num_classes: int = 2
+  activation: object = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(2, (1, 1), use_bias=False, name="conv")(x)
+    x = self.activation(x)
+    return nn.Conv(2, (1, 1), use_bias=False, name="readout")(x)
+
+
+_PIXEL_PARAMS = {
+    "conv": {"kernel": jnp.array([1.0, -1.0]).reshape(1, 1, 1, 2)},
+    "readout": {"kernel": jnp.array([[0.0, 2.0], [0.0, -1.0]]).reshape(1, 1, 2, 2)},
+}
+_PIXEL_X = np.array([1.0, -2.0, 3.0, -0.5, 6.0], np.float32)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "guided"])
+def test_probability_target_saturates_where_logit_target_does_not(method):
+  """z1 = 2 relu(x) - relu(-x), so d z1 / d x = 2 (x > 0) or 1 (x < 0).
+
+  Logit target, class 1: vanilla 2 1[x>0] + 1[x<0]; guided blocks the second
+  channel (d z1 / d a_2 = -1 < 0): 2 1[x>0]. Probability target: times
+  p1 (1 - p1), p1 = sigmoid(z1) (z0 = 0), which vanishes on the confident
+  pixels x = 3, 6. Class 0 (p0 = 1 - p1): minus that through vanilla; for
+  guided the backward signal at a is -p1 (1 - p1) [2, -1], so only the
+  second channel passes: -p1 (1 - p1) 1[x<0].
+  """
+  x = jnp.asarray(_PIXEL_X).reshape(1, 1, 5, 1)
+  z1 = np.where(_PIXEL_X > 0, 2 * _PIXEL_X, _PIXEL_X)
+  p1 = 1 / (1 + np.exp(-z1))
+  slope = np.where(_PIXEL_X > 0, 2.0, 1.0 if method == "vanilla" else 0.0)
+  logit = guided.saliency(_PixelNet(), _PIXEL_PARAMS, x, method=method, target=1,
+                          score="logit")
+  np.testing.assert_allclose(logit[0, 0], slope, rtol=1e-6)
+  # float32 softmax: 1 - p1 loses digits as p1 -> 1 (relative error ~1e-7 / (1 - p1)).
+  prob = guided.saliency(_PixelNet(), _PIXEL_PARAMS, x, method=method, target="all")
+  np.testing.assert_allclose(prob[0, 1, 0], p1 * (1 - p1) * slope, rtol=1e-3, atol=1e-6)
+  slope0 = -slope if method == "vanilla" else -(_PIXEL_X < 0).astype(np.float32)
+  np.testing.assert_allclose(prob[0, 0, 0], p1 * (1 - p1) * slope0, rtol=1e-3, atol=1e-6)
+  # At x = 6 (p1 = 0.999994) the probability map has all but vanished.
+  assert abs(prob[0, 1, 0, 4]) < 1e-4 * abs(logit[0, 0, 4])
+
+
 def _init(net, seed, size, bias=0.1):
   """Random params without running Flax's init (whose compilation is slow).
 
@@ -188,6 +264,44 @@ def test_vanilla_is_the_autodiff_gradient(small):
   fn = lambda x: jnp.sum(jax.nn.softmax(net.apply({"params": params}, x), -1)[..., 2])
   np.testing.assert_allclose(guided.saliency(net, params, images, method="vanilla", target=2),
                              jax.jit(jax.grad(fn))(images)[..., 0], rtol=1e-5, atol=1e-7)
+
+
+def test_vanilla_logit_target_is_the_autodiff_gradient(small):
+  net, params, images = small
+  left = jnp.zeros((32, 32), bool).at[:, :16].set(True)
+  logits = lambda x: net.apply({"params": params}, x)[..., 2]
+  got = guided.saliency(net, params, images, method="vanilla", target=2, score="logit")
+  want = jax.jit(jax.grad(lambda x: jnp.sum(logits(x))))(images)[..., 0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  # Over a region: the sum of the logit over the region's pixels.
+  got = guided.saliency(net, params, images, method="vanilla", target=2, region=left,
+                        score="logit")
+  want = jax.jit(jax.grad(lambda x: jnp.sum(jnp.where(left, logits(x), 0.0))))(images)[..., 0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  # A callable target sees the logits.
+  got = guided.saliency(net, params, images, method="vanilla", score="logit",
+                        target=lambda z: jnp.sum(z[..., 2], (1, 2)))
+  np.testing.assert_allclose(got, guided.saliency(net, params, images, method="vanilla",
+                                                  target=2, score="logit"),
+                             rtol=1e-6, atol=1e-9)
+
+
+def test_gradient_image_and_logits_share_one_forward(small):
+  net, params, images = small
+  plain = net.apply({"params": params}, images)  # the ReLU U-Net
+  for kwargs in ({}, {"score": "logit", "classes": "all"}):
+    g, logits = guided.gradient_image_and_logits(net, params, images, **kwargs)
+    assert g.shape == (2, 32, 32) and logits.shape == (2, 32, 32, 4)
+    np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+    want = guided.gradient_image(net, params, images, **kwargs)
+    np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-9)
+  # Smoothgrad's forward passes see noisy copies; its logits are still the clean ones.
+  g, logits = guided.gradient_image_and_logits(net, params, images, method="smoothgrad",
+                                               samples=2, rng=jax.random.key(3))
+  np.testing.assert_allclose(logits, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+  np.testing.assert_allclose(g, guided.gradient_image(net, params, images, method="smoothgrad",
+                                                      samples=2, rng=jax.random.key(3)),
+                             rtol=1e-6, atol=1e-9)
 
 
 def test_maps_are_per_image(small):
@@ -272,6 +386,50 @@ def test_compiles_once_per_shape(small):
   for region in (jnp.ones((2, 32, 32), bool), jnp.zeros((32, 32), bool)):
     guided.saliency(net, params, images, target=("argmax", "all"), region=region)
   assert guided.saliency_jit._cache_size() == before + 1
+  # The logit target is another program.
+  guided.saliency(net, params, images, target="all", score="logit")
+  assert guided.saliency_jit._cache_size() == before + 2
+
+
+def test_repeated_call_builds_no_spec_and_does_not_retrace(small, monkeypatch):
+  net, params, images = small
+  x = jnp.concatenate([images, images[:1]])  # batch 3: a shape no other test compiles
+  traces, specs = [], []
+  maps, normalise = guided._maps, guided._normalise_target
+
+  def counted_maps(*args, **kwargs):
+    traces.append(1)  # Python runs only while jit traces
+    return maps(*args, **kwargs)
+
+  def counted_normalise(*args, **kwargs):
+    specs.append(1)
+    return normalise(*args, **kwargs)
+
+  monkeypatch.setattr(guided, "_maps", counted_maps)
+  monkeypatch.setattr(guided, "_normalise_target", counted_normalise)
+  guided._cached_target.cache_clear()
+  for target in ("all", ("argmax", "all")):
+    guided.saliency(net, params, x, target=target)
+  guided.gradient_image(net, params, x)
+  assert len(traces) == 2 and specs  # saliency once (argmax is data), gradient image once
+  traces.clear()
+  specs.clear()
+  size = guided.saliency_jit._cache_size()
+  for seed in range(2):
+    y = jax.random.normal(jax.random.key(seed), x.shape)
+    for target in ("all", ("argmax", "all")):
+      guided.saliency(net, params, y, target=target)
+    guided.gradient_image(net, params, y)
+  assert traces == [] and specs == []
+  assert guided.saliency_jit._cache_size() == size
+
+
+def test_spec_first_built_under_an_outer_jit_holds_no_tracer(small):
+  net, params, images = small
+  guided._cached_target.cache_clear()
+  inner = jax.jit(lambda x: guided.gradient_image(net, params, x, classes=(3, 1)))(images)
+  outer = guided.gradient_image(net, params, images, classes=(3, 1))  # reuses the spec
+  np.testing.assert_allclose(outer, inner, rtol=1e-5, atol=1e-6 * np.abs(inner).max())
 
 
 def test_bad_arguments(small):
@@ -286,6 +444,15 @@ def test_bad_arguments(small):
     guided.saliency(net, params, images, region=jnp.ones((16, 16), bool))
   with pytest.raises(ValueError, match="region"):
     guided.saliency(net, params, images, region=jnp.ones((32,), bool))
+  with pytest.raises(ValueError, match="either in target or as region"):
+    guided.saliency(net, params, images, target=("region", jnp.ones((32, 32), bool), 1),
+                    region=jnp.ones((32, 32), bool))
+  with pytest.raises(ValueError, match="callable target"):
+    guided.saliency(net, params, images, target=lambda p: p[..., 1],
+                    region=jnp.ones((32, 32), bool))
+  for fn in (guided.saliency, guided.gradient_image, guided.gradient_image_and_logits):
+    with pytest.raises(ValueError, match=r"score must be one of \('probability', 'logit'\)"):
+      fn(net, params, images, score="log-odds")
 
 
 def test_trained_network_differs_from_random(smoke_run, phantom_dir):
@@ -306,7 +473,7 @@ def test_trained_network_differs_from_random(smoke_run, phantom_dir):
 
 def test_saliency_experiment_writes_maps_and_figure(smoke_run, phantom_dir, tmp_path):
   import json
-  from rodent_gbp import explain
+  from rodent_gbp.studies import explain
   summary = explain.run(smoke_run.checkpoint_dir, tmp_path, data_dir=phantom_dir,
                         animal="rat00", slices=[20], shift=8)
   maps = np.load(tmp_path / "rat00_s20_maps.npy")
