@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp import lognormal
+from rodent_gbp.studies import lognormal
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder.", required=True)
 _DATA_DIR = flags.DEFINE_string(

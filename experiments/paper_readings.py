@@ -18,7 +18,7 @@ from absl import flags
 from absl import logging
 
 from rodent_gbp import cli
-from rodent_gbp import readings
+from rodent_gbp.studies import readings
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder "
                                   "(<workdir>/checkpoints of the main job).", required=True)

@@ -19,7 +19,7 @@ from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp import configs
-from rodent_gbp import placement_study
+from rodent_gbp.studies import placement_study
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _CHECKPOINT = flags.DEFINE_string(

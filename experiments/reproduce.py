@@ -12,7 +12,7 @@ from absl import flags
 
 from rodent_gbp import cli
 from rodent_gbp import configs
-from rodent_gbp import reproduce
+from rodent_gbp.studies import reproduce
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/main", "Output folder.")
 _DATA_DIR = flags.DEFINE_string(

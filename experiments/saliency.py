@@ -6,7 +6,7 @@
 
 Writes per-class maps and probabilities (.npy), one figure per slice as the
 paper's Figs. 2-3, and saliency.json (how well the translated input's map
-matches the translated map); see ``rodent_gbp.explain``.
+matches the translated map); see ``rodent_gbp.studies.explain``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp import explain
+from rodent_gbp.studies import explain
 from rodent_gbp import guided
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder.", required=True)

@@ -3,16 +3,15 @@
 A console script must point into the package, so the ``main`` functions behind
 installed commands live here; ``experiments/*.py`` call the same functions.
 
-Error edge (:func:`run_main`): an expected error (a ValueError such as
-``data.DataError``, ``checkpoint.CheckpointError``,
-``inference.InferenceError``, or an OSError such as a full disk or a denied
-permission) ends the program with ONE line ``error: <message>`` on stderr and
-exit code 2, without a traceback; the message names the file and the problem.
-Any other exception is a bug and keeps its traceback. ``RODENT_GBP_TRACEBACK=1``
+Error edge (:func:`run_main`): an expected error (``errors.RodentGBPError``:
+data, checkpoint, inference, usage and training errors, or an OSError such as a full disk or a denied permission) ends the
+program with ONE line ``error: <message>`` on stderr and exit code 2, without
+a traceback; the message names the file and the problem. Any other exception
+(a ValueError from JAX or numpy included) is a bug and keeps its traceback. ``RODENT_GBP_TRACEBACK=1``
 shows tracebacks for expected errors too.
 
   rodent-gbp-segment --input scan.nii.gz --checkpoint runs/main/checkpoints \\
-      --out_dir out/ [--placement=improved|paper]
+      --out_dir out/ [--placement=gbp_improved|gbp|intensity]
 """
 
 from __future__ import annotations
@@ -24,8 +23,10 @@ from typing import Any, Callable
 
 from absl import flags
 
+from rodent_gbp.errors import RodentGBPError, UsageError
+
 EXIT_EXPECTED_ERROR = 2
-EXPECTED_ERRORS = (ValueError, OSError)
+EXPECTED_ERRORS = (RodentGBPError, OSError)
 
 
 def error_line(e: BaseException) -> str:
@@ -79,10 +80,9 @@ def begin(argv: list[str], fv: flags.FlagValues = flags.FLAGS) -> None:
   """The common start of a binary's ``main``: no stray arguments, multi-host
   initialisation from the flags, library INFO chatter (Orbax) kept out of the
   progress output."""
-  from absl import app
   from absl import logging
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
   start_distributed(fv)
   logging.set_verbosity(logging.WARNING)
 
@@ -100,9 +100,9 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the flags of ``rodent-gbp-segment`` on ``fv``."""
   flags.DEFINE_string("input", None, "The scan to segment (NIfTI .nii or .nii.gz).",
                       flag_values=fv)
-  flags.DEFINE_string("checkpoint", None, "A trained model folder, e.g. the main job's "
-                      "<workdir>/checkpoints (best params, config, normalisation, "
-                      "templates.npz).", flag_values=fv)
+  flags.DEFINE_string("checkpoint", None, "A model folder (bundle), e.g. the main job's "
+                      "<workdir>/model (networks, normalisation, template bank, voxel "
+                      "size).", flag_values=fv)
   flags.DEFINE_string("out_dir", None, "Output folder (created if needed).",
                       flag_values=fv)
   flags.DEFINE_string("plane", "coronal", "Slicing plane: coronal, axial or sagittal.",
@@ -116,15 +116,15 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("overwrite", False, "Replace existing outputs of the same name.",
                     flag_values=fv)
   flags.DEFINE_bool("qc", True, "Write the QC figure <name>_qc.png.", flag_values=fv)
-  flags.DEFINE_enum("placement", "improved", ["improved", "paper"],
-                    "How the brain mask is placed. improved (default): rodent_gbp/"
-                    "placement.py, one displacement for the scan from its log GBP image "
-                    "against the reference's raw-slice appearance, template animal, "
-                    "neighbouring slice and scale chosen on the intensity, per-slice "
-                    "confidence with fallback (needs the appearance in templates.npz). "
-                    "paper: the paper's per-slice correlation of the reference "
+  flags.DEFINE_enum("placement", "gbp_improved", ["gbp_improved", "gbp", "intensity"],
+                    "How the brain mask is placed (rodent_gbp/placement.py). "
+                    "gbp_improved (default): one displacement for the scan from its log "
+                    "GBP image against the reference's raw-slice appearance, then the "
+                    "template animal, neighbouring slice and scale chosen on the "
+                    "intensity. gbp: the paper's per-slice correlation of the reference "
                     "template with the enhanced GBP image (misplaces the mask on the "
-                    "phantom: brain DSC 0.08 on the reference run).", flag_values=fv)
+                    "phantom, README). intensity: the same search as gbp_improved "
+                    "located by the plain intensity, no saliency.", flag_values=fv)
 
 
 def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]], None]:
@@ -134,7 +134,7 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
   def main(argv: list[str]) -> None:
     from rodent_gbp import inference
     if len(argv) > 1:
-      raise inference.InferenceError(f"unexpected arguments {argv[1:]}")
+      raise UsageError(f"unexpected arguments {argv[1:]}")
     # Returns None: absl's app.run exits with main's return value.
     inference.segment_scan(
         fv["input"].value, fv["checkpoint"].value, fv["out_dir"].value,

@@ -31,6 +31,8 @@ from typing import Any, Iterator, Mapping
 import nibabel as nib
 import numpy as np
 
+from rodent_gbp.errors import DataError
+
 NUM_CLASSES = 4
 PLANES = ("coronal", "axial", "sagittal")
 # RAS axes -> (S, H, W) for each plane.
@@ -41,10 +43,6 @@ LABEL_PRESETS = {
     "identity": {0: 0, 1: 1, 2: 2, 3: 3},
 }
 _RAS = nib.orientations.axcodes2ornt("RAS")
-
-
-class DataError(ValueError):
-  """A dataset file is missing or invalid; the message names the file."""
 
 
 @dataclasses.dataclass
@@ -233,6 +231,15 @@ def _to_labels(path: pathlib.Path, data: np.ndarray, label_map) -> np.ndarray:
 def _reorient(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
   return nib.orientations.apply_orientation(data, ornt), ornt
+
+
+def voxel_sizes_ras(affine: np.ndarray) -> np.ndarray:
+  """Voxel edge lengths (3,) in mm along the RAS+ axes of the reoriented volume."""
+  sizes = np.sqrt(np.sum(np.asarray(affine, np.float64)[:3, :3] ** 2, axis=0))
+  ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
+  out = np.empty(3)
+  out[ornt[:, 0].astype(int)] = sizes
+  return out
 
 
 def load_scan(path: str | pathlib.Path, *, plane: str = "coronal",

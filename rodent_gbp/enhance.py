@@ -85,3 +85,14 @@ def enhance_gradient(g: ArrayLike, *, center: ArrayLike = 2.0,
     >>> f = enhance_gradient(jnp.zeros((2, 4, 4)))  # finite, never NaN
   """
   return enhancement_steps(g, center=center, width=width)["enhanced"]
+
+
+def log_gradient(g: ArrayLike) -> jax.Array:
+  """Log of gradient images (..., H, W), floored at 1 % of each slice's maximum.
+
+  The paper models the magnitudes as log-normal (Fig. 5); the log makes the
+  brain's weaker responses count beside the strongest edges.
+  """
+  g = jnp.asarray(g, jnp.float32)
+  peak = jnp.max(g, axis=(-2, -1), keepdims=True)
+  return jnp.log(g + 0.01 * jnp.where(peak > 0, peak, 1.0))

@@ -46,26 +46,49 @@ METRIC_NAMES: tuple[str, ...] = ("accuracy", "specificity", "sensitivity",
                                  "precision", "dsc")
 
 
-def binary_counts(pred_mask: ArrayLike, true_mask: ArrayLike) -> jax.Array:
+def binary_counts(pred_mask: ArrayLike, true_mask: ArrayLike, *,
+                  axis: int | tuple[int, ...] | None = None) -> jax.Array:
   """Confusion counts of two masks of the same shape (nonzero = positive).
 
   Args:
     pred_mask: (...) predicted mask, e.g. the placed brain mask (S, H, W).
     true_mask: (...) true mask of the same shape.
+    axis: the axes pooled (default all), e.g. ``(-2, -1)`` for per-slice
+      counts of (S, H, W) masks.
 
   Returns:
-    int32 (4,) ``[TP, FP, FN, TN]`` pooled over all pixels. Jittable.
+    int32 (..., 4) ``[TP, FP, FN, TN]``: (4,) when every axis is pooled.
+    Jittable.
   """
   # astype(bool) is "nonzero" for any dtype, without a strict-promotion compare.
   pred = jnp.asarray(pred_mask).astype(jnp.bool_)
   true = jnp.asarray(true_mask).astype(jnp.bool_)
   if pred.shape != true.shape:
     raise ValueError(f"mask shapes differ: {pred.shape} vs {true.shape}")
-  tp = jnp.sum(pred & true, dtype=jnp.int32)
-  fp = jnp.sum(pred & ~true, dtype=jnp.int32)
-  fn = jnp.sum(~pred & true, dtype=jnp.int32)
-  tn = jnp.int32(pred.size) - tp - fp - fn
-  return jnp.stack([tp, fp, fn, tn])
+  tp = jnp.sum(pred & true, axis=axis, dtype=jnp.int32)
+  fp = jnp.sum(pred & ~true, axis=axis, dtype=jnp.int32)
+  fn = jnp.sum(~pred & true, axis=axis, dtype=jnp.int32)
+  tn = jnp.sum(~pred & ~true, axis=axis, dtype=jnp.int32)
+  return jnp.stack([tp, fp, fn, tn], axis=-1)
+
+
+def dice_from_counts(counts: ArrayLike, *, empty: float = float("nan")) -> jax.Array:
+  """DSC ``2 TP / (2 TP + FP + FN)`` of (..., 4) counts; jittable.
+
+  ``empty`` is returned where the denominator is 0 (truth and prediction
+  both empty): NaN by the module's policy; ``empty=0.0`` where a search needs
+  a number to rank (an empty candidate never wins).
+  """
+  counts = jnp.asarray(counts)
+  tp, fp, fn = (counts[..., i].astype(jnp.float32) for i in range(3))
+  den = 2.0 * tp + fp + fn
+  return jnp.where(den > 0, 2.0 * tp / jnp.where(den > 0, den, 1.0), empty)
+
+
+def slice_dice(pred_mask: ArrayLike, true_mask: ArrayLike) -> np.ndarray:
+  """Per-slice DSC (S,) of (S, H, W) masks, on the host; NaN where both are empty."""
+  return np.asarray(dice_from_counts(binary_counts(pred_mask, true_mask, axis=(-2, -1))),
+                    np.float64)
 
 
 def confusion_counts(pred: ArrayLike, truth: ArrayLike,

@@ -44,7 +44,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import jax
 from jax.experimental import multihost_utils
@@ -120,9 +120,12 @@ def padded_size(n: int, multiple: int) -> int:
   return max(multiple, -(-n // multiple) * multiple)
 
 
-def pad_batch(batch: dict[str, np.ndarray], multiple: int
+def pad_batch(batch: dict[str, np.ndarray], multiple: int, *, size: int | None = None
               ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """Pads every array's axis 0 to a multiple of ``multiple``.
+  """Pads every array's axis 0 to a multiple of ``multiple`` (or to ``size``).
+
+  The one last-batch padder of the package: training evaluation, the
+  removal pipeline and inference all pad through it.
 
   Padding repeats the last row (finite, in-range values, so no NaN or
   out-of-range label reaches the computation); the returned mask says which
@@ -131,6 +134,8 @@ def pad_batch(batch: dict[str, np.ndarray], multiple: int
   Args:
     batch: dict of arrays with a common leading size n.
     multiple: usually the device count (``mesh.size``).
+    size: pad to exactly this many rows instead (a fixed batch shape, so a
+      jitted function compiles once); must be >= n.
 
   Returns:
     (padded batch, valid (n_padded,) bool: True for the n real rows).
@@ -141,7 +146,10 @@ def pad_batch(batch: dict[str, np.ndarray], multiple: int
   n = next(iter(sizes.values()))
   if n == 0:
     raise ValueError("cannot pad an empty batch")
-  size = padded_size(n, multiple)
+  if size is None:
+    size = padded_size(n, multiple)
+  elif size < n:
+    raise ValueError(f"cannot pad {n} rows to {size}")
   out = {}
   for k, v in batch.items():
     v = np.asarray(v)
@@ -284,3 +292,33 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def run_batched(fn, arrays: Mapping[str, np.ndarray], batch_size: int,
+                mesh: Mesh | None = None) -> dict[str, np.ndarray]:
+  """Calls jitted ``fn(**batch)`` on fixed-size batches (padded), one compile.
+
+  The last batch is padded by :func:`pad_batch`, and the padded rows are
+  dropped from every output, so the results are exactly per input row. Each
+  batch is split over ``mesh`` (default: all devices); ``batch_size`` is
+  rounded up to a multiple of the device count (the extra rows are padding).
+  In a multi-host run every process calls this with the same arrays and hands
+  over only its rows of each batch.
+
+  Returns:
+    dict of numpy outputs (``{"out": ...}`` when ``fn`` returns one array).
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  size = padded_size(batch_size, mesh.size)
+  n = len(next(iter(arrays.values())))
+  outs: dict[str, list[np.ndarray]] = {}
+  for i in range(0, n, batch_size):
+    j = min(i + batch_size, n)
+    batch, _ = pad_batch({k: np.asarray(v[i:j]) for k, v in arrays.items()}, mesh.size,
+                         size=size)
+    out = fn(**shard_batch(local_share(batch, mesh), mesh))
+    if not isinstance(out, dict):
+      out = {"out": out}
+    for k, v in to_host(out).items():
+      outs.setdefault(k, []).append(np.asarray(v)[: j - i])
+  return {k: np.concatenate(v) for k, v in outs.items()}

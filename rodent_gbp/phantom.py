@@ -442,6 +442,22 @@ def _place_objects(rng: np.random.Generator, head: np.ndarray, tissue: np.ndarra
   return placed
 
 
+#: Written last into a phantom folder: what it holds (animals, seed, size).
+COMPLETE_FILE = "phantom.json"
+
+
+def is_complete(out_dir: str | pathlib.Path, *, animals: int | None = None) -> bool:
+  """Whether ``out_dir`` holds a whole phantom written by :func:`write_phantom`."""
+  marker = pathlib.Path(out_dir) / COMPLETE_FILE
+  if not marker.is_file():
+    return False
+  try:
+    info = json.loads(marker.read_text())
+  except (OSError, ValueError):
+    return False
+  return animals is None or info.get("animals") == animals
+
+
 def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int = 0,
                   size: int = REF_SIZE,
                   log: Callable[[str], None] | None = None) -> list[pathlib.Path]:
@@ -449,27 +465,52 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
 
   Images are float32, labels and brain mask uint8, all with the RAS+ affine of
   ``phantom_affine`` (voxel sizes in the header). Returns the animal folders.
+
+  Atomic: everything is written into a hidden folder beside ``out_dir``, which
+  is renamed onto it at the end (``COMPLETE_FILE`` inside says what it
+  holds), so an interrupted run leaves no phantom rather than one with fewer
+  animals and a different split.
+
+  Raises:
+    DataError: ``out_dir`` exists and is not empty.
   """
+  import os
+  import shutil
   import nibabel as nib  # Local: generation itself needs only numpy.
+  from rodent_gbp.errors import DataError
 
   out = pathlib.Path(out_dir)
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise DataError(f"{out}: exists and is not empty; the phantom is written only into a "
+                    "new or empty folder")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
   paths = []
-  for index in range(animals):
-    animal = make_animal(seed, index, size=size)
-    folder = out / animal.meta["animal_id"]
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, array in (("image", animal.image), ("labels", animal.labels),
-                        ("brainmask", animal.brainmask)):
-      img = nib.Nifti1Image(array, animal.affine)
-      img.set_qform(animal.affine, code=1)
-      img.set_sform(animal.affine, code=1)
-      img.header.set_xyzt_units("mm")
-      nib.save(img, folder / f"{name}.nii.gz")
-    (folder / "meta.json").write_text(json.dumps(animal.meta, indent=2) + "\n")
-    paths.append(folder)
-    if log is not None:
-      m = animal.meta
-      log(f"{m['animal_id']} ({index + 1}/{animals}): size factor "
-          f"{m['size_factor']:.3f}, displacement {m['displacement_hw']}, "
-          f"slice offset {m['slice_offset']} -> {folder}")
+  try:
+    for index in range(animals):
+      animal = make_animal(seed, index, size=size)
+      folder = tmp / animal.meta["animal_id"]
+      folder.mkdir(parents=True, exist_ok=True)
+      for name, array in (("image", animal.image), ("labels", animal.labels),
+                          ("brainmask", animal.brainmask)):
+        img = nib.Nifti1Image(array, animal.affine)
+        img.set_qform(animal.affine, code=1)
+        img.set_sform(animal.affine, code=1)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, folder / f"{name}.nii.gz")
+      (folder / "meta.json").write_text(json.dumps(animal.meta, indent=2) + "\n")
+      paths.append(out / animal.meta["animal_id"])
+      if log is not None:
+        m = animal.meta
+        log(f"{m['animal_id']} ({index + 1}/{animals}): size factor "
+            f"{m['size_factor']:.3f}, displacement {m['displacement_hw']}, "
+            f"slice offset {m['slice_offset']} -> {paths[-1]}")
+    (tmp / COMPLETE_FILE).write_text(json.dumps(
+        {"animals": animals, "seed": seed, "size": size}) + "\n")
+    if out.exists():
+      out.rmdir()  # empty, checked above
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return paths

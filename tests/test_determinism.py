@@ -12,7 +12,7 @@ import json
 
 from rodent_gbp import configs
 from rodent_gbp import phantom
-from rodent_gbp import reproduce
+from rodent_gbp.studies import reproduce
 
 _VOLATILE = ("timing", "provenance")
 _VOLATILE_EPOCH = ("seconds", "train_seconds", "images_per_s")

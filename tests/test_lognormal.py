@@ -1,4 +1,4 @@
-"""Tests for rodent_gbp.lognormal: known laws are recognised, formulas hold."""
+"""Tests for rodent_gbp.studies.lognormal: known laws are recognised, formulas hold."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rodent_gbp import lognormal
+from rodent_gbp.studies import lognormal
 
 N = 20000
 

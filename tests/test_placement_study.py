@@ -9,7 +9,7 @@ import pytest
 
 from rodent_gbp import data
 from rodent_gbp import placement
-from rodent_gbp import placement_study
+from rodent_gbp.studies import placement_study
 
 
 @pytest.fixture(scope="module")

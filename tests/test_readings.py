@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rodent_gbp import pipeline
-from rodent_gbp import placement_study
-from rodent_gbp import readings
+from rodent_gbp.studies import placement_study
+from rodent_gbp.studies import readings
 
 
 def _disk(h, w, center, radius):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rodent_gbp import configs
-from rodent_gbp import reproduce
+from rodent_gbp.studies import reproduce
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_results_json_layout(smoke_reproduce, smoke_run):
 
 
 def test_training_summary_and_time_cap_warning(smoke_reproduce):
-  from rodent_gbp import report
+  from rodent_gbp.studies import report
   from rodent_gbp import train
   config = configs.override(configs.get_config("smoke"), epochs=5, max_train_seconds=30)
   history = [{"epoch": e, "seconds": t, "val_mean_tissue_dice": d, "val_dice": {},

@@ -314,7 +314,7 @@ def cross_validation(config, data_dir, out_dir, *, folds: int, epochs: int | Non
   """Trains and evaluates one model per fold (the main job); mean and spread."""
   from rodent_gbp import configs
   from rodent_gbp import data
-  from rodent_gbp import reproduce
+  from rodent_gbp.studies import reproduce
 
   ids = [v.animal_id for v in data.load_dataset(data_dir)]
   runs = []
@@ -433,7 +433,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
   """
   from rodent_gbp import configs
   from rodent_gbp import phantom
-  from rodent_gbp import report
+  from rodent_gbp.studies import report
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -485,7 +485,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     timing["cross_validation_s"] = time.time() - t0
   study["timing"] = timing
   study["figures"] = _figures(out, study)
-  report.write_json(out / "placement_study.json", study)
+  fileio.write_json(out / "placement_study.json", study)
   log(f"wrote placement_study.json and {len(study['figures'])} figures to {out} "
       f"({', '.join(f'{k} {v:.0f}' for k, v in timing.items())})")
   return study

@@ -44,7 +44,7 @@ from rodent_gbp import enhance
 from rodent_gbp import guided
 from rodent_gbp import metrics
 from rodent_gbp import pipeline
-from rodent_gbp import report
+from rodent_gbp.studies import report
 
 #: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
 CLASS_SETS: dict[str, tuple[int, ...]] = {
@@ -332,7 +332,7 @@ def figure(result: Mapping[str, Any], path) -> None:
 def run(checkpoint_dir, data_dir, out_dir, *, readings: Sequence[Reading] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   """Loads a trained model folder, searches, writes readings.{json,md,png}."""
-  from rodent_gbp import placement_study
+  from rodent_gbp.studies import placement_study
 
   ctx = placement_study.load_context(checkpoint_dir, data_dir)
   out = pathlib.Path(out_dir)
@@ -343,8 +343,8 @@ def run(checkpoint_dir, data_dir, out_dir, *, readings: Sequence[Reading] | None
   result = search(inputs, grid() if readings is None else readings, log=log)
   result = {"checkpoint": str(checkpoint_dir), "data_dir": str(data_dir),
             "provenance": report.provenance(ctx.config.seed), **result}
-  report.write_json(out / "readings.json", result)  # NaN -> null
-  report.atomic_write_text(out / "readings.md", markdown(result))
+  fileio.write_json(out / "readings.json", result)  # NaN -> null
+  fileio.atomic_write_text(out / "readings.md", markdown(result))
   figure(result, out / "readings.png")
   log(markdown(result))
   return result

@@ -6,16 +6,11 @@ beside the paper's numbers (Tables 1 and 2) in the paper's layout.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import pathlib
 import platform
 import subprocess
 from typing import Any, Mapping
-
-import numpy as np
 
 from rodent_gbp.metrics import CLASS_NAMES as CLASS_KEYS  # {1: "wm", 2: "gm", 3: "csf"}
 from rodent_gbp.metrics import METRIC_NAMES as METRIC_KEYS
@@ -35,36 +30,6 @@ PAPER_TABLE2 = {
     "gm": (98.96, 89.45, 81.02, 84.65),
     "csf": (99.12, 71.79, 84.59, 77.61),
 }
-
-
-def atomic_write_text(path: os.PathLike, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temporary file and a rename."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def _clean(x: Any) -> Any:
-  """JSON-able copy: numpy scalars/arrays to Python, NaN to None."""
-  if isinstance(x, Mapping):
-    return {str(k): _clean(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_clean(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _clean(x.tolist())
-  if isinstance(x, (np.floating, float)):
-    f = float(x)
-    return None if math.isnan(f) or math.isinf(f) else f
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return x
-
-
-def write_json(path: os.PathLike, obj: Any) -> None:
-  atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
 
 
 def git_commit() -> str | None:
@@ -142,24 +107,29 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
   lines += [_row(c, t["manual"].get(c), PAPER_TABLE2[c]) for c in ("wm", "gm", "csf")]
   lines += ["", "## Without background removal (paper Fig. 4)", "", _HEADER]
   lines += [_row(c, t["none"].get(c), None) for c in ("wm", "gm", "csf")]
-  if "gbp_improved" in t:
-    lines += ["", "## After background removal with improved GBP placement", "", _HEADER]
-    if "gbp_improved" in results["brain"]:
-      lines.append(_row("brain", results["brain"]["gbp_improved"], None))
-    lines += [_row(c, t["gbp_improved"].get(c), None) for c in ("wm", "gm", "csf")]
+  titles = {"gbp_improved": "After background removal with improved GBP placement",
+            "intensity": "After background removal placed by intensity (no saliency)"}
+  for key, title in titles.items():
+    if key in t:
+      lines += ["", f"## {title}", "", _HEADER]
+      if key in results["brain"]:
+        lines.append(_row("brain", results["brain"][key], None))
+      lines += [_row(c, t[key].get(c), None) for c in ("wm", "gm", "csf")]
   b = results["brain"]
-  lines += ["", "## Brain mask placement", "",
-            "| Placement | Brain DSC | mean abs error (px) |", "|---|---|---|"]
   pl = results.get("placement", {})
-  lines.append(f"| GBP, paper's method | {_pct(b['gbp'].get('dsc'))} | "
+  lines += ["", "## Brain mask placement", "",
+            "Brain DSC of the removal mask (the mask applied before segmenting again).", "",
+            "| Placement | Brain DSC | mean abs error (px) |", "|---|---|---|"]
+  lines.append(f"| gbp: the paper's method | {_pct(b['gbp'].get('dsc'))} | "
                f"{_fmt(pl.get('mean_abs_error_px'))} |")
   if "gbp_ceiling" in b:
-    lines.append(f"| Ceiling: reference mask at its best shift | "
+    lines.append(f"| gbp_ceiling: reference mask at its best shift | "
                  f"{_pct(b['gbp_ceiling'].get('dsc'))} | 0 by definition |")
-  for key, label in (("gbp_improved", "Improved GBP placement"),
-                     ("oracle", "Oracle: true displacement, best template")):
+  for key, label in (("gbp_improved", "gbp_improved: improved GBP placement"),
+                     ("intensity", "intensity: the same search located by intensity"),
+                     ("oracle", "oracle: true displacement, best template")):
     if key in b:
-      err = pl.get("improved", {}).get("mean_abs_error_px") if key == "gbp_improved" else None
+      err = pl.get(key, {}).get("mean_abs_error_px") if key != "oracle" else 0.0
       lines.append(f"| {label} | {_pct(b[key].get('dsc'))} | {_fmt(err)} |")
   return "\n".join(lines) + "\n"
 
@@ -167,17 +137,3 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
 def _fmt(x) -> str:
   return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
 
-
-def write_csv(path: os.PathLike, rows: list[Mapping[str, Any]]) -> None:
-  """Writes a list of flat dicts as CSV (atomically)."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  keys: list[str] = []
-  for r in rows:
-    keys += [k for k in r if k not in keys]
-  with open(tmp, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: _clean(v) for k, v in r.items()})
-  os.replace(tmp, path)

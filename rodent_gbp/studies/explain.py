@@ -28,7 +28,7 @@ import numpy as np
 
 from rodent_gbp import checkpoint as checkpoint_lib
 from rodent_gbp import data
-from rodent_gbp import figures
+from rodent_gbp.studies import figures
 from rodent_gbp import guided
 from rodent_gbp import model as model_lib
 

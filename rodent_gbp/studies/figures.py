@@ -15,22 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-CLASS_TITLES = ("Background", "White matter", "Gray matter", "CSF")
-_LABEL_COLOURS = np.array([[0, 0, 0], [0.95, 0.95, 0.95], [0.55, 0.55, 0.55], [0.2, 0.5, 1.0]])
-
-
-def show(ax, image: np.ndarray, title: str = "", **kw) -> None:
-  """Draws an (H, W) or RGB (H, W, 3) slice superior-up, without ticks."""
-  image = np.asarray(image)
-  image = image.transpose(1, 0, 2) if image.ndim == 3 else image.T
-  ax.imshow(image, origin="lower", **({"cmap": "gray"} | kw))
-  ax.set_title(title, fontsize=8)
-  ax.set_axis_off()
-
-
-def label_rgb(labels: np.ndarray) -> np.ndarray:
-  """(H, W) label map to an RGB image (BG black, WM white, GM gray, CSF blue)."""
-  return _LABEL_COLOURS[np.clip(np.asarray(labels), 0, 3)]
+from rodent_gbp.qc import CLASS_TITLES, label_rgb, show  # noqa: E402,F401
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
