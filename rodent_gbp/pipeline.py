@@ -45,9 +45,13 @@ def segment_batch(params, images: jax.Array, *, model) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def raw_pass_batch(params, images: jax.Array, *, model) -> dict[str, jax.Array]:
-  """Labels (B, H, W) and guided gradient image (B, H, W) of raw slices (B, H, W, 1)."""
-  g = guided.gradient_image(model, params, images)
-  return {"labels": segment(model, params, images), "gradient": g}
+  """Labels (B, H, W) and guided gradient image (B, H, W) of raw slices (B, H, W, 1).
+
+  One forward pass serves both: the guided ReLU's forward is the ReLU's, so
+  the logits the saliency is pulled back through are the segmentation's.
+  """
+  g, logits = guided.gradient_image_and_logits(model, params, images)
+  return {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32), "gradient": g}
 
 
 def segment_slices(slices: np.ndarray, *, bundle, batch_size: int | None = None,
