@@ -94,44 +94,90 @@ def binary():
   return run_binary
 
 
-def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
-  """A model folder (smoke checkpoints + templates.npz), built once per session.
+MODEL_FOLDER = "model"
 
-  Built as the main job builds it: ``pipeline.build_template_bank`` of the
-  training animals, then ``placement.save_appearance`` of the bank's
-  raw-slice appearance.
+
+def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
+  """The smoke model's bundle folder ``<workdir>/model``, built once per session.
+
+  Built by the code ``studies.reproduce.reproduce`` writes its
+  ``<workdir>/model`` with: ``reproduce.make_bundle`` of the training animals
+  (tissue network, normalisation, template bank with the reference's
+  raw-slice appearance, voxel size), then ``bundle.save_bundle``. The test
+  animals are not evaluated here (``test_reproduce`` runs the whole job).
   """
-  folder = tmp_path_factory.getbasetemp() / "segment_model" / "checkpoints"
-  if (folder / "templates.npz").is_file():
+  folder = tmp_path_factory.getbasetemp() / "segment_model" / MODEL_FOLDER
+  if (folder / "bundle.json").is_file():
     return folder
   import shutil
+  from rodent_gbp import bundle as bundle_lib
   from rodent_gbp import data
-  from rodent_gbp import model as model_lib
-  from rodent_gbp import pipeline
-  from rodent_gbp import placement
-  shutil.rmtree(folder.parent, ignore_errors=True)
-  shutil.copytree(smoke_run.checkpoint_dir, folder)
-  config = smoke_run.config
-  volumes = {a: data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]}
-  model = model_lib.build_unet(config)
-  bank = pipeline.build_template_bank(
-      model, smoke_run.params, list(volumes.values()),
-      options=pipeline.PlacementOptions.from_config(config),
-      batch_size=config.eval_batch_size)
-  bank.save(folder / "templates.npz")
-  appearance, available = placement.bank_appearance(
-      model, smoke_run.params, bank, volumes, batch_size=config.eval_batch_size)
-  placement.save_appearance(folder / "templates.npz", appearance, available)
+  from rodent_gbp.studies import reproduce
+  shutil.rmtree(folder, ignore_errors=True)
+  volumes = [data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]]
+  bundle = reproduce.make_bundle(smoke_run.config, smoke_run.params, volumes,
+                                 pathlib.Path(smoke_run.checkpoint_dir), smoke_run.split)
+  bundle_lib.save_bundle(folder, bundle)
   return folder
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
-  """A model folder as the main job writes it (smoke model); tests copy before changing it."""
+  """The smoke model's bundle folder (``<workdir>/model``); tests copy before changing it."""
   return segment_model(tmp_path_factory, smoke_run, phantom_dir)
 
 
 @pytest.fixture(scope="session")
+def smoke_bundle(model_dir):
+  """``bundle.load_bundle(model_dir)``: the smoke model as a user gets it; read-only."""
+  from rodent_gbp import bundle as bundle_lib
+  return bundle_lib.load_bundle(model_dir)
+
+
+def synthetic_bundle(masks, *, gradients=None, appearance=None, reference: int | None = None,
+                     features: int = 2, depth: int = 1, seed: int = 0):
+  """A bundle built by hand around a bank of synthetic masks (A, S, H, W).
+
+  The tissue network is an untrained U-Net of ``features`` x ``depth``
+  (params from ``seed``); ``gradients`` default to the masks as float32;
+  ``appearance`` (A, S, H, W) is given for the reference only. For placer
+  tests with a planted answer: the network matters only where the test
+  passes no gradient image.
+  """
+  import numpy as np
+  from rodent_gbp import bank as bank_lib
+  from rodent_gbp import bundle as bundle_lib
+  from rodent_gbp import configs
+  from rodent_gbp import model as model_lib
+  masks = np.asarray(masks, bool)
+  a, _, h, w = masks.shape
+  vols = masks.reshape(a, -1).sum(-1)
+  ref = bank_lib.median_animal(vols) if reference is None else reference
+  available = None
+  if appearance is not None:
+    appearance = np.asarray(appearance, np.float32)
+    available = np.arange(a) == ref
+  bank = bank_lib.TemplateBank(
+      animal_ids=[f"a{i}" for i in range(a)], masks=masks,
+      gradients=(masks.astype(np.float32) if gradients is None
+                 else np.asarray(gradients, np.float32)),
+      brain_volumes=vols, reference=ref, displacements=np.zeros((a, 2)),
+      appearance=appearance, appearance_available=available)
+  config = configs.override(configs.get_config("smoke"), features=features, depth=depth,
+                            eval_batch_size=4)
+  model = model_lib.build_unet(config)
+  params = model_lib.init_params(model, jax.random.key(seed), (h, w))
+  return bundle_lib.Bundle(
+      networks={"tissue": bundle_lib.Network(config=config, params=params)},
+      normalisation={"method": "fixed", "scale": 1.0}, bank=bank,
+      voxel_size=np.array([0.375, 0.5, 0.375]), voxel_size_source="synthetic")
+
+
+@pytest.fixture(scope="session")
 def scan(phantom_dir) -> pathlib.Path:
-  """A test animal's image (not in the template bank)."""
-  return phantom_dir / "rat04" / "image.nii.gz"
+  """A test animal's image (the smoke split's test animal, not in the template bank)."""
+  from rodent_gbp import configs
+  from rodent_gbp import data
+  ids = sorted(p.name for p in phantom_dir.iterdir() if p.is_dir())
+  test = data.split_animals(ids, configs.get_config("smoke").split_seed)["test"][0]
+  return phantom_dir / test / "image.nii.gz"
