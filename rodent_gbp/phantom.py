@@ -477,6 +477,7 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
   import os
   import shutil
   import nibabel as nib  # Local: generation itself needs only numpy.
+  from rodent_gbp import fileio
   from rodent_gbp.errors import DataError
 
   out = pathlib.Path(out_dir)
@@ -499,15 +500,15 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
         img.set_sform(animal.affine, code=1)
         img.header.set_xyzt_units("mm")
         nib.save(img, folder / f"{name}.nii.gz")
-      (folder / "meta.json").write_text(json.dumps(animal.meta, indent=2) + "\n")
+      (folder / "meta.json").write_text(fileio.dumps_json(animal.meta))
       paths.append(out / animal.meta["animal_id"])
       if log is not None:
         m = animal.meta
         log(f"{m['animal_id']} ({index + 1}/{animals}): size factor "
             f"{m['size_factor']:.3f}, displacement {m['displacement_hw']}, "
             f"slice offset {m['slice_offset']} -> {paths[-1]}")
-    (tmp / COMPLETE_FILE).write_text(json.dumps(
-        {"animals": animals, "seed": seed, "size": size}) + "\n")
+    (tmp / COMPLETE_FILE).write_text(fileio.dumps_json(
+        {"animals": animals, "seed": seed, "size": size}))
     if out.exists():
       out.rmdir()  # empty, checked above
     os.replace(tmp, out)
