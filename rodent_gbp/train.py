@@ -5,9 +5,8 @@ folder, split by animal), model and optimiser state, the jitted step, the epoch
 loop (train on skull-stripped slices, validate, checkpoint), and a last
 evaluation of the best params on the test animals.
 
-Loss (``config.loss``):
-  * ``"dice"`` (the paper): soft Dice, :func:`dice_loss`.
-  * ``"dice_ce"``: soft Dice + mean pixel cross-entropy (the ``default``).
+Loss (``config.loss``, :mod:`rodent_gbp.losses`): ``"dice"`` (the paper), soft
+Dice; ``"dice_ce"`` (the ``default``), soft Dice + mean pixel cross-entropy.
 
 Optimiser: SGD with momentum and Keras' time-based decay
 ``lr_t = lr0 / (1 + decay * t)``, t = number of updates already applied
@@ -33,7 +32,7 @@ import functools
 import math
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from absl import logging
 import flax
@@ -45,6 +44,7 @@ import optax
 from rodent_gbp import checkpoint
 from rodent_gbp import configs
 from rodent_gbp import data
+from rodent_gbp import losses
 from rodent_gbp import model as model_lib
 from rodent_gbp import parallel
 from rodent_gbp import phantom
@@ -56,72 +56,11 @@ PyTree = Any
 _RESUME_MUST_MATCH = ("animals", "image_size", "phantom_seed", "split_seed", "features",
                       "depth", "num_classes", "optimizer", "seed")
 
+dice_loss = losses.dice_loss  # its home was this module
+
 # ----------------------------------------------------------------------------
-# Loss and learning rate
+# Learning rate and optimiser
 # ----------------------------------------------------------------------------
-
-
-def dice_loss(probs: jax.Array, onehot: jax.Array, *, smooth: float = 1.0,
-              include_background: bool = True) -> jax.Array:
-  """Soft Dice loss, 1 - mean over classes of the batch-pooled soft Dice.
-
-  For each class c, with sums over the batch and all pixels::
-
-    D_c = (2 sum(p_c g_c) + smooth) / (sum(p_c) + sum(g_c) + smooth)
-    loss = 1 - mean_c D_c
-
-  Classes: all four (background included) by default, as a Keras Dice over the
-  softmax output does; ``include_background=False`` averages WM, GM, CSF only.
-  Batch: pooled (one D_c per class for the whole batch), not averaged per image,
-  so a class missing from one slice does not dominate. A class absent from both
-  the truth and the prediction gives D_c = smooth / smooth = 1 (no NaN); absent
-  from the truth only, D_c -> 0 and the loss pushes its probability down.
-
-  Args:
-    probs: (B, H, W, C) softmax probabilities.
-    onehot: (B, H, W, C) one-hot labels (float).
-    smooth: additive smoothing; keeps D_c finite for absent classes.
-    include_background: whether channel 0 enters the mean.
-
-  Returns:
-    Scalar loss in [0, 1].
-  """
-  if probs.shape != onehot.shape or probs.ndim != 4:
-    raise ValueError(
-        f"dice_loss needs probs and onehot of equal shape (B, H, W, C); got "
-        f"{probs.shape} and {onehot.shape}")
-  onehot = onehot.astype(probs.dtype)
-  axes = (0, 1, 2)
-  intersection = jnp.sum(probs * onehot, axis=axes)
-  total = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
-  dice = (2.0 * intersection + smooth) / (total + smooth)
-  if not include_background:
-    dice = dice[1:]
-  return 1.0 - jnp.mean(dice)
-
-
-def segmentation_loss(logits: jax.Array, labels: jax.Array, loss: str
-                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The training loss named by ``loss`` ("dice" or "dice_ce").
-
-  Args:
-    logits: (B, H, W, C).
-    labels: (B, H, W) int class indices.
-    loss: "dice" or "dice_ce".
-
-  Returns:
-    (scalar loss, dict of its terms).
-  """
-  num_classes = logits.shape[-1]
-  probs = jax.nn.softmax(logits, axis=-1)
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  dice = dice_loss(probs, onehot)
-  if loss == "dice":
-    return dice, {"dice_loss": dice}
-  if loss == "dice_ce":
-    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-    return dice + ce, {"dice_loss": dice, "ce": ce}
-  raise ValueError(f"unknown loss {loss!r}; use 'dice' or 'dice_ce'")
 
 
 def learning_rate_fn(config: Config) -> Callable[[jax.Array], jax.Array]:
@@ -247,7 +186,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
 
   def loss_of(params):
     logits = model.apply({"params": params}, image)
-    return segmentation_loss(logits, label, config.loss)
+    return losses.segmentation_loss(logits, label, config.loss)
 
   (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
@@ -255,105 +194,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
   metrics = {"loss": loss, "lr": learning_rate_fn(config)(state.step), **terms}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
-
-
-def eval_step(params: PyTree, batch: dict[str, jax.Array], *, model: model_lib.UNet
-              ) -> dict[str, jax.Array]:
-  """Per-slice confusion counts of the arg-max segmentation.
-
-  Args:
-    params: U-Net params.
-    batch: ``image`` (B, H, W, 1), ``label`` (B, H, W) int; optional
-      ``brainmask`` (B, H, W) bool: if given, the input is multiplied by it
-      first (manual background removal: the true mask makes the skull-stripped
-      image); optional ``valid`` (B,) bool: padding slices (False) count zero.
-    model: the U-Net.
-
-  Returns:
-    ``counts`` (B, C, 3) int32 [TP, FP, FN] per slice and class (one vs rest),
-    ``dice`` (C,) float32 Dice pooled over the valid slices (NaN for a class
-    absent from truth and prediction), ``pred`` (B, H, W) int32.
-  """
-  image, label = batch["image"], batch["label"]
-  if "brainmask" in batch:
-    image = image * batch["brainmask"][..., None].astype(image.dtype)
-  logits = model.apply({"params": params}, image)
-  num_classes = logits.shape[-1]
-  pred = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  p = jax.nn.one_hot(pred, num_classes, dtype=jnp.int32)
-  t = jax.nn.one_hot(label, num_classes, dtype=jnp.int32)
-  if "valid" in batch:
-    w = batch["valid"].astype(jnp.int32)[:, None, None, None]
-    p, t = p * w, t * w
-  tp = jnp.sum(p * t, axis=(1, 2))
-  fp = jnp.sum(p * (1 - t), axis=(1, 2))
-  fn = jnp.sum((1 - p) * t, axis=(1, 2))
-  counts = jnp.stack([tp, fp, fn], axis=-1)
-  return {"counts": counts, "dice": dice_from_counts(jnp.sum(counts, axis=0)),
-          "pred": pred}
-
-
-def dice_from_counts(counts: jax.Array | np.ndarray) -> jax.Array:
-  """Dice 2TP / (2TP + FP + FN) from (..., 3) [TP, FP, FN]; NaN where 0 / 0."""
-  xp = jnp if isinstance(counts, jax.Array) else np
-  counts = counts.astype(xp.float32)
-  tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-  den = 2 * tp + fp + fn
-  return xp.where(den > 0, 2 * tp / xp.where(den > 0, den, 1), xp.nan)
-
-
-def _eval_batches(arrays: dict[str, np.ndarray], image_key: str, batch_size: int
-                  ) -> Iterator[dict[str, np.ndarray]]:
-  """All slices in order, the last batch padded (``valid`` marks real ones)."""
-  n = arrays["label"].shape[0]
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    valid = idx < n
-    idx = np.minimum(idx, n - 1)
-    yield {"image": arrays[image_key][idx], "label": arrays["label"][idx],
-           "valid": valid}
-
-
-def evaluate(eval_fn: Callable, params: PyTree, arrays: dict[str, np.ndarray], *,
-             batch_size: int, image_key: str = "stripped",
-             class_names: tuple[str, ...] = ("background", "wm", "gm", "csf"),
-             mesh=None) -> dict:
-  """Dice per class, pooled over all slices and per animal.
-
-  ``image_key="stripped"`` is the manual background removal (true brain mask
-  applied to the input); ``"image"`` feeds the raw slices.
-
-  Args:
-    eval_fn: jitted ``functools.partial(eval_step, model=model)``.
-    params: U-Net params.
-    arrays: ``stack_slices`` output (needs ``label``, ``animal`` and ``image_key``).
-    batch_size: slices per call (rounded up to a multiple of the device count).
-    mesh: devices to split each batch over (default: all).
-
-  Returns:
-    dict with ``dice`` {class: pooled Dice}, ``dice_per_animal`` {animal index:
-    {class: Dice}}, ``dice_mean_over_animals`` {class: nanmean over animals} and
-    ``mean_tissue_dice`` (mean of WM, GM, CSF over animals).
-  """
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  params = parallel.replicate(params, mesh)
-  counts = []
-  for batch in _eval_batches(arrays, image_key, parallel.padded_size(batch_size, mesh.size)):
-    out = eval_fn(params, parallel.shard_batch(parallel.local_share(batch, mesh), mesh))
-    counts.append(parallel.to_host(out["counts"])[batch["valid"]])
-  counts = np.concatenate(counts).astype(np.int64)  # (N, C, 3)
-  names = class_names[:counts.shape[1]]
-  per_animal = {}
-  for a in np.unique(arrays["animal"]):
-    d = dice_from_counts(counts[arrays["animal"] == a].sum(axis=0))
-    per_animal[int(a)] = dict(zip(names, map(float, d)))
-  mean_animals = {c: float(np.nanmean([v[c] for v in per_animal.values()]))
-                  for c in names}
-  pooled = dict(zip(names, map(float, dice_from_counts(counts.sum(axis=0)))))
-  tissue = [mean_animals[c] for c in names[1:]]
-  return {"dice": pooled, "dice_per_animal": per_animal,
-          "dice_mean_over_animals": mean_animals,
-          "mean_tissue_dice": float(np.nanmean(tissue))}
 
 
 # ----------------------------------------------------------------------------
@@ -376,7 +216,7 @@ class TrainResult:
       ``normalisation.json``).
     split: {"train", "val", "test"} animal ids.
     test_dice: Dice of the best params on the test animals' skull-stripped
-      slices (manual background removal), see :func:`evaluate`.
+      slices (manual background removal), see ``losses.evaluate``.
   """
 
   config: Config
@@ -533,7 +373,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
 
   step_fn = jax.jit(functools.partial(train_step, model=model, config=config),
                     donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model))
+  eval_fn = jax.jit(functools.partial(losses.eval_step, model=model))
 
   # --- epochs ---
   t_start = time.perf_counter()
@@ -541,27 +381,27 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   reserve = 0.0  # seconds the last validation + checkpoint took, kept for the next
   for epoch in range(start_epoch, config.epochs):
     t_epoch = time.perf_counter()
-    losses = []
+    step_losses = []
     for batch in data.iterate_batches(train_batches_in, config.batch_size,
                                       seed=config.seed, epoch=epoch, shuffle=True,
                                       drop_remainder=True):
       state, metrics = step_fn(state, parallel.shard_batch(parallel.local_share(batch, mesh),
                                                            mesh))
-      losses.append(metrics["loss"])
+      step_losses.append(metrics["loss"])
       if (config.max_train_seconds > 0
           and time.perf_counter() - t_start + reserve > config.max_train_seconds):
         out_of_time = True
         break
-    loss = float(np.mean(jax.device_get(losses)))
+    loss = float(np.mean(jax.device_get(step_losses)))
     t_train_end = time.perf_counter()
     train_seconds = t_train_end - t_epoch
-    images_per_s = len(losses) * config.batch_size / max(train_seconds, 1e-9)
+    images_per_s = len(step_losses) * config.batch_size / max(train_seconds, 1e-9)
 
     record = {"epoch": epoch, "step": int(state.step), "loss": loss,
               "lr": float(metrics["lr"]), "images_per_s": images_per_s,
               "train_seconds": train_seconds, "partial_epoch": out_of_time}
     if val_arrays is not None:
-      val = evaluate(eval_fn, state.params, val_arrays,
+      val = losses.evaluate(eval_fn, state.params, val_arrays,
                      batch_size=config.eval_batch_size, mesh=mesh)
       record["val_dice"] = val["dice_mean_over_animals"]
       score = val["mean_tissue_dice"]
@@ -597,7 +437,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   # --- the best params on the test animals (manual background removal) ---
   test = None
   if best_params is not None and stacks["test"] is not None:
-    test = evaluate(eval_fn, best_params, stacks["test"],
+    test = losses.evaluate(eval_fn, best_params, stacks["test"],
                     batch_size=config.eval_batch_size, mesh=mesh)
     log(f"test (true brain mask applied) dice {_fmt_dice(test['dice_mean_over_animals'])}")
   return TrainResult(config=config, params=best_params, history=history,

@@ -15,6 +15,7 @@ import pytest
 from rodent_gbp import checkpoint
 from rodent_gbp import configs
 from rodent_gbp import data
+from rodent_gbp import losses
 from rodent_gbp import model as model_lib
 from rodent_gbp import train
 
@@ -27,27 +28,28 @@ _PROBS = jnp.array([[[[1.0, 0.0], [0.25, 0.75], [0.5, 0.5], [0.0, 1.0]]]], jnp.f
 
 
 def test_dice_perfect_is_zero():
-  assert float(train.dice_loss(_TRUTH, _TRUTH)) == 0.0
-  assert float(train.dice_loss(_TRUTH, _TRUTH, smooth=0.0)) == 0.0
+  assert train.dice_loss is losses.dice_loss  # still importable from train
+  assert float(losses.dice_loss(_TRUTH, _TRUTH)) == 0.0
+  assert float(losses.dice_loss(_TRUTH, _TRUTH, smooth=0.0)) == 0.0
 
 
 def test_dice_disjoint_is_one():
   wrong = _TRUTH[..., ::-1]
-  assert float(train.dice_loss(wrong, _TRUTH, smooth=1e-7)) == pytest.approx(1.0, abs=1e-6)
+  assert float(losses.dice_loss(wrong, _TRUTH, smooth=1e-7)) == pytest.approx(1.0, abs=1e-6)
   # With the default smoothing: 1 - 1 / (P + G + 1) per class, P = G = 2.
-  assert float(train.dice_loss(wrong, _TRUTH)) == pytest.approx(1 - 1 / 5, abs=1e-6)
+  assert float(losses.dice_loss(wrong, _TRUTH)) == pytest.approx(1 - 1 / 5, abs=1e-6)
 
 
 def test_dice_partial_overlap_by_hand():
   # Class 0: I = 1 + 0.25 = 1.25, P = 1.75, G = 2 -> D0 = 2.5 / 3.75 = 2/3.
   # Class 1: I = 0.5 + 1 = 1.5,  P = 2.25, G = 2 -> D1 = 3 / 4.25 = 12/17.
   d0, d1 = 2 / 3, 12 / 17
-  got = float(train.dice_loss(_PROBS, _TRUTH, smooth=0.0))
+  got = float(losses.dice_loss(_PROBS, _TRUTH, smooth=0.0))
   assert got == pytest.approx(1 - (d0 + d1) / 2, abs=1e-6)
-  got = float(train.dice_loss(_PROBS, _TRUTH, smooth=0.0, include_background=False))
+  got = float(losses.dice_loss(_PROBS, _TRUTH, smooth=0.0, include_background=False))
   assert got == pytest.approx(1 - d1, abs=1e-6)
   # smooth = 1 adds 1 to numerator and denominator of each class.
-  got = float(train.dice_loss(_PROBS, _TRUTH))
+  got = float(losses.dice_loss(_PROBS, _TRUTH))
   assert got == pytest.approx(1 - (3.5 / 4.75 + 4 / 5.25) / 2, abs=1e-6)
 
 
@@ -55,11 +57,11 @@ def test_dice_pools_the_batch_and_survives_absent_classes():
   # Two images = the same pixels side by side: pooled Dice is identical.
   probs2 = jnp.concatenate([_PROBS[..., :2, :], _PROBS[..., 2:, :]], axis=0)
   truth2 = jnp.concatenate([_TRUTH[..., :2, :], _TRUTH[..., 2:, :]], axis=0)
-  assert float(train.dice_loss(probs2, truth2, smooth=0.0)) == pytest.approx(
-      float(train.dice_loss(_PROBS, _TRUTH, smooth=0.0)), abs=1e-6)
+  assert float(losses.dice_loss(probs2, truth2, smooth=0.0)) == pytest.approx(
+      float(losses.dice_loss(_PROBS, _TRUTH, smooth=0.0)), abs=1e-6)
   # A third class absent from truth and prediction: D = 1, no NaN, finite grad.
   pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
-  loss, grad = jax.value_and_grad(train.dice_loss)(pad(_PROBS), pad(_TRUTH))
+  loss, grad = jax.value_and_grad(losses.dice_loss)(pad(_PROBS), pad(_TRUTH))
   d0, d1 = 3.5 / 4.75, 4 / 5.25
   assert float(loss) == pytest.approx(1 - (d0 + d1 + 1) / 3, abs=1e-6)
   assert np.all(np.isfinite(grad))
@@ -68,13 +70,13 @@ def test_dice_pools_the_batch_and_survives_absent_classes():
 def test_loss_names():
   logits = jnp.log(_PROBS + 1e-3)
   labels = jnp.array([[[0, 0, 1, 1]]], jnp.int32)
-  dice, terms = train.segmentation_loss(logits, labels, "dice")
+  dice, terms = losses.segmentation_loss(logits, labels, "dice")
   assert set(terms) == {"dice_loss"}
-  both, terms = train.segmentation_loss(logits, labels, "dice_ce")
+  both, terms = losses.segmentation_loss(logits, labels, "dice_ce")
   assert float(both) == pytest.approx(float(terms["dice_loss"] + terms["ce"]), abs=1e-6)
   assert float(terms["ce"]) > 0
   with pytest.raises(ValueError, match="unknown loss"):
-    train.segmentation_loss(logits, labels, "l2")
+    losses.segmentation_loss(logits, labels, "l2")
 
 
 # ------------------------------------------------------- optimiser and step --
@@ -124,7 +126,7 @@ def test_one_real_step_lowers_the_loss():
 
   def loss_of(params):
     logits = model.apply({"params": params}, batch["image"])
-    return float(train.segmentation_loss(logits, batch["label"], config.loss)[0])
+    return float(losses.segmentation_loss(logits, batch["label"], config.loss)[0])
 
   before = loss_of(state.params)
   step = jax.jit(functools.partial(train.train_step, model=model, config=config),
@@ -157,7 +159,7 @@ def test_eval_step_counts_match_numpy_and_mask_input():
   model = model_lib.build_unet(config)
   params = train.create_train_state(config, jax.random.PRNGKey(2), (16, 16)).params
   batch = _tiny_batch()
-  out = train.eval_step(params, batch, model=model)
+  out = losses.eval_step(params, batch, model=model)
   pred, truth = np.asarray(out["pred"]), batch["label"]
   for c in range(4):
     tp = ((pred == c) & (truth == c)).sum(axis=(1, 2))
@@ -166,19 +168,19 @@ def test_eval_step_counts_match_numpy_and_mask_input():
     np.testing.assert_array_equal(out["counts"][:, c], np.stack([tp, fp, fn], -1))
   # Manual background removal = feeding the image times the true mask.
   mask = truth > 0
-  masked = train.eval_step(params, dict(batch, brainmask=mask), model=model)
-  stripped = train.eval_step(
+  masked = losses.eval_step(params, dict(batch, brainmask=mask), model=model)
+  stripped = losses.eval_step(
       params, dict(batch, image=batch["image"] * mask[..., None]), model=model)
   np.testing.assert_array_equal(masked["counts"], stripped["counts"])
   # Padding slices count zero.
-  padded = train.eval_step(params, dict(batch, valid=np.array([True, False])),
+  padded = losses.eval_step(params, dict(batch, valid=np.array([True, False])),
                            model=model)
   np.testing.assert_array_equal(padded["counts"][1], 0)
   np.testing.assert_array_equal(padded["counts"][0], out["counts"][0])
 
 
 def test_dice_from_counts_nan_policy():
-  d = train.dice_from_counts(np.array([[3, 1, 1], [0, 0, 0], [0, 2, 0]]))
+  d = losses.dice_from_counts(np.array([[3, 1, 1], [0, 0, 0], [0, 2, 0]]))
   np.testing.assert_allclose(d[[0, 2]], [6 / 8, 0.0])
   assert np.isnan(d[1])
 
