@@ -1,0 +1,151 @@
+"""rodent-gbp-segment against planted answers on the smoke model.
+
+* A test animal moved by a whole-voxel (dy, dx), zero-filled and written with
+  the same affine, moves every CSV displacement by exactly (dy, dx), and its
+  brain Dice against its own (equally moved) true mask stays that of the
+  unmoved scan.
+* The written brain mask is the mask that was applied: every labelled voxel
+  lies inside it, and it is the chosen candidate dilated by the placer's
+  dilation.
+* The main job writes every placer's predictions, and they are the ones its
+  evaluation scored (``test_reproduce``).
+
+Each scan goes through the console script in-process
+(``cli.segment_main``), the way a user runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rodent_gbp import cli
+from rodent_gbp import data
+from rodent_gbp import placement
+
+PLANTED = (3, -2)  # (dy, dx) in model voxels of the coronal slices (RAS x, z)
+DICE_TOLERANCE = 0.01
+
+
+def shift_slices(slices: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+  """(S, H, W) moved by whole voxels: out[:, y, x] = in[:, y - dy, x - dx], zero-filled."""
+  dy, dx = shift
+  out = np.zeros_like(slices)
+  h, w = slices.shape[1:]
+  out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+      slices[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+  return out
+
+
+def test_shift_slices_known_answer():
+  x = np.arange(12).reshape(1, 3, 4)
+  np.testing.assert_array_equal(shift_slices(x, (1, -2))[0],
+                                [[0, 0, 0, 0], [2, 3, 0, 0], [6, 7, 0, 0]])
+
+
+def _moved_nifti(src: pathlib.Path, dst: pathlib.Path, shift) -> np.ndarray:
+  """Writes ``src`` (RAS+) moved in the coronal plane; returns the moved array."""
+  img = nib.load(str(src))
+  arr = np.asarray(img.dataobj)
+  moved = data.from_slices(shift_slices(data.to_slices(arr, "coronal"), shift), "coronal")
+  nib.save(nib.Nifti1Image(np.ascontiguousarray(moved), img.affine, header=img.header), dst)
+  return moved
+
+
+def _segment(scan_path, model_dir, out, *extra):
+  cli.segment_main(["rodent-gbp-segment", f"--input={scan_path}",
+                    f"--checkpoint={model_dir}", f"--out_dir={out}", "--noqc", *extra])
+  name = data_stem(scan_path)
+  with open(out / f"{name}_slices.csv") as f:
+    rows = list(csv.DictReader(f))
+  arrays = {k: np.asarray(nib.load(str(out / f"{name}_{k}.nii.gz")).dataobj)
+            for k in ("brainmask", "labels")}
+  return rows, arrays
+
+
+def data_stem(path: pathlib.Path) -> str:
+  return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+  a, b = a.astype(bool), b.astype(bool)
+  return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@pytest.fixture(scope="module")
+def unmoved_and_moved(tmp_path_factory, scan, model_dir):
+  """The test animal and its planted move, each segmented with the default placer."""
+  t = tmp_path_factory.mktemp("planted")
+  truth = np.asarray(nib.load(str(scan.parent / "brainmask.nii.gz")).dataobj)
+  moved_truth = data.from_slices(
+      shift_slices(data.to_slices(truth, "coronal"), PLANTED), "coronal")
+  _moved_nifti(scan, t / "moved.nii.gz", PLANTED)
+  return {"unmoved": (*_segment(scan, model_dir, t / "a"), truth),
+          "moved": (*_segment(t / "moved.nii.gz", model_dir, t / "b"), moved_truth)}
+
+
+def test_the_scan_is_on_the_model_grid(scan, smoke_bundle):
+  """The planted move is in model voxels only if the scan is at the model's voxel size."""
+  img = nib.load(str(scan))
+  np.testing.assert_allclose(data.voxel_sizes_ras(img.affine), smoke_bundle.voxel_size)
+  assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+
+
+def test_planted_move_moves_the_displacement_exactly(unmoved_and_moved):
+  (rows0, _, _), (rows1, _, _) = unmoved_and_moved["unmoved"], unmoved_and_moved["moved"]
+  assert len(rows0) == len(rows1) == 40
+  d0 = np.array([[int(r["dy_vox"]), int(r["dx_vox"])] for r in rows0])
+  d1 = np.array([[int(r["dy_vox"]), int(r["dx_vox"])] for r in rows1])
+  np.testing.assert_array_equal(d1 - d0, np.broadcast_to(PLANTED, d0.shape))
+  v0 = [int(rows0[0]["volume_dy_vox"]), int(rows0[0]["volume_dx_vox"])]
+  v1 = [int(rows1[0]["volume_dy_vox"]), int(rows1[0]["volume_dx_vox"])]
+  assert np.subtract(v1, v0).tolist() == list(PLANTED)
+  # The millimetre columns follow: 0.375 mm in-plane voxels.
+  assert float(rows1[5]["dy_mm"]) - float(rows0[5]["dy_mm"]) == pytest.approx(
+      0.375 * PLANTED[0])
+
+
+def test_planted_move_keeps_the_brain_dice(unmoved_and_moved):
+  (_, a0, t0), (_, a1, t1) = unmoved_and_moved["unmoved"], unmoved_and_moved["moved"]
+  d0, d1 = dice(a0["brainmask"], t0), dice(a1["brainmask"], t1)
+  assert abs(d1 - d0) <= DICE_TOLERANCE, (d0, d1)
+  # And the written mask itself moved with the scan.
+  moved_back = data.from_slices(shift_slices(data.to_slices(a1["brainmask"], "coronal"),
+                                             (-PLANTED[0], -PLANTED[1])), "coronal")
+  assert dice(moved_back, a0["brainmask"]) >= 1 - DICE_TOLERANCE
+
+
+@pytest.mark.parametrize("run", ["unmoved", "moved"])
+def test_labels_lie_inside_the_written_mask(unmoved_and_moved, run):
+  _, arrays, _ = unmoved_and_moved[run]
+  labels, mask = arrays["labels"], arrays["brainmask"]
+  assert labels.any()
+  assert not np.any((labels > 0) & (mask == 0)), int(((labels > 0) & (mask == 0)).sum())
+
+
+def test_written_mask_is_the_dilated_choice(scan, model_dir, smoke_bundle, tmp_path):
+  """The written mask is the chosen candidate, moved and dilated, read back from the CSV."""
+  from rodent_gbp import candidates
+  from rodent_gbp import correlate
+  rows, arrays = _segment(scan, model_dir, tmp_path)
+  mask = data.to_slices(arrays["brainmask"], "coronal").astype(bool)
+  cands = placement.candidate_bank(smoke_bundle).masks()
+  ids = smoke_bundle.bank.animal_ids
+  scales = list(cands.scales)
+  n_slices = cands.masks.shape[1]
+  expected = []
+  for r in rows:
+    a = int(np.flatnonzero(np.asarray(cands.animal_index) == ids.index(r["template_animal"]))[0])
+    s = int(np.clip(int(r["bank_slice"]) + int(r["slice_offset"]), 0, n_slices - 1))
+    k = int(np.argmin(np.abs(np.asarray(scales) - float(r["scale"]))))
+    expected.append(np.asarray(correlate.shift_image(
+        cands.masks[a, s, k], np.array([int(r["dy_vox"]), int(r["dx_vox"])]))))
+  placed = np.stack(expected)
+  dilated = np.asarray(candidates.dilate(placed, placement.IMPROVED.dilate))
+  assert placement.IMPROVED.dilate > 0 and dilated.sum() > placed.sum()
+  np.testing.assert_array_equal(mask, dilated)
+  assert [int(r["brain_voxels"]) for r in rows] == dilated.reshape(len(rows), -1).sum(-1).tolist()
