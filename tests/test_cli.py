@@ -1,9 +1,9 @@
 """rodent-gbp-segment: geometry round trips, 4D series, outputs, the error edge.
 
-The model folder is the session's smoke model (``smoke_run``) plus a template
-bank of its training animals and the reference's raw-slice appearance (what
-the improved placement locates with), built once per session
-(conftest's ``model_dir`` fixture).
+The model folder is the session's smoke model bundle (conftest's
+``model_dir``: what the main job writes to ``<workdir>/model``; networks,
+normalisation, template bank with the reference's raw-slice appearance,
+voxel size). Planted-answer tests of the placement are in ``test_segment``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from scipy import ndimage
 from rodent_gbp import cli
 from rodent_gbp import data
 from rodent_gbp import inference
+from rodent_gbp import placement
+from rodent_gbp import scan as scan_lib
+from rodent_gbp.errors import DataError, UsageError
 
 # ------------------------------------------------------------------ helpers --
-
-
 
 
 def rewrite(img: nib.Nifti1Image, *, inplane_mm: float | None = None,
@@ -74,7 +75,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_axis_map_keeps_the_field_of_view_centred():
   # 144 voxels of 0.25 mm and 96 of 0.375 mm cover the same 36 mm.
-  scale, offset = inference._axis_map(144, 0.25, 96, 0.375)
+  scale, offset = scan_lib._axis_map(144, 0.25, 96, 0.375)
   assert scale == 1.5
   # Target voxel 0's centre (0.1875 mm) is source index 0.25 (0.125 + 0.25 * 0.25).
   assert offset == pytest.approx(0.25)
@@ -85,39 +86,39 @@ def test_axis_map_keeps_the_field_of_view_centred():
 def test_resample_nearest_there_and_back_is_exact():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 4, (2, 12, 10)).astype(np.uint8)
-  up = inference.resample_inplane(labels, (0.5, 0.5), (0.25, 0.25), (24, 20), order=0)
+  up = scan_lib.resample_inplane(labels, (0.5, 0.5), (0.25, 0.25), (24, 20), order=0)
   assert up.dtype == np.uint8
   np.testing.assert_array_equal(up[:, ::2, ::2], labels)
   np.testing.assert_array_equal(up[:, 1::2, 1::2], labels)
-  down = inference.resample_inplane(up, (0.25, 0.25), (0.5, 0.5), (12, 10), order=0)
+  down = scan_lib.resample_inplane(up, (0.25, 0.25), (0.5, 0.5), (12, 10), order=0)
   np.testing.assert_array_equal(down, labels)
-  same = inference.resample_inplane(labels, (0.5, 0.5), (0.5, 0.5), (12, 10), order=1)
+  same = scan_lib.resample_inplane(labels, (0.5, 0.5), (0.5, 0.5), (12, 10), order=1)
   np.testing.assert_array_equal(same, labels)
 
 
 def test_fit_and_unfit_invert_each_other():
   x = np.arange(2 * 7 * 13, dtype=np.float32).reshape(2, 7, 13)
-  fitted = inference.fit_to(x, (8, 8))       # pad H by 1 (after), crop W by 5
+  fitted = scan_lib.fit_to(x, (8, 8))       # pad H by 1 (after), crop W by 5
   assert fitted.shape == (2, 8, 8)
   np.testing.assert_array_equal(fitted[:, 7], 0)
   np.testing.assert_array_equal(fitted[:, :7, :], x[:, :, 2:10])
-  back = inference.unfit(fitted, (7, 13))
+  back = scan_lib.unfit(fitted, (7, 13))
   np.testing.assert_array_equal(back[:, :, 2:10], x[:, :, 2:10])
   np.testing.assert_array_equal(back[:, :, :2], 0)
 
 
 def test_bank_slice_index_by_relative_position():
-  np.testing.assert_array_equal(inference.bank_slice_index(40, 40), np.arange(40))
-  np.testing.assert_array_equal(inference.bank_slice_index(5, 40), [0, 10, 20, 29, 39])
-  np.testing.assert_array_equal(inference.bank_slice_index(1, 40), [19])
-  idx = inference.bank_slice_index(80, 40)
+  np.testing.assert_array_equal(scan_lib.bank_slice_index(40, 40), np.arange(40))
+  np.testing.assert_array_equal(scan_lib.bank_slice_index(5, 40), [0, 10, 20, 29, 39])
+  np.testing.assert_array_equal(scan_lib.bank_slice_index(1, 40), [19])
+  idx = scan_lib.bank_slice_index(80, 40)
   assert idx[0] == 0 and idx[-1] == 39 and np.all(np.diff(idx) >= 0)
 
 
 def test_voxel_sizes_follow_the_ras_axes():
   a = np.array([[0, 0, -0.3, 0], [0.5, 0, 0, 0], [0, 0.25, 0, 0], [0, 0, 0, 1.0]])
   # Input axes (A, S, L) -> RAS sizes (0.3, 0.5, 0.25).
-  np.testing.assert_allclose(inference.voxel_sizes_ras(a), [0.3, 0.5, 0.25])
+  np.testing.assert_allclose(data.voxel_sizes_ras(a), [0.3, 0.5, 0.25])
 
 
 # ------------------------------------------------------- end to end (smoke) --
@@ -133,6 +134,11 @@ def native(tmp_path_factory, model_dir, scan):
   return _run(scan, model_dir, out)
 
 
+def _rows(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
 def test_outputs_written_with_the_input_grid(native, scan):
   img = nib.load(str(scan))
   paths = native["paths"]
@@ -145,14 +151,20 @@ def test_outputs_written_with_the_input_grid(native, scan):
     np.testing.assert_array_equal(out.affine, img.affine)
   mask = np.asarray(nib.load(str(paths["brainmask"])).dataobj)
   labels = np.asarray(nib.load(str(paths["labels"])).dataobj)
-  assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1} and mask.any()
-  assert labels.dtype == np.uint8 and labels.max() <= 3
-  # The phantom is RAS+ already: the output is the placed mask, transposed back.
-  np.testing.assert_array_equal(mask, data.from_slices(native["placed"]).astype(np.uint8))
-  with open(paths["csv"]) as f:
-    rows = list(csv.DictReader(f))
+  assert mask.dtype == np.uint8 and labels.dtype == np.uint8
+  # The phantom is RAS+ at the model's voxel size and slice shape: the outputs
+  # are the model-grid mask (the one applied) and the labels inside it,
+  # transposed back. (The network also labels some zeroed background; the
+  # written labels keep only what lies inside the applied mask.)
+  np.testing.assert_array_equal(mask, data.from_slices(native["mask"]).astype(np.uint8))
+  np.testing.assert_array_equal(
+      labels, data.from_slices(native["labels"] * native["mask"]).astype(np.uint8))
+  rows = _rows(paths["csv"])
   assert len(rows) == img.shape[1]
-  assert {"slice", "bank_slice", "dy_vox", "dx_vox", "dy_mm", "dx_mm", "confidence"} <= set(rows[0])
+  assert {"slice", "bank_slice", "dy_vox", "dx_vox", "dy_mm", "dx_mm", "confidence",
+          "brain_voxels"} <= set(rows[0])
+  assert [int(r["brain_voxels"]) for r in rows] == \
+      native["mask"].reshape(len(rows), -1).sum(-1).tolist()
   assert all(np.isfinite(float(r["confidence"])) for r in rows)
   assert float(rows[3]["dy_mm"]) == pytest.approx(0.375 * int(rows[3]["dy_vox"]))
   assert not [p for p in paths["csv"].parent.iterdir() if p.name.startswith(".")]
@@ -173,7 +185,7 @@ def test_axis_order_changes_nothing_but_the_layout(native, scan, model_dir, tmp_
   assert out.header["descrip"] == moved.header["descrip"]
   assert out.header.get_xyzt_units() == ("mm", "sec")
   assert out.header.get_sform(coded=True)[1] == 1
-  np.testing.assert_array_equal(res["placed"], native["placed"])
+  np.testing.assert_array_equal(res["mask"], native["mask"])
   np.testing.assert_array_equal(res["labels"], native["labels"])
   expected = np.asarray(nib.load(str(native["paths"]["brainmask"])).dataobj)
   expected = np.transpose(expected, perm)
@@ -199,6 +211,9 @@ def test_other_voxel_size_keeps_affine_and_mask(native, scan, model_dir, tmp_pat
                                 order=0).dataobj)
   got = np.asarray(nib.load(str(res["paths"]["brainmask"])).dataobj)
   assert dice(got, expected) > 0.9
+  # Labels stay inside the applied mask on the input's grid too.
+  labels = np.asarray(nib.load(str(res["paths"]["labels"])).dataobj)
+  assert not np.any((labels > 0) & (got == 0))
 
 
 def test_4d_series_volume_and_average(scan, model_dir, tmp_path):
@@ -211,8 +226,8 @@ def test_4d_series_volume_and_average(scan, model_dir, tmp_path):
   mean = _run(tmp_path / "dwi.nii.gz", model_dir, tmp_path / "a", average=True, qc=False)
   ref = _run(tmp_path / "b0.nii.gz", model_dir, tmp_path / "r", qc=False)
   # Normalisation divides out the global scale, so all three see the same slices.
-  np.testing.assert_array_equal(one["placed"], ref["placed"])
-  assert dice(mean["placed"], ref["placed"]) > 0.99
+  np.testing.assert_array_equal(one["mask"], ref["mask"])
+  assert dice(mean["mask"], ref["mask"]) > 0.99
   out = nib.load(str(one["paths"]["labels"]))
   assert out.shape == img.shape and out.header["dim"][0] == 3
   np.testing.assert_array_equal(out.affine, img.affine)
@@ -240,48 +255,59 @@ def test_binary_segments_with_fewer_slices(scan, model_dir, tmp_path, binary):
   assert binary("segment", [f"--input={tmp_path / 'crop.nii.gz'}",
                             f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o'}",
                             "--noqc"]) is None
-  with open(tmp_path / "o" / "crop_slices.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert [int(r["bank_slice"]) for r in rows] == inference.bank_slice_index(10, 40).tolist()
+  rows = _rows(tmp_path / "o" / "crop_slices.csv")
+  # 10 slices spread over the bank's 40: 0, 4, 9, ..., 39.
+  assert [int(r["bank_slice"]) for r in rows] == [0, 4, 9, 13, 17, 22, 26, 30, 35, 39]
   assert not (tmp_path / "o" / "crop_qc.png").exists()
 
 
-def test_improved_placement_is_the_default(native, model_dir):
-  """Default: placement.py's placement, one volume displacement, CSV columns."""
+def test_improved_placement_is_the_default(native, scan, smoke_bundle):
+  """Default: gbp_improved; per-slice displacements near the one volume displacement."""
   import inspect
   from absl import flags
-  assert inspect.signature(inference.segment_scan).parameters["placement"].default == "improved"
+  assert inspect.signature(inference.segment_scan).parameters["placement"].default == \
+      "gbp_improved"
   fv = flags.FlagValues()
   cli.define_segment_flags(fv)
-  assert fv["placement"].default == "improved"
-  with open(native["paths"]["csv"]) as f:
-    rows = list(csv.DictReader(f))
-  assert {r["placement"] for r in rows} == {"improved"}
-  assert {"volume_dy_vox", "volume_dx_vox", "fallback", "template_animal", "slice_offset",
+  assert fv["placement"].default == "gbp_improved"
+  rows = _rows(native["paths"]["csv"])
+  assert {r["placement"] for r in rows} == {"gbp_improved"}
+  assert {"volume_dy_vox", "volume_dx_vox", "template_animal", "slice_offset",
           "scale"} <= set(rows[0])
-  # One scan is one volume: a single volume displacement on every row.
-  assert len({(r["volume_dy_vox"], r["volume_dx_vox"]) for r in rows}) == 1
-  assert {r["fallback"] for r in rows} <= {"True", "False"}
-  bank = inference.load_model_folder(model_dir).bank
+  assert "fallback" not in rows[0]  # no confidence threshold any more
+  # The intensity choice searches within choice_radius of the volume
+  # displacement the saliency located: every slice's displacement is there.
+  pl = native["placement"]
+  vol = pl.details["volume_displacement"]
+  disp = np.array([[int(r["dy_vox"]), int(r["dx_vox"])] for r in rows])
+  np.testing.assert_array_equal(disp, pl.displacement)
+  assert np.abs(disp - vol).max() <= placement.IMPROVED.choice_radius
+  assert [int(rows[0]["volume_dy_vox"]), int(rows[0]["volume_dx_vox"])] == vol.tolist()
+  # Template animals are training animals (the test animal is not in the bank).
+  bank = smoke_bundle.bank
   assert {r["template_animal"] for r in rows} <= set(bank.animal_ids)
-  assert {float(r["scale"]) for r in rows} <= {0.94, 0.97, 1.0, 1.03, 1.06}
+  assert scan.parent.name not in bank.animal_ids
+  assert {float(r["scale"]) for r in rows} <= set(placement.IMPROVED.scales)
+  assert {int(r["slice_offset"]) for r in rows} <= set(
+      range(-placement.IMPROVED.slice_offsets, placement.IMPROVED.slice_offsets + 1))
 
 
-def test_paper_placement_by_flag(scan, model_dir, tmp_path, capsys):
-  """--placement=paper: the reference mask at each slice moved by its displacement."""
+def test_paper_placement_by_flag(scan, smoke_bundle, model_dir, tmp_path, capsys):
+  """--placement=gbp: the reference mask at each slice moved by its displacement."""
   from rodent_gbp import correlate
   cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
-                    f"--out_dir={tmp_path}", "--placement=paper", "--noqc"])
-  with open(tmp_path / "image_slices.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert {r["placement"] for r in rows} == {"paper"} and "fallback" not in rows[0]
+                    f"--out_dir={tmp_path}", "--placement=gbp", "--noqc"])
+  rows = _rows(tmp_path / "image_slices.csv")
+  assert {r["placement"] for r in rows} == {"gbp"} and "volume_dy_vox" not in rows[0]
   img = nib.load(str(scan))
   out = nib.load(str(tmp_path / "image_brainmask.nii.gz"))
   np.testing.assert_array_equal(out.affine, img.affine)
-  bank = inference.load_model_folder(model_dir).bank
+  bank = smoke_bundle.bank
   disp = np.array([[int(r["dy_vox"]), int(r["dx_vox"])] for r in rows])
   expected = np.asarray(correlate.shift_image(bank.masks[bank.reference], disp))
   np.testing.assert_array_equal(data.to_slices(np.asarray(out.dataobj), "coronal"), expected)
+  labels = np.asarray(nib.load(str(tmp_path / "image_labels.nii.gz")).dataobj)
+  assert not np.any((labels > 0) & (np.asarray(out.dataobj) == 0))
   with pytest.raises(SystemExit) as e:
     cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
                       f"--out_dir={tmp_path / 'x'}", "--placement=oracle"])
@@ -289,10 +315,36 @@ def test_paper_placement_by_flag(scan, model_dir, tmp_path, capsys):
   assert not (tmp_path / "x").exists()
 
 
-def test_run_main_keeps_tracebacks_of_bugs():
-  @cli.run_main
-  def broken(argv):
-    raise KeyError("a bug")
+def test_old_placement_names_are_refused(scan, model_dir, tmp_path, capsys):
+  """improved / paper were renamed gbp_improved / gbp: refused, not silently mapped."""
+  for old in ("improved", "paper"):
+    with pytest.raises(SystemExit) as e:
+      cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+                        f"--out_dir={tmp_path / old}", f"--placement={old}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "gbp_improved" in err
+    assert not (tmp_path / old).exists()
+  with pytest.raises(UsageError, match="--placement 'paper'"):
+    inference.segment_scan(scan, model_dir, tmp_path / "lib", placement="paper")
 
-  with pytest.raises(KeyError):
-    broken([])
+
+def test_run_main_error_edge(capsys):
+  """Project errors and OSError: one line, exit 2; anything else (ValueError too) is a bug."""
+  def raising(exc):
+    @cli.run_main
+    def main(argv):
+      raise exc
+    return main
+
+  for exc, text in ((DataError("a.nii: file is empty"), "a.nii: file is empty"),
+                    (FileNotFoundError(2, "No such file", "b.nii"), "b.nii")):
+    with pytest.raises(SystemExit) as e:
+      raising(exc)([])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0]
+  for bug in (KeyError("a bug"), ValueError("a plain ValueError is a bug")):
+    with pytest.raises(type(bug)):
+      raising(bug)([])
+    assert capsys.readouterr().err == ""
