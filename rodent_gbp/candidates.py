@@ -19,6 +19,7 @@ import numpy as np
 
 from rodent_gbp import correlate
 from rodent_gbp import enhance
+from rodent_gbp.errors import DataError
 
 @dataclasses.dataclass
 class Candidates:
@@ -88,7 +89,7 @@ def alignment_shifts(masks: np.ndarray, reference: int) -> np.ndarray:
   cols = np.arange(w)[None, :]
   count = masks.sum(axis=(1, 2, 3)).astype(np.float64)
   if np.any(count == 0):
-    raise ValueError("a template animal has an empty brain mask")
+    raise DataError("a template animal has an empty brain mask")
   cy = (masks * rows).sum(axis=(1, 2, 3)) / count
   cx = (masks * cols).sum(axis=(1, 2, 3)) / count
   centroid = np.stack([cy, cx], axis=-1)

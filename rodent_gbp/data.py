@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 import nibabel as nib
 import numpy as np
 
-from rodent_gbp.errors import DataError
+from rodent_gbp.errors import DataError, UsageError
 
 NUM_CLASSES = 4
 PLANES = ("coronal", "axial", "sagittal")
@@ -202,7 +202,7 @@ def _resolve_label_map(label_map) -> dict[int, int] | None:
     return None
   if isinstance(label_map, str):
     if label_map not in LABEL_PRESETS:
-      raise ValueError(f"unknown label_map preset {label_map!r}; "
+      raise UsageError(f"unknown label_map preset {label_map!r}; "
                        f"presets: {sorted(LABEL_PRESETS)}")
     return LABEL_PRESETS[label_map]
   return {int(k): int(v) for k, v in dict(label_map).items()}
@@ -369,7 +369,7 @@ def split_animals(animal_ids, seed: int) -> dict[str, list[str]]:
   """
   ids = sorted(str(a) for a in animal_ids)
   if len(set(ids)) != len(ids):
-    raise ValueError("animal ids are not unique")
+    raise DataError("animal ids are not unique")
   n = len(ids)
   n_test = _round_half_up_fifth(n)
   n_val = _round_half_up_fifth(n - n_test)
@@ -389,7 +389,7 @@ def stack_slices(volumes: list[Volume]) -> dict[str, np.ndarray]:
     into ``volumes``), slice_index (N,) int32.
   """
   if not volumes:
-    raise ValueError("no volumes to stack")
+    raise DataError("no volumes to stack")
   parts: dict[str, list[np.ndarray]] = {k: [] for k in (
       "image", "stripped", "label", "brainmask", "animal", "slice_index")}
   for i, v in enumerate(volumes):

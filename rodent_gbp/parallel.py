@@ -51,6 +51,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from rodent_gbp.errors import UsageError
+
 PyTree = Any
 T = TypeVar("T")
 
@@ -76,13 +78,13 @@ def initialize_distributed(coordinator_address: str | None = None,
   """
   if not coordinator_address:
     if num_processes not in (None, 1) or process_id not in (None, 0):
-      raise ValueError("num_processes / process_id given without coordinator_address")
+      raise UsageError("--num_processes / --process_id given without --coordinator_address")
     return False
   if num_processes is None or process_id is None:
-    raise ValueError("a multi-host run needs coordinator_address, num_processes and "
+    raise UsageError("a multi-host run needs --coordinator_address, --num_processes and "
                      "process_id together")
   if not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id {process_id} out of range for {num_processes} processes")
+    raise UsageError(f"--process_id {process_id} out of range for {num_processes} processes")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True
@@ -160,7 +162,7 @@ def pad_batch(batch: dict[str, np.ndarray], multiple: int, *, size: int | None =
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
   """Raises a clear error when the mesh cannot split a batch evenly (training)."""
   if batch_size % mesh.size:
-    raise ValueError(
+    raise UsageError(
         f"{what}={batch_size} cannot be split over {mesh.size} devices; training "
         f"does not pad (padding would change the pooled Dice and the augmentation "
         f"draws), so use a multiple of {mesh.size}, e.g. "
