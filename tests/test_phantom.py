@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from rodent_gbp import phantom
+from rodent_gbp.errors import DataError
 
 MIDDLE = slice(15, 26)
 
@@ -145,8 +147,9 @@ def test_other_size_scales_geometry():
 def test_make_phantom_main_writes_nifti(tmp_path, binary):
   out = tmp_path / "ph"
   binary("make_phantom", [f"--out={out}", "--animals=2", "--seed=0"])
-  assert sorted(p.name for p in out.iterdir()) == ["rat00", "rat01"]
-  for folder in out.iterdir():
+  assert sorted(p.name for p in out.iterdir()) == ["phantom.json", "rat00", "rat01"]
+  assert phantom.is_complete(out, animals=2)
+  for folder in sorted(p for p in out.iterdir() if p.is_dir()):
     assert sorted(p.name for p in folder.iterdir()) == [
         "brainmask.nii.gz", "image.nii.gz", "labels.nii.gz", "meta.json"]
     meta = json.loads((folder / "meta.json").read_text())
@@ -162,3 +165,69 @@ def test_make_phantom_main_writes_nifti(tmp_path, binary):
     for key in ("animal_id", "seed", "size_factor", "displacement_hw", "slice_offset",
                 "voxel_size"):
       assert key in meta
+
+
+# --- writing is atomic: a whole phantom or none ------------------------------------
+
+
+def _leftovers(parent: pathlib.Path) -> list[str]:
+  return sorted(p.name for p in parent.iterdir())
+
+
+def test_write_phantom_interrupted_leaves_nothing(tmp_path, monkeypatch):
+  real = phantom.make_animal
+  calls = []
+
+  def failing(seed, index, **kw):
+    calls.append(index)
+    if len(calls) == 3:
+      raise RuntimeError("interrupted while drawing the 3rd animal")
+    return real(seed, index, **kw)
+
+  monkeypatch.setattr(phantom, "make_animal", failing)
+  out = tmp_path / "ph"
+  with pytest.raises(RuntimeError, match="3rd animal"):
+    phantom.write_phantom(out, animals=4, seed=0, size=48)
+  assert calls == [0, 1, 2]
+  # No output folder, no temporary folder beside it, no marker.
+  assert _leftovers(tmp_path) == []
+  assert not phantom.is_complete(out)
+
+
+def test_write_phantom_complete_has_its_marker(tmp_path):
+  out = tmp_path / "ph"
+  paths = phantom.write_phantom(out, animals=2, seed=0, size=48)
+  assert _leftovers(tmp_path) == ["ph"]
+  assert paths == [out / "rat00", out / "rat01"]
+  assert sorted(p.name for p in out.iterdir()) == ["phantom.json", "rat00", "rat01"]
+  assert json.loads((out / "phantom.json").read_text()) == {"animals": 2, "seed": 0,
+                                                             "size": 48}
+  assert phantom.is_complete(out) and phantom.is_complete(out, animals=2)
+  assert not phantom.is_complete(out, animals=3)
+  # An empty folder is written into (and no temporary folder is left).
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  phantom.write_phantom(empty, animals=1, seed=0, size=48)
+  assert phantom.is_complete(empty, animals=1)
+  assert _leftovers(tmp_path) == ["empty", "ph"]
+
+
+def test_write_phantom_refuses_a_non_empty_folder(tmp_path):
+  out = tmp_path / "ph"
+  out.mkdir()
+  (out / "notes.txt").write_text("mine")
+  with pytest.raises(DataError, match="not empty") as e:
+    phantom.write_phantom(out, animals=1, size=48)
+  assert str(out) in str(e.value)
+  assert _leftovers(out) == ["notes.txt"] and _leftovers(tmp_path) == ["ph"]
+  # A file in its place is refused too.
+  f = tmp_path / "file"
+  f.write_text("x")
+  with pytest.raises(DataError, match="not empty"):
+    phantom.write_phantom(f, animals=1, size=48)
+
+
+def test_is_complete_needs_a_readable_marker(tmp_path):
+  assert not phantom.is_complete(tmp_path / "missing")
+  (tmp_path / "phantom.json").write_text("{broken")
+  assert not phantom.is_complete(tmp_path)
