@@ -80,3 +80,15 @@ def test_per_slice_batched_and_affine_invariant():
 def test_rejects_1d():
   with pytest.raises(ValueError):
     enhance.enhance_gradient(np.zeros(5, np.float32))
+
+
+def test_log_gradient_floors_at_one_percent_of_the_peak():
+  g = np.array([[[0.0, 1.0], [4.0, 100.0]], [[0.0, 0.0], [0.0, 0.0]]], np.float32)
+  got = np.asarray(enhance.log_gradient(g))
+  # Slice 0: peak 100, floor 1 -> log(g + 1); an all-zero slice: log(0 + 0.01).
+  np.testing.assert_allclose(got[0], np.log(g[0] + 1.0), rtol=1e-6)
+  np.testing.assert_allclose(got[1], np.log(0.01), rtol=1e-6)
+  assert got.dtype == np.float32 and np.all(np.isfinite(got))
+  # A positive scale of G adds a constant per slice (zero-mean NCC ignores it).
+  np.testing.assert_allclose(enhance.log_gradient(7.0 * g[0]), got[0] + np.log(7.0),
+                             rtol=1e-5)

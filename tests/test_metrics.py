@@ -96,6 +96,60 @@ def test_tiny_known_answer_and_binary():
       metrics.confusion_counts(a.astype(np.int32), b.astype(np.int32), 2)[1])
 
 
+def _oracle_binary(pred: np.ndarray, truth: np.ndarray) -> list[int]:
+  return _oracle_counts(pred.astype(np.int32), truth.astype(np.int32), 1)
+
+
+def test_binary_counts_per_axis_match_oracle():
+  rng = np.random.default_rng(7)
+  pred, truth = rng.random((2, 3, 4, 5)) > 0.6
+  per_slice = np.asarray(metrics.binary_counts(pred, truth, axis=(-2, -1)))
+  assert per_slice.shape == (3, 4) and per_slice.dtype == np.int32
+  for s in range(3):
+    np.testing.assert_array_equal(per_slice[s], _oracle_binary(pred[s], truth[s]))
+  np.testing.assert_array_equal(metrics.binary_counts(pred, truth), per_slice.sum(0))
+  per_row = np.asarray(metrics.binary_counts(pred, truth, axis=-1))
+  assert per_row.shape == (3, 4, 4)
+  np.testing.assert_array_equal(per_row[2, 1], _oracle_binary(pred[2, 1], truth[2, 1]))
+  with pytest.raises(ValueError, match="mask shapes differ"):
+    metrics.binary_counts(pred, truth[:2])
+
+
+def _oracle_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+  """2 |A n B| / (|A| + |B|) by a loop over pixels; NaN when both are empty."""
+  both = size = 0
+  for p, t in zip(pred.ravel().tolist(), truth.ravel().tolist()):
+    both += bool(p) and bool(t)
+    size += bool(p) + bool(t)
+  return 2 * both / size if size else math.nan
+
+
+def test_slice_dice_and_dice_from_counts_match_oracle():
+  rng = np.random.default_rng(8)
+  pred = rng.random((6, 5, 4)) > 0.5
+  truth = rng.random((6, 5, 4)) > 0.5
+  pred[1] = truth[1] = False            # both empty: NaN (the module's policy)
+  pred[2] = False                       # nothing predicted: 0
+  truth[3] = False                      # nothing to find: 0
+  truth[4] = pred[4]                    # identical: 1
+  want = np.array([_oracle_dice(p, t) for p, t in zip(pred, truth)])
+  assert np.isnan(want[1]) and want[2] == want[3] == 0.0 and want[4] == 1.0
+  got = metrics.slice_dice(pred, truth)
+  assert got.shape == (6,) and got.dtype == np.float64
+  np.testing.assert_allclose(got, want, rtol=1e-6)     # NaN where want is NaN
+  counts = metrics.binary_counts(pred, truth, axis=(-2, -1))
+  np.testing.assert_allclose(jax.jit(metrics.dice_from_counts)(counts), want, rtol=1e-6)
+  # empty= replaces only the 0/0 case.
+  ranked = np.asarray(metrics.dice_from_counts(counts, empty=0.0))
+  np.testing.assert_allclose(ranked, np.nan_to_num(want, nan=0.0), rtol=1e-6)
+  # The same value as metrics_from_counts' DSC, from (4,) and (..., 4) counts.
+  np.testing.assert_allclose(
+      metrics.dice_from_counts(np.asarray(counts)), metrics.metrics_from_counts(counts)["dsc"],
+      rtol=1e-6)
+  assert float(metrics.dice_from_counts(np.array([2, 1, 1, 1]))) == pytest.approx(4 / 6)
+  assert np.isnan(float(metrics.dice_from_counts(np.array([0, 0, 0, 9]))))
+
+
 def test_mean_over_animals_pools_then_averages():
   rng = np.random.default_rng(6)
   animals = {}
