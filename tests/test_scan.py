@@ -1,0 +1,167 @@
+"""A user's scan on its way to the model grid and back (rodent_gbp.scan): known answers."""
+
+from __future__ import annotations
+
+import pathlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rodent_gbp import data
+from rodent_gbp import scan
+from rodent_gbp.errors import DataError
+
+
+def _save(tmp_path: pathlib.Path, array, affine=None, name="s.nii.gz") -> pathlib.Path:
+  path = tmp_path / name
+  nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), path)
+  return path
+
+
+def _volume(shape=(4, 3, 5), seed=0) -> np.ndarray:
+  return np.random.default_rng(seed).random(shape).astype(np.float32) + 0.1
+
+
+def test_stem():
+  assert scan.stem(pathlib.Path("/x/rat.01.nii.gz")) == "rat.01"
+  assert scan.stem(pathlib.Path("b0.nii")) == "b0"
+  assert scan.stem(pathlib.Path("scan.img")) == "scan"
+
+
+def test_read_scan_3d_keeps_the_file_axis_order(tmp_path):
+  v = _volume()
+  affine = np.diag([-0.3, 0.5, 0.25, 1.0])
+  image, img = scan.read_scan(_save(tmp_path, v.astype(np.float64), affine))
+  assert image.dtype == np.float32 and image.shape == (4, 3, 5)
+  np.testing.assert_array_equal(image, v)
+  np.testing.assert_allclose(img.affine, affine, rtol=1e-6)
+
+
+def test_read_scan_4d_volume_average_and_trailing_axes(tmp_path):
+  series = np.stack([_volume(seed=i) for i in range(3)], axis=-1)     # (4, 3, 5, 3)
+  path = _save(tmp_path, series)
+  np.testing.assert_array_equal(scan.read_scan(path, volume=2)[0], series[..., 2])
+  np.testing.assert_allclose(scan.read_scan(path, average=True)[0], series.mean(-1),
+                             rtol=1e-6)
+  with pytest.raises(DataError, match="pass --volume N"):
+    scan.read_scan(path)
+  with pytest.raises(DataError, match="out of range"):
+    scan.read_scan(path, volume=3)
+  # One volume in 4D, and a 5D file with singleton trailing axes, read as 3D.
+  one = _save(tmp_path, series[..., :1], name="one.nii.gz")
+  np.testing.assert_array_equal(scan.read_scan(one)[0], series[..., 0])
+  five = _save(tmp_path, series[..., :1, None], name="five.nii.gz")
+  np.testing.assert_array_equal(scan.read_scan(five)[0], series[..., 0])
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "file not found"), ("empty", "file is empty"), ("2d", "expected a 3D"),
+    ("constant", "constant"), ("nan", "NaN or inf"), ("singular", "singular")])
+def test_read_scan_errors_name_the_file(tmp_path, case, match):
+  v = _volume()
+  if case == "missing":
+    path = tmp_path / "nowhere.nii.gz"
+  elif case == "empty":
+    path = tmp_path / "e.nii.gz"
+    path.write_bytes(b"")
+  elif case == "2d":
+    path = _save(tmp_path, v[:, :, 0])
+  elif case == "constant":
+    path = _save(tmp_path, np.ones_like(v))
+  elif case == "nan":
+    v[1, 1, 1] = np.nan
+    path = _save(tmp_path, v)
+  else:
+    header = nib.Nifti1Header()
+    header.set_sform(np.diag([0.375, 0.0, 0.375, 1.0]), code=1)   # an axis of length 0
+    path = tmp_path / "sing.nii.gz"
+    nib.save(nib.Nifti1Image(v, None, header=header), path)
+  with pytest.raises(DataError, match=match) as e:
+    scan.read_scan(path)
+  assert str(path) in str(e.value)
+
+
+def test_to_volume_reorients_normalises_and_slices():
+  ras = _volume((4, 3, 5))
+  vs = np.array([0.3, 0.5, 0.25])
+  rule = {"method": "fixed", "scale": 2.0}
+  plain = scan.to_volume(ras, np.diag([*vs, 1.0]), plane="coronal", name="a",
+                         normalisation=rule)
+  # Coronal slices (S, H, W) = RAS axes (A; R, S), divided by the fixed scale.
+  np.testing.assert_allclose(plain.image, np.transpose(ras, (1, 0, 2)) / 2.0, rtol=1e-6)
+  assert plain.animal_id == "a" and plain.label is None and plain.brainmask is None
+  assert plain.shape == (4, 3, 5) and plain.normalisation == rule
+  # The same anatomy stored (L, S, A): axes flipped and permuted in the file.
+  stored = np.transpose(ras[::-1], (0, 2, 1))
+  affine = np.array([[-vs[0], 0, 0, 0], [0, 0, vs[1], 0], [0, vs[2], 0, 0], [0, 0, 0, 1.0]])
+  moved = scan.to_volume(stored, affine, plane="coronal", name="b", normalisation=rule)
+  np.testing.assert_array_equal(moved.image, plain.image)
+  np.testing.assert_allclose(data.voxel_sizes_ras(affine), vs)
+  # The way back writes the file's own layout.
+  back = np.asanyarray(data.to_nifti(moved.image, moved).dataobj)
+  np.testing.assert_allclose(back, stored / 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("plane", ["coronal", "axial", "sagittal"])
+def test_inplane_axes_are_the_slices_axes(plane):
+  ras = np.zeros((2, 3, 4))
+  assert data.to_slices(ras, plane).shape[1:] == tuple(
+      np.asarray(ras.shape)[scan.INPLANE_AXES[plane]])
+
+
+def test_resample_inplane_linear_ramp_known_values():
+  # 4 voxels of 1 mm -> 2 voxels of 2 mm over the same 4 mm: the centres of
+  # the new voxels sit at source indices 0.5 and 2.5.
+  ramp = np.broadcast_to(np.arange(4, dtype=np.float32)[:, None], (4, 6))[None]
+  out = scan.resample_inplane(ramp, (1.0, 1.0), (2.0, 2.0), (2, 3), order=1)
+  assert out.shape == (1, 2, 3) and out.dtype == np.float32
+  np.testing.assert_allclose(out[0], [[0.5] * 3, [2.5] * 3], rtol=1e-6)
+  # Labels by nearest neighbour keep their dtype; the same grid is a copy.
+  labels = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+  same = scan.resample_inplane(labels, (0.5, 0.5), (0.5, 0.5), (3, 4), order=0)
+  np.testing.assert_array_equal(same, labels)
+  assert same is not labels and same.dtype == np.uint8
+  up = scan.resample_inplane(labels, (0.5, 0.5), (0.25, 0.25), (6, 8), order=0)
+  np.testing.assert_array_equal(up[0, ::2, ::2], labels[0])
+  np.testing.assert_array_equal(up[0, 1::2, 1::2], labels[0])
+
+
+def test_fit_to_pads_and_crops_centred():
+  x = np.arange(1, 7, dtype=np.int32).reshape(1, 2, 3)
+  padded = scan.fit_to(x, (4, 5))
+  want = np.zeros((1, 4, 5), np.int32)
+  want[0, 1:3, 1:4] = x[0]
+  np.testing.assert_array_equal(padded, want)
+  np.testing.assert_array_equal(scan.unfit(padded, (2, 3)), x)
+  y = np.arange(25).reshape(1, 5, 5)
+  np.testing.assert_array_equal(scan.fit_to(y, (3, 3)), y[:, 1:4, 1:4])
+  back = scan.unfit(scan.fit_to(y, (3, 3)), (5, 5))
+  np.testing.assert_array_equal(back[:, 1:4, 1:4], y[:, 1:4, 1:4])
+  assert back.sum() == y[:, 1:4, 1:4].sum()         # the cropped border comes back 0
+
+
+def test_bank_slice_index_known_values():
+  np.testing.assert_array_equal(scan.bank_slice_index(5, 5), [0, 1, 2, 3, 4])
+  np.testing.assert_array_equal(scan.bank_slice_index(3, 5), [0, 2, 4])
+  np.testing.assert_array_equal(scan.bank_slice_index(4, 7), [0, 2, 4, 6])
+  np.testing.assert_array_equal(scan.bank_slice_index(1, 5), [2])
+  np.testing.assert_array_equal(scan.bank_slice_index(6, 2), [0, 0, 0, 1, 1, 1])
+  assert scan.bank_slice_index(3, 5).dtype == np.int32
+
+
+def test_like_input_keeps_affine_and_header(tmp_path):
+  v = _volume()
+  affine = np.diag([-0.3, 0.5, 0.25, 1.0])
+  img = nib.Nifti1Image(v, affine)
+  img.header.set_xyzt_units("mm")
+  img.set_qform(affine, code=1)
+  img.header.set_slope_inter(2.0, 1.0)
+  out = scan.like_input(np.ones((4, 3, 5)), img, np.uint8)
+  assert out.get_data_dtype() == np.uint8
+  np.testing.assert_allclose(out.affine, affine, rtol=1e-6)
+  assert out.header.get_xyzt_units() == ("mm", "unknown")
+  assert int(out.header["qform_code"]) == 1
+  nib.save(out, tmp_path / "o.nii.gz")
+  back = nib.load(tmp_path / "o.nii.gz")
+  np.testing.assert_array_equal(np.asanyarray(back.dataobj), 1)   # no scaling applied
