@@ -1,16 +1,15 @@
 """Placement study: robustness curves, saliency sanity check, k-fold CV (issue 9).
 
-  # a modest run (~10-15 min on 2 CPU cores) on a trained model:
+  # a modest run (~10-15 min on 2 CPU cores) on the main job's model:
   python experiments/placement_study.py --out_dir runs/study \
-      --checkpoint runs/main/checkpoints --data_dir runs/main/data \
-      --folds 3 --epochs 2 --config default
-  # a tiny run (~1 min): trains its own smoke model
+      --checkpoint runs/main/model --folds 3 --epochs 2 --config default
+  # a tiny run (~1 min): runs its own smoke main job first
   python experiments/placement_study.py --out_dir /tmp/study --config smoke \
       --shifts 0,8,16 --alphas 1,3 --cascade_steps 3 --folds 2 --epochs 1
 
 Writes placement_study.json, placement_ablation.md (every reading, vanilla
 and deconvnet included) and robustness.png, cascade.png, cross_validation.png
-into --out_dir.
+into --out_dir; see ``rodent_gbp.studies.placement_study``.
 """
 
 from absl import app
@@ -19,13 +18,16 @@ from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp import configs
+from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import placement_study
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Trained model folder; default: train --config into <out_dir>/model.")
+    "checkpoint", None, "Model bundle folder (<workdir>/model of the main job); default: "
+    "run the main job with --config into <out_dir>/main first.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Dataset folder; default: write the phantom into <out_dir>/data.")
+    "data_dir", None, "Dataset folder; default <checkpoint>/../data, or the phantom "
+    "written into <out_dir>/data when the study trains its own model.")
 _CONFIG = flags.DEFINE_enum("config", "default", sorted(configs.CONFIGS),
                             "Configuration of the models trained here (folds, own model).")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Overrides the config's epochs for training.")
@@ -44,14 +46,13 @@ _ABLATION = flags.DEFINE_bool("ablation", True, "Full ablation table (vanilla, d
 @cli.run_main
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter of the folds
   placement_study.run_study(
       _OUT_DIR.value, checkpoint=_CHECKPOINT.value, data_dir=_DATA_DIR.value,
       config=configs.get_config(_CONFIG.value), epochs=_EPOCHS.value, folds=_FOLDS.value,
-      shifts=[float(x) for x in _SHIFTS.value], alphas=[float(x) for x in _ALPHAS.value],
-      cascade_steps=_CASCADE.value, max_test_animals=_MAX_TEST.value, seed=_SEED.value,
-      ablation=_ABLATION.value,
+      shifts=_SHIFTS.value, alphas=_ALPHAS.value, cascade_steps=_CASCADE.value,
+      max_test_animals=_MAX_TEST.value, seed=_SEED.value, ablation=_ABLATION.value,
       log=lambda msg: print(msg, flush=True))
 
 

@@ -1,11 +1,13 @@
 """Placement study (issue 9, item 6): robustness, saliency sanity check, k-fold CV.
 
 Not part of the main job (``experiments/placement_study.py`` runs it). Three parts,
-each on the test animals of a trained model folder:
+each on the test animals of a model bundle (``<workdir>/model`` of the main job,
+``rodent_gbp.bundle.load_bundle``):
 
 1. ``robustness``: brain DSC and placement error of the improved placement
    (GBP locates, intensity chooses; :data:`placement.IMPROVED`), of GBP alone
-   (``choice="none"``) and of the plain-intensity baseline, against
+   (``choice="none"``) and of the plain-intensity baseline
+   (:data:`placement.INTENSITY`), against
    * the size of an extra in-plane displacement (test slices re-shifted with
      zero fill, along two diagonals, 0..16 pixels; the recorded truth moves
      with them), and
@@ -16,14 +18,18 @@ each on the test animals of a trained model folder:
    depth the GBP gradient images of the test slices are compared with the
    trained network's (Spearman rank correlation per slice, mean) and the
    improved placement is rerun with the randomised network (its locating
-   template, the reference's raw-slice GBP image, is recomputed with it).
+   template, the reference's raw-slice appearance, is recomputed with it).
 3. ``cross_validation``: k folds over animals. Fold i's test animals are the
    test split of ``data.split_animals(ids, seed_i)``, seeds chosen so the test
    sets are disjoint (a k-fold partition when k * test size = N); each fold
    runs the main job (``reproduce.reproduce``, training included) and the
    tables are summarised by mean and standard deviation over folds.
 
-Everything is written to ``out_dir``: ``placement_study.json`` and PNG figures.
+Everything is written to ``out_dir`` (``rodent_gbp.fileio``, atomically):
+``placement_study.json``, ``placement_ablation.md`` and PNG figures.
+
+:func:`load_context` is the studies' one way to open a model folder and its
+dataset (the readings, log-normal and saliency studies use it too).
 """
 
 from __future__ import annotations
@@ -36,58 +42,126 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from rodent_gbp import bank as bank_lib
+from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import correlate
+from rodent_gbp import enhance
+from rodent_gbp import evaluators
+from rodent_gbp import fileio
+from rodent_gbp import parallel
 from rodent_gbp import placement
+from rodent_gbp.errors import CheckpointError, DataError, UsageError
+from rodent_gbp.studies import improved
 
 #: Methods of the robustness curves: name -> changes from ``placement.IMPROVED``.
 METHODS = {
     "gbp_improved": {},
     "gbp_only": {"choice": "none"},
-    "intensity": {"signal": "intensity", "template": "mask", "margin": 2},
+    "intensity": {"signal": placement.INTENSITY.signal,
+                  "template": placement.INTENSITY.template,
+                  "margin": placement.INTENSITY.margin},
 }
+
+
+# --------------------------------------------------------------------------
+# A model bundle and its dataset.
+# --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Context:
-  """A trained model, its template bank and its test animals."""
+  """A model bundle, its dataset and its split.
 
-  model: Any
-  params: Any
-  config: Any
-  bank: Any
+  Attributes:
+    bundle: the model bundle (networks, normalisation, template bank).
+    volumes: animal id -> ``data.Volume`` of the dataset.
+    split: train / val / test animal ids (``bundle.split``).
+    model_dir: the bundle folder.
+    data_dir: the dataset folder.
+  """
+
+  bundle: bundle_lib.Bundle
   volumes: dict
   split: dict
-  batch_size: int
+  model_dir: pathlib.Path
+  data_dir: pathlib.Path
+
+  @property
+  def config(self):
+    """The tissue network's ``configs.Config``."""
+    return self.bundle.network("tissue").config
+
+  @property
+  def batch_size(self) -> int:
+    return self.config.eval_batch_size
 
   @property
   def test(self) -> list:
     return [self.volumes[a] for a in self.split["test"]]
 
 
-def load_context(checkpoint_dir, data_dir, *, max_test_animals: int | None = None) -> Context:
-  """Model, split, volumes and template bank (``templates.npz`` if present)."""
-  from rodent_gbp import checkpoint as checkpoint_lib
-  from rodent_gbp import data
-  from rodent_gbp import model as model_lib
-  from rodent_gbp import pipeline
+def default_data_dir(model_dir) -> pathlib.Path:
+  """``<model_dir>/../data``: where the main job writes the phantom beside ``model``."""
+  return pathlib.Path(model_dir).resolve().parent / "data"
 
-  ckpt = pathlib.Path(checkpoint_dir)
-  loaded = checkpoint_lib.load_model(ckpt)
-  config = loaded.config
-  volumes = {v.animal_id: v for v in data.load_dataset(data_dir)}
-  split = loaded.extras["split"] or data.split_animals(sorted(volumes), config.split_seed)
+
+def load_context(model_dir, data_dir=None, *, max_test_animals: int | None = None,
+                 animals: str | Sequence[str] | None = None) -> Context:
+  """Opens a model bundle (``bundle.load_bundle``) and the dataset it was trained on.
+
+  Args:
+    model_dir: a bundle folder (``<workdir>/model`` of the main job).
+    data_dir: dataset folder; None: :func:`default_data_dir`.
+    max_test_animals: keep only the first test animals (quick runs).
+    animals: which animals to load: None, the whole dataset (the split's test
+      animals must be in it); ``"test"``, the split's test animals only; or a
+      sequence of animal ids, exactly those.
+
+  Raises:
+    CheckpointError: the bundle is missing or damaged, or records no split.
+    DataError: the dataset folder is missing or lacks an animal asked for.
+  """
+  from rodent_gbp import data
+
+  model_dir = pathlib.Path(model_dir)
+  bundle = bundle_lib.load_bundle(model_dir)
+  data_dir = default_data_dir(model_dir) if data_dir is None else pathlib.Path(data_dir)
+  split = bundle.split
+  if not isinstance(split, Mapping) or not split.get("test"):
+    raise CheckpointError(f"{model_dir / bundle_lib.BUNDLE_FILE}: no training split with "
+                          "test animals recorded")
+  split = {k: list(v) for k, v in split.items()}
   if max_test_animals:
-    split = {**split, "test": split["test"][:max_test_animals]}
-  model = model_lib.build_unet(config)
-  bank_file = ckpt / "templates.npz"
-  if bank_file.exists():
-    bank = pipeline.TemplateBank.load(bank_file)
+    split["test"] = split["test"][:max_test_animals]
+  if not data_dir.is_dir():
+    raise DataError(f"{data_dir}: dataset folder not found (pass --data_dir)")
+  if animals is None:
+    volumes = {v.animal_id: v for v in data.load_dataset(data_dir)}
+    missing = [a for a in split["test"] if a not in volumes]
   else:
-    bank = pipeline.build_template_bank(model, loaded.params,
-                                        [volumes[a] for a in split["train"]],
-                                        options=pipeline.PlacementOptions.from_config(config),
-                                        batch_size=config.eval_batch_size)
-  return Context(model=model, params=loaded.params, config=config, bank=bank,
-                 volumes=volumes, split=split, batch_size=config.eval_batch_size)
+    wanted = split["test"] if animals == "test" else list(animals)
+    missing = [a for a in wanted if not (data_dir / a).is_dir()]
+    volumes = {} if missing else {a: data.load_animal(data_dir / a) for a in wanted}
+  if missing:
+    raise DataError(f"{data_dir}: animals {missing} of the model's split are missing"
+                    if animals in (None, "test") else f"{data_dir}: no animal folders {missing}")
+  return Context(bundle=bundle, volumes=volumes, split=split, model_dir=model_dir,
+                 data_dir=data_dir)
+
+
+def floats(values: Sequence[Any], what: str) -> list[float]:
+  """``values`` (numbers or their text, e.g. from a list flag) as floats.
+
+  Raises:
+    UsageError: naming ``what`` and the value that is not a number.
+  """
+  out = []
+  for x in values:
+    try:
+      out.append(float(x))
+    except (TypeError, ValueError):
+      raise UsageError(f"{what}: {x!r} is not a number") from None
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -95,32 +169,33 @@ def load_context(checkpoint_dir, data_dir, *, max_test_animals: int | None = Non
 # --------------------------------------------------------------------------
 
 
-def _shift_np(x: np.ndarray, d: Sequence[int]) -> np.ndarray:
-  """(S, H, W) moved by integer (dy, dx), zero-filled (``correlate.shift_image``)."""
-  out = np.zeros_like(x)
-  dy, dx = int(d[0]), int(d[1])
-  h, w = x.shape[-2:]
-  if abs(dy) >= h or abs(dx) >= w:
-    return out
-  src = x[..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-  out[..., max(0, dy):max(0, dy) + src.shape[-2], max(0, dx):max(0, dx) + src.shape[-1]] = src
-  return out
-
-
 def shifted_volume(volume, shift: Sequence[int]):
-  """The volume re-acquired ``shift`` (dy, dx) pixels further: image, labels,
-  mask moved with zero fill; the recorded displacement moves with them."""
+  """The volume re-acquired ``shift`` (dy, dx) pixels further.
+
+  Image, labels and brain mask are moved with zero fill
+  (``correlate.shift_image``, dtypes kept); the recorded displacement moves
+  with them.
+  """
+  d = np.asarray(shift, np.int32)
+
+  def move(x):
+    return None if x is None else np.asarray(correlate.shift_image(x, d))
+
   meta = dict(volume.meta)
   if meta.get("displacement_hw") is not None:
-    meta["displacement_hw"] = [float(a) + float(b) for a, b in zip(meta["displacement_hw"], shift)]
-  return dataclasses.replace(
-      volume, image=_shift_np(volume.image, shift), meta=meta,
-      label=None if volume.label is None else _shift_np(volume.label, shift),
-      brainmask=None if volume.brainmask is None else _shift_np(volume.brainmask, shift))
+    meta["displacement_hw"] = [float(a) + float(b) for a, b in zip(meta["displacement_hw"], d)]
+  return dataclasses.replace(volume, image=move(volume.image), meta=meta,
+                             label=move(volume.label), brainmask=move(volume.brainmask))
 
 
 def artifact_volume(volume, alpha: float):
-  """The volume with its non-brain part scaled by ``alpha`` (1: unchanged)."""
+  """The volume with its non-brain part scaled by ``alpha`` (1: unchanged).
+
+  Raises:
+    DataError: the volume has no brain mask.
+  """
+  if volume.brainmask is None:
+    raise DataError(f"animal {volume.animal_id}: scaling the non-brain part needs a brain mask")
   m = volume.brainmask.astype(np.float32)
   image = (volume.image * m + alpha * volume.image * (1.0 - m)).astype(np.float32)
   return dataclasses.replace(volume, image=image)
@@ -133,56 +208,50 @@ def diagonal_shifts(size: float) -> list[tuple[int, int]]:
 
 
 # --------------------------------------------------------------------------
-# Placement of a set of volumes under some network.
+# Placement of a set of volumes under some bundle.
 # --------------------------------------------------------------------------
 
 
-def place_all(ctx: Context, volumes: Sequence, cbank: placement.CandidateBank, *,
-              params=None, methods: Mapping[str, Mapping[str, Any]] = METHODS,
-              gradients: list[np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+def true_shifts(volume, bundle) -> np.ndarray:
+  """(A, 2) displacement that puts each aligned bank animal's mask on ``volume``'s brain."""
+  return evaluators.true_displacements(
+      bank_lib.recorded_displacement(volume), bundle.bank.displacements,
+      placement.candidate_bank(bundle).masks().to_reference)
+
+
+def place_all(volumes: Sequence, *, bundle, methods: Mapping[str, Mapping[str, Any]] = METHODS,
+              gradients: Sequence[np.ndarray] | None = None) -> dict[str, dict[str, float]]:
   """Brain DSC and mean placement error of each method, mean over ``volumes``.
 
-  ``gradients`` (one (S, H, W) guided gradient image per volume) skips the
-  saliency pass when given.
+  Args:
+    volumes: ``data.Volume`` with brain masks (and recorded displacements for
+      the error; NaN without).
+    bundle: the model bundle whose network and bank place the masks.
+    methods: name -> changes from :data:`placement.IMPROVED`.
+    gradients: one (S, H, W) guided gradient image per volume (skips the
+      saliency pass when given).
   """
-  from rodent_gbp import pipeline
-
-  params = ctx.params if params is None else params
   per: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
   for i, v in enumerate(volumes):
-    images = v.image[..., None].astype(np.float32)
-    cache = {} if gradients is None else {"guided": gradients[i]}
-    truth = placement.true_displacements(pipeline.recorded_displacement(v),
-                                         ctx.bank.displacements, cbank.masks().to_reference)
+    g = None if gradients is None else gradients[i]
+    truth = true_shifts(v, bundle)
     for name, changes in methods.items():
       o = dataclasses.replace(placement.IMPROVED, **changes)
-      cands, choice = cbank.for_options(o)
-      sig = placement.signal_for(ctx.model, params, images, o, cache=cache,
-                                 batch_size=ctx.batch_size)
-      pl = placement.place_improved(sig, images[..., 0], cands, choice, o)
-      per[name].append(placement.placement_quality(pl, v, truth))
+      pl = placement.place_search(v.image, bundle=bundle, options=o, gradient=g)
+      per[name].append(improved.placement_quality(pl, v, truth))
   return {m: {"brain_dsc": float(np.mean([x[0] for x in r])),
-              "mean_abs_error_px": float(np.nanmean([x[1] for x in r]))}
+              "mean_abs_error_px": float(np.nanmean([x[1] for x in r]))
+              if np.isfinite([x[1] for x in r]).any() else float("nan")}
           for m, r in per.items()}
 
 
-def candidate_bank(ctx: Context, params=None) -> placement.CandidateBank:
-  """Candidates with the reference's appearance under ``params`` (default: trained)."""
-  params = ctx.params if params is None else params
-  app, available = placement.bank_appearance(ctx.model, params, ctx.bank, ctx.volumes,
-                                             batch_size=ctx.batch_size)
-  return placement.CandidateBank(ctx.bank, appearance=app, available=available,
-                                 scales=placement.IMPROVED.scales)
-
-
-def robustness(ctx: Context, cbank: placement.CandidateBank, *,
-               shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
+def robustness(ctx: Context, *, shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
                alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0),
                log: Callable[[str], None] = print) -> dict[str, Any]:
   """Placement quality against extra displacement and artifact strength."""
   out: dict[str, Any] = {"displacement": [], "artifact": []}
   for size in shifts:
-    rows = [place_all(ctx, [shifted_volume(v, d) for v in ctx.test], cbank)
+    rows = [place_all([shifted_volume(v, d) for v in ctx.test], bundle=ctx.bundle)
             for d in diagonal_shifts(size)]
     row = {m: {k: float(np.mean([r[m][k] for r in rows])) for k in rows[0][m]}
            for m in rows[0]}
@@ -190,7 +259,7 @@ def robustness(ctx: Context, cbank: placement.CandidateBank, *,
     log(f"displacement +{size:g} px: " + ", ".join(
         f"{m} {row[m]['brain_dsc']:.4f}" for m in row))
   for alpha in alphas:
-    row = place_all(ctx, [artifact_volume(v, alpha) for v in ctx.test], cbank)
+    row = place_all([artifact_volume(v, alpha) for v in ctx.test], bundle=ctx.bundle)
     out["artifact"].append({"alpha": float(alpha), **row})
     log(f"artifact x{alpha:g}: " + ", ".join(f"{m} {row[m]['brain_dsc']:.4f}" for m in row))
   return out
@@ -202,21 +271,27 @@ def robustness(ctx: Context, cbank: placement.CandidateBank, *,
 
 
 def layers_from_top(params: Mapping[str, Any]) -> list[str]:
-  """The U-Net's conv layers from the output down (head, up0_*, ..., down0_*)."""
+  """The U-Net's conv layers from the output down (head, up0_*, ..., down0_*).
+
+  Raises:
+    CheckpointError: a layer name that is not the U-Net's.
+  """
   names = list(params)
 
   def depth_key(name: str):
     if name == "head":
       return (0, 0, 0)
-    part, conv = name.split("_conv")
+    part, sep, conv = name.partition("_conv")
+    if not sep or not conv.isdigit():
+      raise CheckpointError(f"unknown layer {name!r} (not a layer of the U-Net)")
     conv = -int(conv)
-    if part.startswith("up"):
+    if part.startswith("up") and part[2:].isdigit():
       return (1, int(part[2:]), conv)
     if part == "bottom":
       return (2, 0, conv)
-    if part.startswith("down"):
+    if part.startswith("down") and part[4:].isdigit():
       return (3, -int(part[4:]), conv)
-    raise ValueError(f"unknown layer {name!r}")
+    raise CheckpointError(f"unknown layer {name!r} (not a layer of the U-Net)")
 
   return sorted(names, key=depth_key)
 
@@ -241,36 +316,70 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
 
 
+def gradient_images(volumes: Sequence, *, bundle) -> list[np.ndarray]:
+  """(S, H, W) guided gradient image of each volume's raw slices (the raw pass's)."""
+  from rodent_gbp import pipeline
+  return [pipeline.raw_pass(v.image, bundle=bundle)["gradient"] for v in volumes]
+
+
+def with_params(bundle, params, volumes: Mapping[str, Any]):
+  """``bundle`` with the tissue network's ``params`` and the bank's appearance under them.
+
+  The raw-slice appearance (what the improved placement locates with) of
+  every bank animal that has one is recomputed with ``params`` from its
+  volume in ``volumes``, exactly as ``bank.build_template_bank`` computes it;
+  masks and the skull-stripped gradient images stay. The copy has its own
+  placer cache.
+
+  Raises:
+    DataError: a bank animal with an appearance is not in ``volumes``.
+  """
+  net = bundle.network("tissue")
+  b = bundle.bank
+  available = (np.asarray(b.appearance_available, bool) if b.appearance_available is not None
+               else np.arange(len(b.animal_ids)) == b.reference)
+  missing = [b.animal_ids[i] for i in np.flatnonzero(available)
+             if b.animal_ids[i] not in volumes]
+  if missing:
+    raise DataError(f"template animals {missing} are not in the dataset; their "
+                    "appearance cannot be recomputed")
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicate(params, mesh)
+  classes = tuple(net.config.gradient_classes)
+  app = np.zeros(b.masks.shape, np.float32)
+  for i in np.flatnonzero(available):
+    raw = volumes[b.animal_ids[i]].image[..., None].astype(np.float32)
+    g = parallel.run_batched(
+        lambda x: bank_lib.unit_gradient_image(replicated, x, model=net.model, classes=classes,
+                                               method=net.config.saliency_method),
+        {"x": raw}, net.config.eval_batch_size, mesh)["out"]
+    app[i] = np.asarray(enhance.log_gradient(g))
+  bank = dataclasses.replace(b, appearance=app, appearance_available=available)
+  networks = {**bundle.networks, "tissue": dataclasses.replace(net, params=params)}
+  return dataclasses.replace(bundle, networks=networks, bank=bank, cache={})
+
+
 def cascade(ctx: Context, *, steps: int = 0, seed: int = 0,
             log: Callable[[str], None] = print) -> dict[str, Any]:
   """Layer-by-layer randomisation from the top; ``steps`` > 0 evaluates that
   many depths (0 and all layers included), 0 every depth."""
-  from rodent_gbp import guided
   from rodent_gbp import model as model_lib
-  from rodent_gbp import pipeline
 
-  order = layers_from_top(ctx.params)
-  h, w = ctx.test[0].image.shape[-2:]
-  fresh = model_lib.init_params(ctx.model, jax.random.key(seed), (h, w))
+  net = ctx.bundle.network("tissue")
+  order = layers_from_top(net.params)
+  fresh = model_lib.init_params(net.model, jax.random.key(seed), ctx.bundle.slice_shape)
   depths = list(range(len(order) + 1))
   if steps and steps < len(depths):
     depths = sorted({int(round(x)) for x in np.linspace(0, len(order), steps)})
-
-  def gradients(params):
-    return [pipeline.run_batched(
-        lambda images: guided.gradient_image(ctx.model, params, images),
-        {"images": v.image[..., None].astype(np.float32)}, ctx.batch_size)["out"]
-        for v in ctx.test]
-
-  trained = gradients(ctx.params)
+  trained = gradient_images(ctx.test, bundle=ctx.bundle)
+  methods = {m: METHODS[m] for m in ("gbp_improved", "gbp_only")}
   rows = []
   for k in depths:
-    p = randomised_params(ctx.params, fresh, order[:k])
-    g = trained if k == 0 else gradients(p)
-    rho = np.concatenate([spearman_rows(a, b) for a, b in zip(g, trained)])
-    quality = place_all(ctx, ctx.test, candidate_bank(ctx, p), params=p,
-                        methods={m: METHODS[m] for m in ("gbp_improved", "gbp_only")},
-                        gradients=g)
+    b = ctx.bundle if k == 0 else with_params(
+        ctx.bundle, randomised_params(net.params, fresh, order[:k]), ctx.volumes)
+    g = trained if k == 0 else gradient_images(ctx.test, bundle=b)
+    rho = np.concatenate([spearman_rows(a, t) for a, t in zip(g, trained)])
+    quality = place_all(ctx.test, bundle=b, methods=methods, gradients=g)
     rows.append({"layers_randomised": k, "top_layer": order[k - 1] if k else None,
                  "spearman_mean": float(np.nanmean(rho)),
                  "spearman_min": float(np.nanmin(rho)), **quality})
@@ -290,13 +399,19 @@ def fold_seeds(animal_ids: Sequence[str], folds: int, *, max_seed: int = 100000
   """``folds`` split seeds whose test sets (``data.split_animals``) are disjoint.
 
   Greedy over seeds 0, 1, ...: a seed is kept when its test animals are
-  all new. Raises if ``folds`` disjoint test sets do not exist.
+  all new.
+
+  Raises:
+    UsageError: ``folds`` disjoint test sets do not exist.
   """
   from rodent_gbp import data
   ids = sorted(animal_ids)
+  if folds < 1:
+    raise UsageError(f"folds must be at least 1, got {folds}")
   n_test = len(data.split_animals(ids, 0)["test"])
   if folds * n_test > len(ids):
-    raise ValueError(f"{folds} folds of {n_test} test animals need more than {len(ids)} animals")
+    raise UsageError(f"{folds} folds of {n_test} test animals need more than {len(ids)} "
+                     "animals")
   used: set[str] = set()
   out = []
   for seed in range(max_seed):
@@ -306,7 +421,7 @@ def fold_seeds(animal_ids: Sequence[str], folds: int, *, max_seed: int = 100000
       out.append((seed, test))
       if len(out) == folds:
         return out
-  raise ValueError(f"no {folds} disjoint test sets among seeds < {max_seed}")
+  raise UsageError(f"no {folds} disjoint test sets among seeds < {max_seed}")
 
 
 def cross_validation(config, data_dir, out_dir, *, folds: int, epochs: int | None = None,
@@ -329,18 +444,17 @@ def cross_validation(config, data_dir, out_dir, *, folds: int, epochs: int | Non
         f"{res['brain'].get('gbp_improved', {}).get('dsc', float('nan')):.4f}, "
         f"{time.time() - t0:.0f} s")
   summary: dict[str, Any] = {"tables": {}, "brain": {}}
-  for part in ("tables", "brain"):
-    for way in runs[0][part]:
-      if part == "tables":
-        for cls in runs[0][part][way]:
-          vals = [r[part][way][cls]["dsc"] for r in runs]
-          summary[part].setdefault(way, {})[cls] = _mean_sd(vals)
-      else:
-        summary[part][way] = _mean_sd([r[part][way]["dsc"] for r in runs])
+  for way in runs[0]["tables"]:
+    for cls in runs[0]["tables"][way]:
+      summary["tables"].setdefault(way, {})[cls] = mean_sd(
+          [r["tables"][way][cls]["dsc"] for r in runs])
+  for way in runs[0]["brain"]:
+    summary["brain"][way] = mean_sd([r["brain"][way]["dsc"] for r in runs])
   return {"folds": runs, "summary_dsc": summary, "epochs": epochs, "config": config.name}
 
 
-def _mean_sd(vals: Sequence[float | None]) -> dict[str, float]:
+def mean_sd(vals: Sequence[float | None]) -> dict[str, float]:
+  """Mean, sample standard deviation and count of the finite values (None: missing)."""
   v = np.asarray([np.nan if x is None else x for x in vals], np.float64)
   ok = v[np.isfinite(v)]
   return {"mean": float(ok.mean()) if ok.size else float("nan"),
@@ -352,6 +466,15 @@ def _mean_sd(vals: Sequence[float | None]) -> dict[str, float]:
 # --------------------------------------------------------------------------
 
 
+def save_figure(fig, path) -> None:
+  """Writes a matplotlib figure to ``path`` (PNG) atomically and closes it."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  with fileio.atomic_path(path, suffix=pathlib.Path(path).suffix) as tmp:
+    fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+
+
 def _figures(out: pathlib.Path, study: Mapping[str, Any]) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
@@ -360,9 +483,7 @@ def _figures(out: pathlib.Path, study: Mapping[str, Any]) -> list[str]:
   written = []
 
   def save(fig, name):
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / name)
     written.append(name)
 
   rob = study.get("robustness")
@@ -419,60 +540,67 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
 
   Args:
     out_dir: output folder (created).
-    checkpoint: trained model folder; None trains ``config`` (``epochs``)
-      into ``<out_dir>/model`` first.
-    data_dir: dataset folder; None writes the phantom into ``<out_dir>/data``.
+    checkpoint: a model bundle folder (``<workdir>/model`` of the main job);
+      None runs the main job with ``config`` (``epochs``) into
+      ``<out_dir>/main`` first and uses its ``<out_dir>/main/model``.
+    data_dir: dataset folder; None: ``<checkpoint>/../data`` for a given
+      bundle, else the phantom written into ``<out_dir>/data``.
     config: ``configs.Config`` for training (default ``default``).
-    shifts, alphas: robustness grid (empty: skip that curve).
+    shifts, alphas: robustness grid, numbers or their text (empty: skip
+      that curve).
     cascade_steps: depths of the randomisation cascade (0: every layer;
       negative: skip).
     folds: k of the cross-validation (0: skip).
-    ablation: the full ablation table (``placement.ABLATION``, with the
+    ablation: the full ablation table (``studies.improved.ABLATION``, with the
       vanilla-gradient and deconvnet rows the main job leaves out).
     max_test_animals: use only the first test animals (quick runs).
+    seed: seed of the randomised params of the cascade.
+    log: progress sink.
+
+  Raises:
+    UsageError: a shift or alpha that is not a number, negative folds.
+    CheckpointError, DataError: from :func:`load_context`.
   """
   from rodent_gbp import configs
   from rodent_gbp import phantom
-  from rodent_gbp.studies import report
 
+  shifts = floats(shifts, "shifts")
+  alphas = floats(alphas, "alphas")
+  if folds < 0:
+    raise UsageError(f"folds must be 0 (skip) or more, got {folds}")
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   config = configs.get_config("default") if config is None else config
   if epochs is not None:
     config = configs.override(config, epochs=epochs)
-  if data_dir is None:
-    data_dir = out / "data"
-    if not any(data_dir.glob("*/meta.json")):
-      phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
-                            size=config.image_size)
   timing: dict[str, float] = {}
-  study: dict[str, Any] = {"options": placement.IMPROVED.to_dict(), "methods": METHODS}
-  t0 = time.time()
   if checkpoint is None:
-    from rodent_gbp import train
-    checkpoint = train.train_and_evaluate(config, out / "model", data_dir=data_dir,
-                                          log=lambda s: None).checkpoint_dir
+    from rodent_gbp.studies import reproduce
+    if data_dir is None:
+      data_dir = out / "data"
+      if not phantom.is_complete(data_dir):
+        phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
+                              size=config.image_size)
+    t0 = time.time()
+    reproduce.reproduce(config, out / "main", data_dir=data_dir, figures=False,
+                        log=lambda s: None)
+    checkpoint = out / "main" / "model"
     timing["train_s"] = time.time() - t0
   ctx = load_context(checkpoint, data_dir, max_test_animals=max_test_animals)
-  study["checkpoint"] = str(checkpoint)
-  study["test_animals"] = ctx.split["test"]
+  study: dict[str, Any] = {"options": placement.IMPROVED.to_dict(), "methods": METHODS,
+                           "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
+                           "test_animals": ctx.split["test"]}
   if shifts or alphas:
     t0 = time.time()
-    study["robustness"] = robustness(ctx, candidate_bank(ctx), shifts=shifts, alphas=alphas,
-                                     log=log)
+    study["robustness"] = robustness(ctx, shifts=shifts, alphas=alphas, log=log)
     timing["robustness_s"] = time.time() - t0
   if ablation:
     t0 = time.time()
-    evals = [{"animal_id": v.animal_id,
-              "gradient": placement.signal_for(
-                  ctx.model, ctx.params, v.image[..., None].astype(np.float32),
-                  placement.ImprovedOptions(signal="gradient"), batch_size=ctx.batch_size)}
-             for v in ctx.test]
-    study["ablation"] = placement.run_improved(
-        ctx.model, ctx.params, ctx.bank, ctx.volumes, evals, batch_size=ctx.batch_size,
-        num_classes=ctx.config.num_classes, rows=placement.ABLATION,
-        log=lambda s: None)["ablation"]
-    (out / "placement_ablation.md").write_text(placement.ablation_markdown(study["ablation"]))
+    gradients = dict(zip(ctx.split["test"], gradient_images(ctx.test, bundle=ctx.bundle)))
+    study["ablation"] = improved.ablation(ctx.test, bundle=ctx.bundle, gradients=gradients,
+                                          rows=improved.ABLATION, log=lambda s: None)
+    fileio.atomic_write_text(out / "placement_ablation.md", improved.ablation_markdown(
+        study["ablation"], animals=ctx.split["test"]))
     timing["ablation_s"] = time.time() - t0
   if cascade_steps >= 0:
     t0 = time.time()
@@ -480,7 +608,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     timing["cascade_s"] = time.time() - t0
   if folds:
     t0 = time.time()
-    study["cross_validation"] = cross_validation(config, data_dir, out / "folds",
+    study["cross_validation"] = cross_validation(config, ctx.data_dir, out / "folds",
                                                  folds=folds, epochs=epochs, log=log)
     timing["cross_validation_s"] = time.time() - t0
   study["timing"] = timing
