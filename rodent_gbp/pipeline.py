@@ -54,28 +54,27 @@ def raw_pass_batch(params, images: jax.Array, *, model) -> dict[str, jax.Array]:
   return {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32), "gradient": g}
 
 
-def segment_slices(slices: np.ndarray, *, bundle, batch_size: int | None = None,
-                   mesh=None) -> np.ndarray:
-  """Labels (S, H, W) int32 of slices (S, H, W) by the bundle's tissue network."""
+def _over_slices(batch_fn, slices: np.ndarray, bundle, batch_size, mesh):
+  """``batch_fn(params, images, model=...)`` over slices (S, H, W) in fixed-size batches."""
   net = bundle.network("tissue")
   mesh = parallel.make_mesh() if mesh is None else mesh
   params = parallel.replicate(net.params, mesh)
   return parallel.run_batched(
-      lambda images: segment_batch(params, images, model=net.model),
+      lambda images: batch_fn(params, images, model=net.model),
       {"images": np.asarray(slices, np.float32)[..., None]},
-      batch_size or net.config.eval_batch_size, mesh)["out"]
+      batch_size or net.config.eval_batch_size, mesh)
+
+
+def segment_slices(slices: np.ndarray, *, bundle, batch_size: int | None = None,
+                   mesh=None) -> np.ndarray:
+  """Labels (S, H, W) int32 of slices (S, H, W) by the bundle's tissue network."""
+  return _over_slices(segment_batch, slices, bundle, batch_size, mesh)["out"]
 
 
 def raw_pass(slices: np.ndarray, *, bundle, batch_size: int | None = None,
              mesh=None) -> dict[str, np.ndarray]:
   """:func:`raw_pass_batch` over the slices (S, H, W) of one volume."""
-  net = bundle.network("tissue")
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  params = parallel.replicate(net.params, mesh)
-  return parallel.run_batched(
-      lambda images: raw_pass_batch(params, images, model=net.model),
-      {"images": np.asarray(slices, np.float32)[..., None]},
-      batch_size or net.config.eval_batch_size, mesh)
+  return _over_slices(raw_pass_batch, slices, bundle, batch_size, mesh)
 
 
 @dataclasses.dataclass
