@@ -1,16 +1,16 @@
 """The paper's placement under every reading DESIGN.md leaves open.
 
   # the full grid on the main job's model (~2 min on 2 CPU cores):
-  python experiments/paper_readings.py --checkpoint runs/main/checkpoints \
-      --data_dir runs/main/data --out_dir runs/readings
+  python experiments/paper_readings.py --checkpoint runs/main/model \
+      --out_dir runs/readings
   # a few readings:
-  python experiments/paper_readings.py --checkpoint runs/main/checkpoints \
+  python experiments/paper_readings.py --checkpoint runs/main/model \
       --data_dir runs/main/data --out_dir /tmp/readings \
       --class_sets tissue,gm --centers 1,2 --widths 0.5 --templates gradient,mask
 
 Ranks readings on the animals that are neither test animals nor the reference
 and reports the chosen reading on the test animals. Writes readings.json,
-readings.md and readings.png into --out_dir.
+readings.md and readings.png into --out_dir; see ``rodent_gbp.studies.readings``.
 """
 
 from absl import app
@@ -18,12 +18,13 @@ from absl import flags
 from absl import logging
 
 from rodent_gbp import cli
+from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import readings
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder "
-                                  "(<workdir>/checkpoints of the main job).", required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder the model was trained on.",
-                                required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
+                                  "(<workdir>/model of the main job).", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder the model was trained "
+                                "on; default <checkpoint>/../data.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _CLASS_SETS = flags.DEFINE_list("class_sets", list(readings.CLASS_SETS),
                                 "Gradient images: " + ", ".join(readings.CLASS_SETS) + ".")
@@ -38,14 +39,10 @@ _TEMPLATES = flags.DEFINE_list("templates", list(readings.TEMPLATES),
 @cli.run_main
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # checkpoint-library chatter
-  try:
-    grid = readings.grid(_CLASS_SETS.value, [float(c) for c in _CENTERS.value],
-                         [float(w) for w in _WIDTHS.value], _TEMPLATES.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  readings.run(_CHECKPOINT.value, _DATA_DIR.value, _OUT_DIR.value, readings=grid,
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  grid = readings.grid(_CLASS_SETS.value, _CENTERS.value, _WIDTHS.value, _TEMPLATES.value)
+  readings.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, readings=grid,
                log=lambda msg: print(msg, flush=True))
 
 

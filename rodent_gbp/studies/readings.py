@@ -8,7 +8,7 @@ measures them all on one trained model with the placement otherwise exactly
 the paper's: the reference animal (the bank's, median brain volume) at the
 same slice index, plain 'same'-mode FFT correlation of the template with the
 enhanced gradient image of each raw slice, argmax, zero-filled shift of the
-reference mask (``pipeline.place_mask``). The score is the brain DSC of the
+reference mask (``placement.place_mask``). The score is the brain DSC of the
 placed mask, confusion counts pooled per animal, mean over animals.
 
 The choice is kept apart from the report: readings are ranked on the
@@ -40,10 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rodent_gbp import bank as bank_lib
 from rodent_gbp import enhance
+from rodent_gbp import fileio
 from rodent_gbp import guided
 from rodent_gbp import metrics
-from rodent_gbp import pipeline
+from rodent_gbp import parallel
+from rodent_gbp import placement
+from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import report
 
 #: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
@@ -80,16 +84,28 @@ class Reading:
     return f"{self.classes}, centre {c}, width {self.width:g}, template {self.template}"
 
 
-def grid(class_sets: Sequence[str] = tuple(CLASS_SETS), centers: Sequence[float] = CENTERS,
-         widths: Sequence[float] = WIDTHS,
+def grid(class_sets: Sequence[str] = tuple(CLASS_SETS), centers: Sequence[Any] = CENTERS,
+         widths: Sequence[Any] = WIDTHS,
          templates: Sequence[str] = TEMPLATES) -> list[Reading]:
-  """Every combination, the default first."""
+  """Every combination, the default first.
+
+  ``centers`` and ``widths`` are numbers or their text (a list flag's values).
+
+  Raises:
+    UsageError: an unknown class set or template, a centre or width that is
+      not a number, a width that is not positive.
+  """
+  from rodent_gbp.studies import placement_study
   for c in class_sets:
     if c not in CLASS_SETS:
-      raise ValueError(f"unknown class set {c!r}; one of {sorted(CLASS_SETS)}")
+      raise UsageError(f"unknown class set {c!r}; one of {sorted(CLASS_SETS)}")
   for t in templates:
     if t not in TEMPLATES:
-      raise ValueError(f"unknown template {t!r}; one of {TEMPLATES}")
+      raise UsageError(f"unknown template {t!r}; one of {TEMPLATES}")
+  centers = placement_study.floats(centers, "centers")
+  widths = placement_study.floats(widths, "widths")
+  if any(not w > 0 for w in widths):
+    raise UsageError(f"widths must be positive, got {widths}")
   out = [Reading(**DEFAULT)]
   for c in class_sets:
     for t in templates:
@@ -120,9 +136,9 @@ def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, wi
   """
   g = jnp.sum(maps[:, list(classes)], axis=1)
   signal = enhance.enhance_gradient(g, center=center, width=width)
-  ref_g = pipeline.scale_to_unit(jnp.sum(ref_maps[:, list(classes)], axis=1))
-  tmpl = pipeline.make_template(ref_masks, ref_g, template, center=center, width=width)
-  _, disp, placed = pipeline.place_mask(signal, tmpl, ref_masks)
+  ref_g = bank_lib.scale_to_unit(jnp.sum(ref_maps[:, list(classes)], axis=1))
+  tmpl = placement.make_template(ref_masks, ref_g, template, center=center, width=width)
+  _, disp, placed = placement.place_mask(signal, tmpl, ref_masks)
   return disp, placed
 
 
@@ -141,17 +157,21 @@ def abs_maps(model, params, images: np.ndarray, batch_size: int) -> np.ndarray:
   """|GBP maps| (S, 4, H, W) float32 of slices (S, H, W), all four classes."""
   x = images[..., None].astype(np.float32)
   fn = lambda images: jnp.abs(guided.saliency(model, params, images, target="all"))
-  return pipeline.run_batched(fn, {"images": x}, batch_size)["out"]
+  return parallel.run_batched(fn, {"images": x}, batch_size)["out"]
 
 
 def calibrated_center(ref_raw_maps: np.ndarray, ref_masks: np.ndarray,
                       classes: tuple[int, ...]) -> float:
-  """Mean Eq. 1 input z of the reference's raw-slice gradient image in its brain."""
+  """Mean Eq. 1 input z of the reference's raw-slice gradient image in its brain.
+
+  Raises:
+    DataError: the reference's brain masks are empty.
+  """
   g = np.sum(ref_raw_maps[:, list(classes)], axis=1)
   z = np.asarray(enhance.enhancement_steps(g)["z"])
   m = ref_masks.astype(bool)
   if not m.any():
-    raise ValueError("the reference animal's brain masks are empty")
+    raise DataError("the reference animal's brain masks are empty")
   return float(z[m].mean())
 
 
@@ -177,27 +197,44 @@ class Inputs:
   reference: str
 
 
-def prepare(model, params, bank: pipeline.TemplateBank, volumes: Mapping[str, Any],
-            test: Sequence[str], *, batch_size: int) -> Inputs:
-  """Saliency of every labelled animal but the reference, and the reference's."""
+def prepare(volumes: Mapping[str, Any], test: Sequence[str], *, bundle,
+            batch_size: int | None = None) -> Inputs:
+  """Saliency of every labelled animal but the reference, and the reference's.
+
+  Args:
+    volumes: animal id -> ``data.Volume`` (the reference and the test
+      animals among them).
+    test: the held-out animals.
+    bundle: the model bundle (tissue network, template bank).
+    batch_size: slices per saliency call (default the config's).
+
+  Raises:
+    DataError: the reference or a test animal is missing or has no brain mask.
+  """
+  net = bundle.network("tissue")
+  model, params = net.model, net.params
+  batch_size = batch_size or net.config.eval_batch_size
+  bank = bundle.bank
   ref_id = bank.animal_ids[bank.reference]
   if ref_id not in volumes:
-    raise ValueError(f"the reference animal {ref_id} is not in the dataset")
+    raise DataError(f"the reference animal {ref_id} is not in the dataset")
   ref = volumes[ref_id]
+  if ref.brainmask is None:
+    raise DataError(f"the reference animal {ref_id} has no brain mask")
   missing = [a for a in test if a not in volumes]
   if missing:
-    raise ValueError(f"test animals {missing} are not in the dataset")
+    raise DataError(f"test animals {missing} are not in the dataset")
   selection = [a for a in sorted(volumes) if a not in test and a != ref_id
                and volumes[a].brainmask is not None]
   animals = selection + list(test)
   ref_st = abs_maps(model, params, ref.image * ref.brainmask, batch_size)
   ref_raw = abs_maps(model, params, ref.image, batch_size)
-  ref_disp = pipeline.recorded_displacement(ref)
+  ref_disp = bank_lib.recorded_displacement(ref)
   maps, refm, refk, truem, owner, disp = [], [], [], [], [], []
   for i, a in enumerate(animals):
     v = volumes[a]
     if v.brainmask is None:
-      raise ValueError(f"test animal {a} has no brain mask")
+      raise DataError(f"test animal {a} has no brain mask")
     n = v.image.shape[0]
     s = np.clip(np.arange(n), 0, bank.masks.shape[1] - 1)
     maps.append(abs_maps(model, params, v.image, batch_size))
@@ -205,7 +242,7 @@ def prepare(model, params, bank: pipeline.TemplateBank, volumes: Mapping[str, An
     refk.append(bank.masks[bank.reference, s])
     truem.append(v.brainmask.astype(bool))
     owner.append(np.full(n, i))
-    disp.append(np.broadcast_to(pipeline.recorded_displacement(v) - ref_disp, (n, 2)))
+    disp.append(np.broadcast_to(bank_lib.recorded_displacement(v) - ref_disp, (n, 2)))
   true_masks = np.concatenate(truem)
   maps, refm, refk, truem = jax.device_put(
       (np.concatenate(maps), np.concatenate(refm), np.concatenate(refk), true_masks))
@@ -307,6 +344,7 @@ def figure(result: Mapping[str, Any], path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from rodent_gbp.studies import placement_study
 
   fig, ax = plt.subplots(figsize=(6.5, 4))
   rows = [r for r in result["rows"] if not r["reading"]["calibrated"]]
@@ -324,24 +362,34 @@ def figure(result: Mapping[str, Any], path) -> None:
   ax.set_ylim(0, 1)
   ax.legend(title="gradient image", fontsize=8)
   ax.set_title("The paper's placement under every reading")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  placement_study.save_figure(fig, path)
 
 
-def run(checkpoint_dir, data_dir, out_dir, *, readings: Sequence[Reading] | None = None,
+def run(checkpoint_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Loads a trained model folder, searches, writes readings.{json,md,png}."""
+  """Opens a model bundle, searches, writes readings.{json,md,png}.
+
+  Args:
+    checkpoint_dir: the model bundle folder (``<workdir>/model``).
+    out_dir: output folder (created).
+    data_dir: the dataset the model was trained on (default
+      ``<checkpoint_dir>/../data``).
+    readings: the readings to score (default :func:`grid`).
+    log: progress sink.
+
+  Raises:
+    CheckpointError, DataError: from ``placement_study.load_context`` and
+      :func:`prepare`.
+  """
   from rodent_gbp.studies import placement_study
 
   ctx = placement_study.load_context(checkpoint_dir, data_dir)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   log(f"saliency of {len(ctx.volumes)} animals (raw slices) and of the reference")
-  inputs = prepare(ctx.model, ctx.params, ctx.bank, ctx.volumes, ctx.split["test"],
-                   batch_size=ctx.batch_size)
+  inputs = prepare(ctx.volumes, ctx.split["test"], bundle=ctx.bundle)
   result = search(inputs, grid() if readings is None else readings, log=log)
-  result = {"checkpoint": str(checkpoint_dir), "data_dir": str(data_dir),
+  result = {"checkpoint": str(checkpoint_dir), "data_dir": str(ctx.data_dir),
             "provenance": report.provenance(ctx.config.seed), **result}
   fileio.write_json(out / "readings.json", result)  # NaN -> null
   fileio.atomic_write_text(out / "readings.md", markdown(result))
