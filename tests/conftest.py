@@ -4,7 +4,10 @@
   and accidental broadcasting in library code.
 * The persistent compilation cache makes reruns of the suite cheap.
 * One tiny phantom and one smoke-trained model are built once per session and
-  shared by every test that needs data or a trained network.
+  shared by every test that needs data or a trained network; the model's
+  bundle folder (``<workdir>/model``, as the main job writes it) is
+  ``model_dir``. ``synthetic_bundle`` builds a bundle by hand around a few
+  synthetic masks, for placer tests with a planted answer.
 """
 
 from __future__ import annotations

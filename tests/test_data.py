@@ -276,3 +276,21 @@ def test_empty_or_missing_dataset(tmp_path):
     data.load_dataset(tmp_path / "empty")
   with pytest.raises(data.DataError, match="not found"):
     data.load_scan(tmp_path / "missing.nii.gz")
+
+
+@pytest.mark.parametrize("axes,flips", [((0, 1, 2), (1, 1, 1)), ((1, 2, 0), (-1, 1, 1)),
+                                        ((2, 0, 1), (1, -1, -1))])
+def test_voxel_sizes_ras_follow_the_axes(axes, flips):
+  """Voxel i of the file along RAS axis axes[i]: its size lands at that RAS position."""
+  sizes = np.array([0.3, 0.5, 0.25])
+  affine = np.eye(4)
+  affine[:3, :3] = 0.0
+  for i, (ax, f) in enumerate(zip(axes, flips)):
+    affine[ax, i] = f * sizes[i]
+  want = np.empty(3)
+  want[list(axes)] = sizes
+  np.testing.assert_allclose(data.voxel_sizes_ras(affine), want)
+  # A small rotation keeps the nearest axes and the edge lengths.
+  c, s = np.cos(0.1), np.sin(0.1)
+  rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+  np.testing.assert_allclose(data.voxel_sizes_ras(rot @ affine), want, rtol=1e-12)
