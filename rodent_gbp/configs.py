@@ -15,7 +15,7 @@ config it used (``dataclasses.asdict``) next to its results.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,6 @@ class Config:
   enhance_center: float = 2.0       # Eq. 1 centre
   enhance_width: float = 0.5        # Eq. 1 width
   template: str = "gradient"        # gradient | enhanced | mask  (Fig. 7a reading)
-  reference: str = "median"         # training animal with the median brain volume
   eval_batch_size: int = 40         # slices per jitted evaluation call
 
   def to_dict(self) -> dict[str, Any]:
@@ -107,6 +106,12 @@ _SMOKE = Config(
 
 CONFIGS = {"paper": _PAPER, "default": _DEFAULT, "smoke": _SMOKE}
 
+# Fields that earlier versions recorded but no code ever read; a stored config
+# that still has them loads without them. ``reference``: the template bank
+# always takes the training animal with the median brain volume
+# (``bank.build_template_bank``), whatever this field said.
+_REMOVED_FIELDS = ("reference",)
+
 
 def get_config(name: str) -> Config:
   """Returns the named configuration (``paper``, ``default`` or ``smoke``)."""
@@ -130,11 +135,26 @@ def override(config: Config, **changes: Any) -> Config:
 
 def from_dict(d: dict[str, Any]) -> Config:
   """Rebuilds a Config from :meth:`Config.to_dict` output (e.g. a checkpoint)."""
+  if not isinstance(d, Mapping):
+    raise TypeError(f"a config is a mapping of fields, got {type(d).__name__}")
   known = {f.name for f in dataclasses.fields(Config)}
+  d = {k: v for k, v in d.items() if k not in _REMOVED_FIELDS}
   unknown = set(d) - known
   if unknown:
     raise ValueError(f"config has unknown fields {sorted(unknown)}")
-  d = dict(d)
   if "gradient_classes" in d:
     d["gradient_classes"] = tuple(d["gradient_classes"])
   return Config(**d)
+
+
+def differences(a: Config, b: Config, *, ignore: tuple[str, ...] = ()
+                ) -> dict[str, tuple[Any, Any]]:
+  """Fields (``name`` included) whose values differ: ``{field: (a's, b's)}``.
+
+  Example::
+
+    differences(get_config("smoke"), override(get_config("smoke"), epochs=2))
+    # {"epochs": (1, 2)}
+  """
+  return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(Config)
+          if f.name not in ignore and getattr(a, f.name) != getattr(b, f.name)}
