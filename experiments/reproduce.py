@@ -2,6 +2,10 @@
 
     python experiments/reproduce.py --workdir runs/main
     python experiments/reproduce.py --workdir runs/eval --checkpoint runs/main/checkpoints
+    python experiments/reproduce.py --workdir runs/main --nofigures   # no PNG figures
+
+With --checkpoint the checkpoint's own config (its config.json) is used; a
+--config given as well must name that same config, else the run is refused.
 
 Multi-host: the same command on every host, plus --coordinator_address,
 --num_processes and --process_id (README, "Many devices, many hosts").
@@ -12,27 +16,60 @@ from absl import flags
 
 from rodent_gbp import cli
 from rodent_gbp import configs
+from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import reproduce
+
+FLAGS = flags.FLAGS
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/main", "Output folder.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Dataset folder (<animal>/image.nii.gz, labels.nii.gz, "
     "brainmask.nii.gz); default: write the synthetic phantom into the workdir.")
-_CONFIG = flags.DEFINE_enum("config", "default", sorted(configs.CONFIGS),
-                            "Named configuration.")
+_CONFIG = flags.DEFINE_enum(
+    "config", "default", sorted(configs.CONFIGS),
+    "Named configuration. With --checkpoint the checkpoint's stored config is "
+    "used; a --config given explicitly must then match it (else exit 2).")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A trained model folder (e.g. runs/main/checkpoints); skips training.")
+    "checkpoint", None, "A training checkpoint folder (e.g. runs/main/checkpoints); skips "
+    "training and uses the config stored there.")
 _SEED = flags.DEFINE_integer("seed", None, "Overrides the config's seed.")
-_NOFIGURES = flags.DEFINE_bool("nofigs", False, "Skip the PNG figures.")
+_FIGURES = flags.DEFINE_bool("figures", True, "Write the PNG figures (--nofigures skips them).")
 cli.define_distributed_flags()
+
+_SHOWN_DIFFERENCES = 4  # fields named in the conflict message
+
+
+def run_config() -> configs.Config:
+  """The config of the run: the named one, or the checkpoint's own.
+
+  Raises:
+    UsageError: --config given explicitly next to --checkpoint and the
+      checkpoint's stored config differs from it (the seed aside: --seed
+      overrides it anyway).
+  """
+  if _CHECKPOINT.value is None:
+    return configs.get_config(_CONFIG.value)
+  from rodent_gbp import checkpoint
+  stored = checkpoint.read_config(_CHECKPOINT.value)
+  if FLAGS["config"].present:
+    diff = configs.differences(configs.get_config(_CONFIG.value), stored, ignore=("seed",))
+    if diff:
+      shown = list(diff.items())[:_SHOWN_DIFFERENCES]
+      listed = ", ".join(f"{k} {mine!r} vs {theirs!r}" for k, (mine, theirs) in shown)
+      if len(diff) > len(shown):
+        listed += f" and {len(diff) - len(shown)} more fields"
+      raise UsageError(
+          f"--config {_CONFIG.value} conflicts with the config of --checkpoint "
+          f"{_CHECKPOINT.value} ({listed}); leave out --config to use the checkpoint's")
+  return stored
 
 
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
   cli.begin(argv)
-  reproduce.reproduce(configs.get_config(_CONFIG.value), _WORKDIR.value,
+  reproduce.reproduce(run_config(), _WORKDIR.value,
                       data_dir=_DATA_DIR.value, checkpoint=_CHECKPOINT.value,
-                      seed=_SEED.value, figures=not _NOFIGURES.value,
+                      seed=_SEED.value, figures=_FIGURES.value,
                       log=lambda msg: print(msg, flush=True))
 
 
