@@ -1,31 +1,39 @@
 """Tests the log-normal hypothesis of the GBP gradient image (paper Fig. 5).
 
-  python experiments/lognormal.py --checkpoint=<workdir>/checkpoints \
-      --data_dir=<dataset> --out_dir=<folder>
+  python experiments/lognormal.py --checkpoint=<workdir>/model \
+      [--data_dir=<dataset>] --out_dir=<folder>
 
-Writes lognormal.json, lognormal.md and the Fig. 5 / Q-Q figures.
+Writes lognormal.json, lognormal.md and the Fig. 5 / Q-Q figures; see
+``rodent_gbp.studies.lognormal``.
 """
 
 from absl import app
 from absl import flags
 
 from rodent_gbp import cli
+from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import lognormal
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained model folder.", required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
+                                  "(<workdir>/model of the main job).", required=True)
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Dataset root; default <workdir>/data beside the checkpoint.")
+    "data_dir", None, "Dataset root; default <checkpoint>/../data.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 20000, "Pixels subsampled for pooled fits.")
+_SLICE_MAX_PIXELS = flags.DEFINE_integer(
+    "slice_max_pixels", None, "Pixels subsampled for each per-slice fit (default: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random-network init and subsample seed.")
+_FIGURES = flags.DEFINE_bool("figures", True, "Write the Fig. 5 and Q-Q figures.")
 
 
 @cli.run_main
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
   lognormal.run_experiment(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
-                           max_pixels=_MAX_PIXELS.value, seed=_SEED.value)
+                           max_pixels=_MAX_PIXELS.value,
+                           slice_max_pixels=_SLICE_MAX_PIXELS.value, seed=_SEED.value,
+                           figures=_FIGURES.value, log=lambda msg: print(msg, flush=True))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ alternatives by maximum likelihood:
   returns a JSON-able report; :func:`report_markdown` renders it.
 * :func:`plot_lognormal` draws the paper's Fig. 5 a-d histograms and a Q-Q plot
   of the log magnitudes against the normal.
-* :func:`run_experiment` wires a checkpoint, the test slices and the saliency
-  module into the study (used by ``experiments/lognormal.py``).
+* :func:`run_experiment` wires a model bundle, its test slices and the
+  saliency module into the study (used by ``experiments/lognormal.py``).
 
 Everything except :func:`run_experiment` is host-side numpy / scipy.
 
@@ -34,7 +34,6 @@ resample) on a small subsample, if asked for.
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import warnings
@@ -42,6 +41,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
+
+from rodent_gbp import fileio
+from rodent_gbp.errors import DataError, UsageError
 
 FAMILIES = ("lognormal", "normal", "gamma", "weibull", "exponential")
 
@@ -68,9 +70,9 @@ def _check_families(families: Sequence[str]) -> tuple[str, ...]:
   families = tuple(families)
   unknown = [f for f in families if f not in _DISTS]
   if unknown:
-    raise ValueError(f"unknown families {unknown}; choose from {FAMILIES}")
+    raise UsageError(f"unknown families {unknown}; choose from {FAMILIES}")
   if len(families) < 1 or len(set(families)) != len(families):
-    raise ValueError(f"families must be distinct and non-empty, got {families}")
+    raise UsageError(f"families must be distinct and non-empty, got {families}")
   return families
 
 
@@ -83,34 +85,35 @@ def clean_samples(samples: Any, *, zeros: str = "error",
     zeros: ``"error"`` raises on exact zeros; ``"exclude"`` drops them and
       returns how many were dropped (zero-gradient pixels must be counted,
       never silently lost).
-    min_samples: fewer positive values than this raise ``ValueError``.
+    min_samples: fewer positive values than this raise ``DataError``.
 
   Returns:
     (positive values (n,), number of zeros excluded).
 
   Raises:
-    ValueError: non-finite or negative values, zeros under ``zeros="error"``,
+    UsageError: an unknown ``zeros``.
+    DataError: non-finite or negative values, zeros under ``zeros="error"``,
       too few samples, or all samples equal (no law can be fitted).
   """
   if zeros not in ("error", "exclude"):
-    raise ValueError(f'zeros must be "error" or "exclude", got {zeros!r}')
+    raise UsageError(f'zeros must be "error" or "exclude", got {zeros!r}')
   x = np.asarray(samples, dtype=np.float64).ravel()
   if not np.all(np.isfinite(x)):
-    raise ValueError(f"samples contain {int(np.sum(~np.isfinite(x)))} non-finite values")
+    raise DataError(f"samples contain {int(np.sum(~np.isfinite(x)))} non-finite values")
   n_neg = int(np.sum(x < 0))
   if n_neg:
-    raise ValueError(f"samples must be magnitudes (>= 0); got {n_neg} negative values")
+    raise DataError(f"samples must be magnitudes (>= 0); got {n_neg} negative values")
   zero = x == 0
   n_zero = int(np.sum(zero))
   if n_zero and zeros == "error":
-    raise ValueError(
+    raise DataError(
         f"{n_zero} of {x.size} samples are exactly 0 (log-normal, gamma, Weibull "
         'need x > 0); pass zeros="exclude" to count and drop them')
   x = x[~zero]
   if x.size < min_samples:
-    raise ValueError(f"need at least {min_samples} positive samples, got {x.size}")
+    raise DataError(f"need at least {min_samples} positive samples, got {x.size}")
   if np.all(x == x[0]):
-    raise ValueError(f"all {x.size} positive samples equal {x[0]!r}: nothing to fit")
+    raise DataError(f"all {x.size} positive samples equal {x[0]!r}: nothing to fit")
   return x, n_zero
 
 
@@ -230,7 +233,7 @@ def fit_families(samples: Any, *, families: Sequence[str] = FAMILIES,
     seed: subsample and bootstrap seed.
     bootstrap: number of parametric-bootstrap resamples for KS p-values (0 =
       off); run per family on a further subsample of ``bootstrap_samples``.
-    min_samples: fewer positive samples raise ``ValueError``.
+    min_samples: fewer positive samples raise ``DataError``.
 
   Returns:
     A JSON-able dict: ``n_input``, ``n_zero``, ``n_positive``, ``n_fitted``,
@@ -356,7 +359,7 @@ def study_target(stack: Any, *, families: Sequence[str] = FAMILIES,
   """
   g = np.asarray(stack, dtype=np.float64)
   if g.ndim != 3:
-    raise ValueError(f"expected gradient images (S, H, W), got shape {g.shape}")
+    raise DataError(f"expected gradient images (S, H, W), got shape {g.shape}")
   zeros_per_slice = [int(z) for z in np.sum(g == 0, axis=(1, 2))]
   rows, verdicts = [], []
   for i in range(g.shape[0]):
@@ -364,14 +367,14 @@ def study_target(stack: Any, *, families: Sequence[str] = FAMILIES,
       v = fit_families(g[i], families=families, zeros="exclude",
                        max_samples=slice_max_pixels, seed=seed + i)
       reason = None
-    except ValueError as e:
+    except DataError as e:
       v, reason = None, str(e)
     verdicts.append(v)
     rows.append(_slice_row(i, zeros_per_slice[i], int(g[i].size), v, reason))
   try:
     pooled = fit_families(g, families=families, zeros="exclude",
                           max_samples=max_pixels, seed=seed, bootstrap=bootstrap)
-  except ValueError as e:
+  except DataError as e:
     pooled = {"skipped": str(e)}
   total = int(g.size)
   n_zero = int(sum(zeros_per_slice))
@@ -562,7 +565,8 @@ def plot_lognormal(gradients: Mapping[str, Any], out_dir: str | pathlib.Path, *,
                  f"{g.shape[0]} slices", fontsize=10)
     fig.tight_layout()
     p = out_dir / f"{prefix}_fig5_{label}.png"
-    fig.savefig(p, dpi=110)
+    with fileio.atomic_path(p, suffix=".png") as tmp:
+      fig.savefig(tmp, dpi=110)
     plt.close(fig)
     paths.append(p)
     pos = _pooled_values(g, max_points, seed)
@@ -584,7 +588,8 @@ def plot_lognormal(gradients: Mapping[str, Any], out_dir: str | pathlib.Path, *,
   ax.legend(fontsize=8)
   fig.tight_layout()
   p = out_dir / f"{prefix}_qq.png"
-  fig.savefig(p, dpi=110)
+  with fileio.atomic_path(p, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=110)
   plt.close(fig)
   paths.append(p)
   return paths
@@ -611,17 +616,15 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
   Returns:
     ``{"sum": (N, H, W), "<class name>": (N, H, W), ...}`` float64 arrays.
   """
-  import jax.numpy as jnp
   from rodent_gbp import guided
+  from rodent_gbp import parallel
 
   classes = tuple(int(c) for c in classes)
-  parts = []
-  for start in range(0, images.shape[0], batch_size):
-    batch = jnp.asarray(images[start:start + batch_size], jnp.float32)
-    # One forward pass for every class: (B, K, H, W).
-    maps = guided.saliency(model, params, batch, method=method, target=classes)
-    parts.append(np.abs(np.asarray(maps, dtype=np.float64)))
-  maps = np.concatenate(parts, axis=0)
+  # One forward pass for every class: (B, K, H, W); padded batches, one compile.
+  maps = parallel.run_batched(
+      lambda images: guided.saliency(model, params, images, method=method, target=classes),
+      {"images": np.asarray(images, np.float32)}, batch_size)["out"]
+  maps = np.abs(np.asarray(maps, dtype=np.float64))
   out = {"sum": maps.sum(axis=1)}
   for i, c in enumerate(classes):
     out[CLASS_NAMES.get(c, f"class{c}")] = maps[:, i]
@@ -632,20 +635,20 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
                    data_dir: str | pathlib.Path | None = None, max_pixels: int = 20000,
                    slice_max_pixels: int | None = None, seed: int = 0, figures: bool = True,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-  """The log-normal study on a trained checkpoint's test slices.
+  """The log-normal study on a model bundle's test slices.
 
-  Loads the model (``checkpoint.load_model``), the dataset and the
-  checkpoint's split; computes the gradient images of every test slice per
-  class target for the trained params and for params freshly initialised
+  Opens the bundle and its dataset (``placement_study.load_context``: the
+  split is the bundle's); computes the gradient images of every test slice
+  per class target for the trained params and for params freshly initialised
   from ``seed`` (same architecture); runs :func:`lognormal_study` and writes
-  ``lognormal.json``, ``lognormal.md`` and (``figures``) the Fig. 5 / Q-Q
-  PNGs into ``out_dir``.
+  ``lognormal.json`` (strict JSON, NaN as null), ``lognormal.md`` and
+  (``figures``) the Fig. 5 / Q-Q PNGs into ``out_dir``.
 
   Args:
-    checkpoint: ``<workdir>/checkpoints`` of a training run.
+    checkpoint: a model bundle folder (``<workdir>/model`` of the main job).
     out_dir: output folder (created).
-    data_dir: dataset root; ``None`` uses ``<workdir>/data`` beside the
-      checkpoint folder (where training writes the phantom by default).
+    data_dir: dataset root; ``None`` uses ``<checkpoint>/../data`` (where the
+      main job writes the phantom).
     max_pixels: subsample size of the pooled fits.
     slice_max_pixels: subsample size of the per-slice fits (``None``: all).
     seed: random-network init and subsample seed.
@@ -654,34 +657,33 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
 
   Returns:
     The report (also written as ``lognormal.json``).
+
+  Raises:
+    CheckpointError, DataError: a missing or damaged bundle or dataset.
+    UsageError: ``max_pixels`` or ``slice_max_pixels`` below the minimum
+      sample count.
   """
   import jax
-  from rodent_gbp import checkpoint as checkpoint_lib
-  from rodent_gbp import data
   from rodent_gbp import model as model_lib
+  from rodent_gbp.studies import placement_study
 
-  checkpoint = pathlib.Path(checkpoint)
+  for name, n in (("max_pixels", max_pixels), ("slice_max_pixels", slice_max_pixels)):
+    if n is not None and n < MIN_SAMPLES:
+      raise UsageError(f"{name} must be at least {MIN_SAMPLES}, got {n}")
+  ctx = placement_study.load_context(checkpoint, data_dir, animals="test")
+  config = ctx.config
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  loaded = checkpoint_lib.load_model(checkpoint)
-  config = loaded.config
-  if data_dir is None:
-    data_dir = checkpoint.resolve().parent / "data"
-  volumes = {v.animal_id: v for v in data.load_dataset(data_dir)}
-  split = loaded.extras.get("split") or data.split_animals(sorted(volumes), config.split_seed)
-  missing = [a for a in split["test"] if a not in volumes]
-  if missing:
-    raise ValueError(f"{data_dir}: test animals {missing} of the checkpoint's split are missing")
-  test = [volumes[a] for a in split["test"]]
-  arrays = data.stack_slices(test)
-  images = np.asarray(arrays["image"], dtype=np.float32)
-  log(f"{images.shape[0]} test slices of {split['test']}")
+  test = ctx.split["test"]
+  images = np.concatenate([v.image for v in ctx.test]).astype(np.float32)[..., None]
+  log(f"{images.shape[0]} test slices of {test}")
 
-  model = model_lib.build_unet(config)
+  net = ctx.bundle.network("tissue")
+  model = net.model
   random_params = model_lib.init_params(model, jax.random.key(seed), images.shape[1:3])
   classes = tuple(config.gradient_classes)
   gradients = {}
-  for name, params in (("trained", loaded.params), ("random", random_params)):
+  for name, params in (("trained", net.params), ("random", random_params)):
     gradients[name] = gradient_stacks(model, params, images, classes=classes,
                                       method=config.saliency_method,
                                       batch_size=config.eval_batch_size)
@@ -690,15 +692,15 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
   report = lognormal_study(gradients, max_pixels=max_pixels,
                            slice_max_pixels=slice_max_pixels, seed=seed)
   report["inputs"] = {
-      "checkpoint": str(checkpoint), "data_dir": str(data_dir),
-      "test_animals": list(split["test"]), "n_slices": int(images.shape[0]),
+      "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
+      "test_animals": list(test), "n_slices": int(images.shape[0]),
       "image": "raw (not skull-stripped) slices", "saliency_method": config.saliency_method,
       "classes": list(classes), "random_init_seed": seed, "config": config.to_dict(),
   }
-  (out_dir / "lognormal.json").write_text(json.dumps(report, indent=1))
-  (out_dir / "lognormal.md").write_text(report_markdown(report))
   if figures:
     paths = plot_lognormal({k: v["sum"] for k, v in gradients.items()}, out_dir, seed=seed)
     report["figures"] = [p.name for p in paths]
+  fileio.write_json(out_dir / "lognormal.json", report)
+  fileio.atomic_write_text(out_dir / "lognormal.md", report_markdown(report))
   log(report_markdown(report))
   return report
