@@ -167,8 +167,9 @@ def _read_network(folder: pathlib.Path, name: str, entry: Mapping[str, Any]) -> 
     raise CheckpointError(f"{path}: corrupt params ({type(e).__name__}: {e})") from None
   expected = jax.eval_shape(lambda: model_lib.init_params(
       model_lib.build_unet(config), jax.random.key(0), (8 * 2**config.depth,) * 2))
-  got = jax.tree_util.tree_structure(params)
-  if got != jax.tree_util.tree_structure(expected):
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), tree)
+  if (jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(expected)
+      or shapes(params) != shapes(expected)):
     raise CheckpointError(f"{path}: params do not fit the U-Net of its config "
                           f"(features {config.features}, depth {config.depth})")
   return Network(config=config, params=jax.device_put(params), info=dict(entry.get("info") or {}))

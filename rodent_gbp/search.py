@@ -292,6 +292,8 @@ def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Arra
   cand_animal = k_best // (no_o * num_scales)
   cand_offset = offsets_a[(k_best // num_scales) % no_o]
   cand_scale = k_best % num_scales
+  # The bank slice used; near the ends several offsets clip to it, and the
+  # offset reported is the one actually used (relative to the clipped slice).
   bs = jnp.clip(slice_index + cand_offset, 0, bank_slices - 1)
   chosen = masks[cand_animal, bs, cand_scale]
   placed = correlate.shift_image(to_frame(chosen), disp)
@@ -299,7 +301,8 @@ def _place_volume(signal: jax.Array, slice_index: jax.Array, templates: jax.Arra
   placed = jnp.where(empty[:, None, None], False, placed)
   return {"displacement": disp, "coarse": d0, "volume_displacement": vol_d,
           "confidence": psr, "score": jnp.where(empty, 0.0, best_score),
-          "animal": cand_animal, "slice_offset": cand_offset, "scale_index": cand_scale,
+          "animal": cand_animal, "slice_offset": bs - jnp.clip(slice_index, 0, bank_slices - 1),
+          "scale_index": cand_scale,
           "placed": placed, "correlation": corr}
 
 

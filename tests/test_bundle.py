@@ -133,8 +133,6 @@ def test_params_of_another_architecture(saved, tmp_path):
   assert str(folder / "tissue.msgpack") in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="load_bundle compares the params' tree structure "
-                   "only, not the leaves' shapes: params of another width load")
 def test_params_of_another_width(saved, tmp_path):
   folder = _copy(saved, tmp_path)
   config = configs.override(configs.get_config("smoke"), features=4, depth=2)

@@ -294,9 +294,6 @@ def test_search_placer_recovers_the_planted_volume_shift(planted, name):
   assert np.all(out.confidence > 1)
 
 
-@pytest.mark.xfail(strict=True, reason="search._place_volume reports the offset of the "
-                   "first tied candidate, not the bank slice it used: at slice 0 the "
-                   "offsets -2, -1 and 0 all clip to bank slice 0 and -2 is reported")
 def test_reported_slice_offset_is_the_one_used(planted):
   bundle, images, _, _ = planted
   out = placement.intensity(images, bundle=bundle)
