@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shlex
 
@@ -45,7 +44,65 @@ def test_readme_binary_example_runs(tmp_path, binary):
     argv = shlex.split(line)[2:]
     argv = [a.replace("runs/train", str(tmp_path / "train")) for a in argv]
     binary("train", argv)
-  meta = json.loads((tmp_path / "train" / "checkpoints" / "latest" / "meta.json").read_text())
+  from rodent_gbp import checkpoint
+  meta = checkpoint.read_meta(tmp_path / "train" / "checkpoints", "latest")
   # 2 epochs, then --resume continues to the 3rd: three history records.
   assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
   assert meta["step"] == 3 * meta["history"][0]["step"]
+
+
+def test_readme_segment_example_runs(tmp_path, scan, model_dir):
+  """``rodent-gbp-segment`` as README shows it, with the main job's <workdir>/model."""
+  from absl import flags
+  from rodent_gbp import cli
+  text = (REPO / "README.md").read_text()
+  (line,) = [l for b in _blocks("bash") for l in b.splitlines()
+             if l.startswith("rodent-gbp-segment ")]
+  argv = shlex.split(line)
+  assert "--checkpoint" in line and "runs/main/model" in argv[argv.index("--checkpoint") + 1]
+  (tmp_path / "scan.nii.gz").write_bytes(scan.read_bytes())
+  subst = {"scan.nii.gz": str(tmp_path / "scan.nii.gz"), "runs/main/model": str(model_dir),
+           "out/": str(tmp_path / "out")}
+  cli.segment_main([subst.get(a, a) for a in argv])
+  for name in ("scan_brainmask.nii.gz", "scan_labels.nii.gz", "scan_saliency.nii.gz"):
+    assert f"`{name}`" in text and (tmp_path / "out" / name).is_file()
+  # Every --placement value README names is one the command takes; the default too.
+  fv = flags.FlagValues()
+  cli.define_segment_flags(fv)
+  named = set(re.findall(r"--placement=(\w+)", text))
+  assert named and named <= set(fv["placement"].parser.enum_values)
+  assert re.search(rf"--placement={fv['placement'].default}`,\s+the default", text)
+
+
+def _lower_bounds() -> dict[str, tuple[int, ...]]:
+  import configparser
+  cfg = configparser.ConfigParser()
+  cfg.read(REPO / "setup.cfg")
+  bounds = {}
+  for req in cfg["options"]["install_requires"].split("\n"):
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)>=([0-9.]+)\s*", req)
+    if m:
+      bounds[m.group(1)] = tuple(int(x) for x in m.group(2).split("."))
+  return bounds
+
+
+# (package, first release with the API, file using it, what in that file shows the use)
+_API_FLOORS = (
+    ("jax", (0, 5, 3), "rodent_gbp/parallel.py", "AxisType"),          # jax.sharding.AxisType
+    ("jax", (0, 5, 3), "rodent_gbp/parallel.py", "axis_types="),       # make_mesh(axis_types=)
+    ("orbax-checkpoint", (0, 11, 17), "rodent_gbp/checkpoint.py", "BestN("),  # default reverse
+)
+
+
+def test_install_requires_cover_the_apis_used():
+  """setup.cfg's lower bounds are no older than the first release with each API used.
+
+  jax 0.5.0-0.5.2 named the enum AxisTypes and make_mesh took auto_axes=...;
+  jax.sharding.AxisType and make_mesh(axis_types=...) arrived in 0.5.3.
+  orbax-checkpoint's BestN preservation policy needs ``reverse`` before 0.11.17.
+  """
+  bounds = _lower_bounds()
+  assert {"jax", "flax", "optax", "orbax-checkpoint"} <= set(bounds)
+  for package, floor, path, marker in _API_FLOORS:
+    if marker in (REPO / path).read_text():
+      assert bounds[package] >= floor, (package, bounds[package], floor, path, marker)
