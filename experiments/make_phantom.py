@@ -11,6 +11,7 @@ from absl import flags
 
 from rodent_gbp import cli
 from rodent_gbp import phantom
+from rodent_gbp.errors import UsageError
 
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
 _ANIMALS = flags.DEFINE_integer("animals", 10, "Number of animals.")
@@ -20,7 +21,11 @@ _SIZE = flags.DEFINE_integer("size", 96, "In-plane matrix (96: the paper's geome
 
 @cli.run_main
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  for flag in (_ANIMALS, _SIZE):
+    if flag.value < 1:
+      raise UsageError(f"--{flag.name} {flag.value}: must be >= 1")
   phantom.write_phantom(_OUT.value, animals=_ANIMALS.value, seed=_SEED.value,
                         size=_SIZE.value, log=lambda msg: print(msg, flush=True))
 

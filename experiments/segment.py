@@ -1,17 +1,21 @@
-"""Segments one user scan with a trained model folder (``rodent-gbp-segment``).
+"""Segments one user scan with a model folder (``rodent-gbp-segment``).
 
-  python experiments/segment.py --input scan.nii.gz \
-      --checkpoint runs/main/checkpoints --out_dir out/
+  python experiments/segment.py --input scan.nii.gz --checkpoint runs/main/model \
+      --out_dir out/
   python experiments/segment.py --input dwi.nii.gz --average ...   # 4D series
-  python experiments/segment.py --placement=paper ...   # the paper's placement
+  python experiments/segment.py --placement=gbp ...   # the paper's placement
 
-The brain mask is placed by rodent_gbp/placement.py's improved placement
-(default; one displacement per scan, per-slice confidence and fallback) or by
-the paper's per-slice method (--placement=paper).
+The model folder is the main job's ``<workdir>/model`` (networks,
+normalisation, template bank, voxel size; ``rodent_gbp/bundle.py``). The brain
+mask is placed by ``--placement``: ``gbp_improved`` (default; one displacement
+for the scan from its GBP image, then the template animal, slice and scale
+chosen on the intensity), ``gbp`` (the paper's per-slice correlation) or
+``intensity`` (the same search as gbp_improved without saliency).
 
-Writes <name>_brainmask.nii.gz, <name>_labels.nii.gz, <name>_saliency.nii.gz (the
-input's shape, affine and header), <name>_qc.png and <name>_slices.csv.
-Expected errors end with one line "error: ..." and exit code 2.
+Writes <name>_brainmask.nii.gz (the mask that was applied), <name>_labels.nii.gz
+(inside that mask), <name>_saliency.nii.gz (the input's shape, affine and
+header), <name>_qc.png and <name>_slices.csv. Expected errors end with one line
+"error: ..." and exit code 2.
 """
 
 from absl import app
