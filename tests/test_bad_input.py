@@ -628,3 +628,13 @@ def test_subprocess_exit_codes(tmp_path, scan, model_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and fragment in last, last
   assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_make_phantom_refuses_bad_flags(tmp_path, binary, capsys):
+  """experiments/make_phantom.py: a count below 1 or a stray argument, one line, exit 2."""
+  out = tmp_path / "ph"
+  for argv, fragment in (([f"--out={out}", "--animals=0"], "--animals 0: must be >= 1"),
+                         ([f"--out={out}", "--size=-4"], "--size -4: must be >= 1"),
+                         ([f"--out={out}", "extra"], "unexpected arguments")):
+    _expect_error(lambda: binary("make_phantom", argv), capsys, fragment, fragment)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
