@@ -143,7 +143,7 @@ def _convert(name: str, check: download.FileCheck, out: pathlib.Path, resolution
 
 def _record(info, check: download.FileCheck, resolution: str, summary: dict[str, Any],
             seconds: float) -> dict[str, Any]:
-  labels = ({"kind": "pseudo-labels", **pseudo_labels.method_description(),
+  labels = ({**pseudo_labels.method_description(), "kind": "pseudo-labels",
              "note": "tissue DSC against these labels must say so; the brain masks "
                      "are the real truth of this set"}
             if info.name == "mouse_epi" else
