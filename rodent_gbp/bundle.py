@@ -79,6 +79,8 @@ class Bundle:
     voxel_size_source: where ``voxel_size`` came from.
     split: the training split (train / val / test animal ids), if known.
     info: free-form provenance recorded with the bundle.
+    folder: the folder it was loaded from (None for a bundle built in memory),
+      so errors can name its files.
   """
 
   networks: dict[str, Network]
@@ -88,6 +90,7 @@ class Bundle:
   voxel_size_source: str
   split: dict | None = None
   info: dict = dataclasses.field(default_factory=dict)
+  folder: pathlib.Path | None = None
   # Placer state built from the bank once (candidate masks on the device).
   cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -96,6 +99,10 @@ class Bundle:
       raise CheckpointError(f"the model bundle has no {name!r} network "
                             f"(it has {', '.join(sorted(self.networks))})")
     return self.networks[name]
+
+  def where(self, name: str) -> str:
+    """``<folder>/<name>`` for messages (``name`` alone for an in-memory bundle)."""
+    return str(self.folder / name) if self.folder is not None else name
 
   @property
   def slice_shape(self) -> tuple[int, int]:
@@ -215,4 +222,4 @@ def load_bundle(folder: os.PathLike | str) -> Bundle:
                           f"{meta.get('voxel_size')!r}")
   return Bundle(networks=networks, normalisation=rule, bank=bank, voxel_size=vs,
                 voxel_size_source=str(meta.get("voxel_size_source", "bundle.json")),
-                split=meta.get("split"), info=dict(meta.get("info") or {}))
+                split=meta.get("split"), info=dict(meta.get("info") or {}), folder=folder)

@@ -256,8 +256,9 @@ def place_search(slices: np.ndarray, *, bundle, options: search.ImprovedOptions,
   slices, slice_index = _check(slices, bundle, slice_index)
   cbank = candidate_bank(bundle)
   if options.template == "appearance" and bundle.bank.appearance is None:
-    raise CheckpointError("the template bank has no raw-slice appearance, which this "
-                          "placement needs; rebuild the model with the current code")
+    raise CheckpointError(f"{bundle.where('templates.npz')}: the template bank has no "
+                          "raw-slice appearance, which this placement needs; rebuild the "
+                          "model with experiments/reproduce.py or use --placement=gbp")
   cands, choice = cbank.for_options(options)
   signal = search_signal(slices, options, bundle=bundle, gradient=gradient,
                          batch_size=batch_size)
