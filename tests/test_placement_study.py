@@ -290,3 +290,24 @@ def test_mean_sd_and_floats():
   assert placement_study.floats(["0", "2.5", 4], "shifts") == [0.0, 2.5, 4.0]
   with pytest.raises(UsageError, match="alphas: 'x' is not a number"):
     placement_study.floats(["1", "x"], "alphas")
+
+
+# --- the saliency binary (Figs. 2-3) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, want", [
+    (["--slices=8,99"], "error: {data}/{animal}: slices [99] are not in 0..15"),
+    (["--slices=8", "--shift=64"], "error: shift 64 must be smaller than the slice size 64 x 64"),
+    (["--animal=rat99"], "error: {data}/rat99: animal folder not found"),
+])
+def test_saliency_binary_checks_its_input_before_any_work(study_model, tmp_path, capsys,
+                                                          flags, want):
+  from conftest import run_binary
+  ctx = placement_study.load_context(study_model, animals=())
+  with pytest.raises(SystemExit) as e:
+    run_binary("saliency", [f"--checkpoint={study_model}", f"--out_dir={tmp_path / 'out'}",
+                            *flags])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      want.format(data=ctx.data_dir, animal=ctx.split["test"][0])]
+  assert not (tmp_path / "out").exists()

@@ -76,14 +76,14 @@ def _planted() -> readings.Inputs:
 
 def test_search_chooses_on_the_selection_animals_only():
   inputs = _planted()
-  grid = [readings.Reading(c, 2.0, 0.5, t) for c in ("wm", "gm") for t in ("mask", "gradient")]
+  grid = [readings.Reading(c, 2.0, 0.5, "mask") for c in ("wm", "gm")]
   r = readings.search(inputs, grid, log=lambda s: None)
   p = _at((0, 0)).mean()
   z = np.sqrt((1 - p) / p)
   assert r["calibrated_centers"] == {"wm": pytest.approx(z, rel=1e-5),
                                      "gm": pytest.approx(z, rel=1e-5)}
-  # 4 fixed readings + calibrated centre x 2 class sets x 2 templates x 1 width.
-  assert len(r["rows"]) == 8 and sum(x["reading"]["calibrated"] for x in r["rows"]) == 4
+  # 2 fixed readings + calibrated centre x 2 class sets x 1 template x 1 width.
+  assert len(r["rows"]) == 4 and sum(x["reading"]["calibrated"] for x in r["rows"]) == 2
   decoy_error = {"sel": np.abs(np.subtract((-6, 7), (3, -4))).mean(),
                  "tst": np.abs(np.subtract((6, -6), (-3, 2))).mean()}
   for row in r["rows"]:

@@ -1,7 +1,7 @@
 """Per-class saliency maps of a trained U-Net, and of a translated input (Figs. 2-3).
 
 :func:`run` is what ``experiments/saliency.py`` calls. For each chosen slice of
-one animal (default: the first test animal of the checkpoint's split) it
+one animal (default: the first test animal of the model bundle's split) it
 writes, into ``out_dir``:
 
 * ``<animal>_s<j>_probs.npy`` (C, H, W) softmax output, ``<animal>_s<j>_maps.npy``
@@ -19,32 +19,29 @@ Slices are the raw (not skull-stripped) input unless ``stripped``.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rodent_gbp import checkpoint as checkpoint_lib
+from rodent_gbp import correlate
 from rodent_gbp import data
-from rodent_gbp.studies import figures
+from rodent_gbp import fileio
 from rodent_gbp import guided
-from rodent_gbp import model as model_lib
+from rodent_gbp.errors import DataError, UsageError
+from rodent_gbp.studies import figures
 
 
 def translate(images: np.ndarray, k: int) -> np.ndarray:
-  """Zero-filled translation of (B, H, W, 1) by k voxels along H and W."""
-  out = np.zeros_like(images)
-  if k >= 0:
-    out[:, k:, k:] = images[:, :images.shape[1] - k, :images.shape[2] - k]
-  else:
-    out[:, :k, :k] = images[:, -k:, -k:]
-  return out
+  """Zero-filled translation of (B, H, W, 1) by k voxels along H and W (``correlate.shift_image``)."""
+  moved = correlate.shift_image(np.asarray(images)[..., 0], np.array([k, k], np.int32))
+  return np.asarray(moved)[..., None]
 
 
 def _figure(path, image, probs, maps, image_t, probs_t, maps_t, shift, method):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from rodent_gbp.studies import placement_study
   num_classes = probs.shape[0]
   fig, axes = plt.subplots(2, 1 + 2 * num_classes, figsize=(1.9 * (1 + 2 * num_classes), 4.4))
   for row, (img, p, m, name) in enumerate(((image, probs, maps, "Input"),
@@ -56,62 +53,82 @@ def _figure(path, image, probs, maps, image_t, probs_t, maps_t, shift, method):
       vmax = np.percentile(np.abs(maps[c]), 99.5) + 1e-12
       figures.show(axes[row, 1 + num_classes + c], np.abs(m[c]),
                    f"|{method}| {figures.CLASS_TITLES[c]}", cmap="magma", vmin=0, vmax=vmax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  placement_study.save_figure(fig, path)
+
+
+def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+  with fileio.atomic_path(path, suffix=".npy") as tmp:
+    np.save(tmp, array)
 
 
 def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
         shift=8, method="guided", stripped=False) -> dict:
-  """Writes the maps, figures and ``saliency.json``; returns the summary."""
-  checkpoint = pathlib.Path(checkpoint)
-  out_dir = pathlib.Path(out_dir)
-  loaded = checkpoint_lib.load_model(checkpoint)
-  config = loaded.config
-  net = model_lib.build_unet(config)
-  params = jax.tree_util.tree_map(jnp.asarray, loaded.params)
-  data_dir = pathlib.Path(data_dir) if data_dir else checkpoint.resolve().parent / "data"
-  if not data_dir.is_dir():
-    raise data.DataError(f"dataset folder {data_dir} does not exist")
-  if animal is None:
-    split = loaded.extras.get("split") or {}
-    found = split.get("test") or sorted(p.name for p in data_dir.iterdir() if p.is_dir())
-    if not found:
-      raise data.DataError(f"{data_dir}: no animal folders")
-    animal = found[0]
-  volume = data.load_animal(data_dir / animal, require_labels=False)
-  slices = [int(j) for j in slices]
+  """Writes the maps, figures and ``saliency.json``; returns the summary.
+
+  Args:
+    checkpoint: a model bundle folder (``<workdir>/model`` of the main job).
+    out_dir: output folder (created once the inputs are checked).
+    data_dir: dataset root; default ``<checkpoint>/../data``.
+    animal: animal id; default the first test animal of the bundle's split.
+    slices: slice indices (numbers or their text).
+    shift: translation in voxels along both slice axes.
+    method: saliency method (``guided.METHODS``).
+    stripped: zero the input outside the brain mask.
+
+  Raises:
+    CheckpointError: a missing or damaged bundle.
+    DataError: a missing dataset or animal, or no brain mask for ``stripped``.
+    UsageError: slices out of range or not integers, a shift too large, an
+      unknown method.
+  """
+  from rodent_gbp.studies import placement_study
+
+  if method not in guided.METHODS:
+    raise UsageError(f"unknown saliency method {method!r}; one of {', '.join(guided.METHODS)}")
+  ctx = placement_study.load_context(checkpoint, data_dir, animals=())
+  net = ctx.bundle.network("tissue")
+  model, params, config = net.model, net.params, net.config
+  animal = ctx.split["test"][0] if animal is None else animal
+  if not (ctx.data_dir / animal).is_dir():
+    raise DataError(f"{ctx.data_dir / animal}: animal folder not found")
+  volume = data.load_animal(ctx.data_dir / animal, require_labels=False)
+  try:
+    slices = [int(j) for j in slices]
+  except (TypeError, ValueError):
+    raise UsageError(f"slices must be integers, got {list(slices)}") from None
   n, h, w = volume.image.shape
   bad = [j for j in slices if not 0 <= j < n]
   if not slices or bad:
-    raise ValueError(f"{data_dir / animal}: slices {bad or slices} are not in 0..{n - 1}")
-  if abs(int(shift)) >= min(h, w):
-    raise ValueError(f"shift {shift} must be smaller than the slice size {h} x {w}")
+    raise UsageError(f"{ctx.data_dir / animal}: slices {bad or slices} are not in 0..{n - 1}")
+  shift = int(shift)
+  if abs(shift) >= min(h, w):
+    raise UsageError(f"shift {shift} must be smaller than the slice size {h} x {w}")
   images = volume.image[slices][..., None].astype(np.float32)
   if stripped:
     if volume.brainmask is None:
-      raise ValueError(f"{data_dir / animal}: stripped slices need a brain mask")
+      raise DataError(f"{ctx.data_dir / animal}: stripped slices need a brain mask")
     images = images * volume.brainmask[slices][..., None]
   images_t = translate(images, shift)
+  out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)  # inputs checked: nothing is left on error
 
   # One batch holds the slices and their translations: one compilation.
   both = jnp.asarray(np.concatenate([images, images_t]))
-  probs = np.asarray(jax.nn.softmax(net.apply({"params": params}, both), -1))
-  maps = np.asarray(guided.saliency(net, params, both, method=method, target="all"))
+  probs = np.asarray(jax.nn.softmax(model.apply({"params": params}, both), -1))
+  maps = np.asarray(guided.saliency(model, params, both, method=method, target="all"))
   probs = probs.transpose(0, 3, 1, 2)  # (2S, C, H, W)
   n = len(slices)
   margin = 3 * 2**config.depth  # the border band where zero padding matters
-  summary = {"checkpoint": str(checkpoint), "animal": animal, "method": method,
-             "shift": shift, "stripped": stripped, "slices": {}}
+  summary = {"checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir), "animal": animal,
+             "method": method, "shift": shift, "stripped": stripped, "slices": {}}
   for i, j in enumerate(slices):
     stem = f"{animal}_s{j:02d}"
-    np.save(out_dir / f"{stem}_probs.npy", probs[i])
-    np.save(out_dir / f"{stem}_maps.npy", maps[i])
-    np.save(out_dir / f"{stem}_shift{shift}_probs.npy", probs[n + i])
-    np.save(out_dir / f"{stem}_shift{shift}_maps.npy", maps[n + i])
+    _save_npy(out_dir / f"{stem}_probs.npy", probs[i])
+    _save_npy(out_dir / f"{stem}_maps.npy", maps[i])
+    _save_npy(out_dir / f"{stem}_shift{shift}_probs.npy", probs[n + i])
+    _save_npy(out_dir / f"{stem}_shift{shift}_maps.npy", maps[n + i])
     # Fig. 3 check: the translated map against the original map, translated.
-    expected = translate(maps[i].transpose(1, 2, 0)[None], shift)[0].transpose(2, 0, 1)
+    expected = np.asarray(correlate.shift_image(maps[i], np.array([shift, shift], np.int32)))
     inner = (slice(None), slice(margin + max(shift, 0), -margin + min(shift, 0) or None),
              slice(margin + max(shift, 0), -margin + min(shift, 0) or None))
     scale = float(np.abs(maps[i]).max()) or 1.0
@@ -123,5 +140,5 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
     }
     _figure(out_dir / f"{stem}.png", images[i, ..., 0], probs[i], maps[i],
             images_t[i, ..., 0], probs[n + i], maps[n + i], shift, method)
-  (out_dir / "saliency.json").write_text(json.dumps(summary, indent=2))
+  fileio.write_json(out_dir / "saliency.json", summary)
   return summary
