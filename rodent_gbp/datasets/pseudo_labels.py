@@ -27,6 +27,15 @@ implementations, in SPM's order (bias correction, then a mixture model):
 
 The results are pseudo-labels: anything reporting tissue DSC against them must
 say so; the brain mask stays the real truth. Outside the mask the labels are 0.
+
+Measured on the 22 converted ``mouse_epi`` animals (session 1), the rule does not
+give anatomical tissue: the classes take 11 / 25 / 64 % of the brain (WM / GM /
+CSF; anatomically CSF is a few per cent). Looked at on slices, the brightest
+component is the bulk of the tissue (gray matter), the middle one traces the
+external capsule and corpus callosum (white matter), and the darkest one holds
+edge, vessel and signal-dropout voxels; the ventricles are not a component of
+their own at this resolution and contrast. Treat tissue scores on this set as
+agreement with this classifier, not with anatomy.
 """
 
 from __future__ import annotations
