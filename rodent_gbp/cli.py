@@ -10,7 +10,7 @@ a traceback; the message names the file and the problem. Any other exception
 (a ValueError from JAX or numpy included) is a bug and keeps its traceback. ``RODENT_GBP_TRACEBACK=1``
 shows tracebacks for expected errors too.
 
-  rodent-gbp-segment --input scan.nii.gz --checkpoint runs/main/checkpoints \\
+  rodent-gbp-segment --input scan.nii.gz --checkpoint runs/main/model \\
       --out_dir out/ [--placement=gbp_improved|gbp|intensity]
 """
 

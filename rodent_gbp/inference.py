@@ -160,6 +160,7 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
   # --- inputs ---
   image, img = scan.read_scan(input_path, volume=volume, average=average)
   bundle = bundle_lib.load_bundle(checkpoint_dir)
+  placement_lib.check_placer(placement, bundle)
   config = bundle.network("tissue").config
   vol = scan.to_volume(image, img.affine, plane=plane, name=name,
                        normalisation=bundle.normalisation)
@@ -197,8 +198,8 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
   native = {"brainmask": back(placed.mask.astype(np.uint8), 0),
             "labels": back(labels.astype(np.uint8), 0),
             "saliency": back(raw["gradient"].astype(np.float32), 1)}
-  # Labels live inside the applied mask on the model grid; the nearest-
-  # neighbour resampling of both keeps that on the input grid too.
+  # Labels lie inside the applied mask on the model grid; clipping after the
+  # nearest-neighbour resampling keeps that true on the input grid too.
   native["labels"] = native["labels"] * (native["brainmask"] > 0)
   dtypes = {"brainmask": np.uint8, "labels": np.uint8, "saliency": np.float32}
   rows = _slice_rows(placed, native["brainmask"], bank_index, vs_model, bundle.bank,

@@ -480,6 +480,10 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
   from rodent_gbp import fileio
   from rodent_gbp.errors import DataError
 
+  from rodent_gbp.errors import UsageError
+  if animals < 1 or size < 1:
+    raise UsageError(f"a phantom needs at least one animal and a size >= 1; got "
+                     f"animals={animals}, size={size}")
   out = pathlib.Path(out_dir)
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise DataError(f"{out}: exists and is not empty; the phantom is written only into a "

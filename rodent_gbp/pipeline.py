@@ -94,9 +94,15 @@ class Removal:
 
 def remove_and_segment(slices: np.ndarray, placed: placement_lib.Placement, *, bundle,
                        batch_size: int | None = None, mesh=None) -> np.ndarray:
-  """Labels (S, H, W) of the slices zeroed outside ``placed.mask`` (steps 3-4)."""
-  masked = np.asarray(slices, np.float32) * np.asarray(placed.mask, np.float32)
-  return segment_slices(masked, bundle=bundle, batch_size=batch_size, mesh=mesh)
+  """Labels (S, H, W) of the slices zeroed outside ``placed.mask`` (steps 3-4).
+
+  Pixels outside the removal mask are background by definition of the
+  removal; the network's labels of the zeroed pixels there are discarded.
+  """
+  mask = np.asarray(placed.mask, bool)
+  masked = np.asarray(slices, np.float32) * mask
+  labels = segment_slices(masked, bundle=bundle, batch_size=batch_size, mesh=mesh)
+  return np.where(mask, labels, 0).astype(np.int32)
 
 
 def run(slices: np.ndarray, placers, *, bundle, slice_index: np.ndarray | None = None,

@@ -315,6 +315,21 @@ PLACERS: Mapping[str, Callable[..., Placement]] = {
     "gbp": gbp, "gbp_improved": gbp_improved, "intensity": intensity}
 
 
+def check_placer(name: str, bundle) -> None:
+  """Refuses, before any work, a placer the bundle cannot serve.
+
+  Raises:
+    UsageError: an unknown name; CheckpointError: a search placer that
+    needs the raw-slice appearance the bundle's bank does not hold.
+  """
+  if name not in PLACERS:
+    raise UsageError(f"unknown placement {name!r}; one of {', '.join(PLACERS)}")
+  if name == "gbp_improved" and bundle.bank.appearance is None:
+    raise CheckpointError(f"{bundle.where('templates.npz')}: the template bank has no "
+                          "raw-slice appearance, which gbp_improved needs; rebuild the "
+                          "model with experiments/reproduce.py or use --placement=gbp")
+
+
 def place(name: str, slices: np.ndarray, *, bundle, slice_index: np.ndarray | None = None,
           gradient: np.ndarray | None = None) -> Placement:
   """Runs the placer ``name`` (a key of :data:`PLACERS`).
@@ -322,6 +337,5 @@ def place(name: str, slices: np.ndarray, *, bundle, slice_index: np.ndarray | No
   Raises:
     UsageError: an unknown name.
   """
-  if name not in PLACERS:
-    raise UsageError(f"unknown placement {name!r}; one of {', '.join(PLACERS)}")
+  check_placer(name, bundle)
   return PLACERS[name](slices, bundle=bundle, slice_index=slice_index, gradient=gradient)

@@ -68,8 +68,6 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | 58 | train   | NaN voxels in a training image              | NaN or inf                        |
 | 59 | train   | 2D training image                           | expected a 3D volume              |
 
-Case 36 is a known defect (xfail): the message does not name templates.npz.
-
 Subprocesses: 1 (experiments/segment.py), 6 and 10 (``python -m
 rodent_gbp.cli``, the console script's function) and 47 (experiments/train.py).
 """
@@ -433,7 +431,7 @@ def _expect_error(run, capsys, fragment: str, named: str) -> str:
 
 
 # Known defects: the case's message misses the file it is about.
-_UNNAMED = {"templates_no_appearance": "placement.place_search raises without the file name"}
+_UNNAMED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [

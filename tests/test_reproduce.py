@@ -155,9 +155,6 @@ def test_predictions_of_every_placer_are_the_evaluated_ones(smoke_reproduce, pha
       _same_metrics(metrics.metrics_from_counts(counts[c]), recorded[placer][cls])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline.remove_and_segment keeps the network's labels of zeroed background "
-    "outside the removal mask; rodent-gbp-segment clips them, the main job does not"))
 def test_prediction_labels_lie_inside_their_mask(smoke_reproduce):
   workdir, results = smoke_reproduce
   for animal in results["per_animal"]:
