@@ -30,7 +30,6 @@ on any error the temporary folder is removed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import shutil

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from rodent_gbp.errors import DataError, UsageError
+from rodent_gbp.studies import context
 from rodent_gbp.studies import lognormal
 
 N = 20000
@@ -256,8 +257,7 @@ def study_model(tmp_path_factory):
 
 
 def test_run_experiment_on_a_bundle(tmp_path, study_model):
-  from rodent_gbp.studies import placement_study
-  ctx = placement_study.load_context(study_model, animals="test")
+  ctx = context.load_context(study_model, animals="test")
   report = lognormal.run_experiment(
       study_model, tmp_path, max_pixels=2000, slice_max_pixels=300, figures=False,
       log=lambda _: None)

@@ -17,6 +17,7 @@ import pytest
 from rodent_gbp import data
 from rodent_gbp import placement
 from rodent_gbp.errors import CheckpointError, DataError, UsageError
+from rodent_gbp.studies import context
 from rodent_gbp.studies import placement_study
 
 
@@ -81,7 +82,7 @@ def study_model(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def ctx(study_model):
-  return placement_study.load_context(study_model)
+  return context.load_context(study_model)
 
 
 # --- known answers of the placements ---------------------------------------------
@@ -196,18 +197,18 @@ def test_load_context_errors(study_model, tmp_path):
   from rodent_gbp import bundle as bundle_lib
   from rodent_gbp import fileio
   with pytest.raises(CheckpointError, match="model folder not found"):
-    placement_study.load_context(tmp_path / "none")
+    context.load_context(tmp_path / "none")
   with pytest.raises(DataError, match="dataset folder not found"):
-    placement_study.load_context(study_model, tmp_path / "no_data")
+    context.load_context(study_model, tmp_path / "no_data")
   copy = tmp_path / "model"
   shutil.copytree(study_model, copy)
   meta = fileio.read_json(copy / bundle_lib.BUNDLE_FILE)
   fileio.write_json(copy / bundle_lib.BUNDLE_FILE, {**meta, "split": None})
   with pytest.raises(CheckpointError, match="no training split"):
-    placement_study.load_context(copy, study_model.parent / "data")
-  ctx = placement_study.load_context(study_model, animals="test")
+    context.load_context(copy, study_model.parent / "data")
+  ctx = context.load_context(study_model, animals="test")
   assert sorted(ctx.volumes) == ctx.split["test"]
-  assert placement_study.default_data_dir(study_model) == study_model.parent.resolve() / "data"
+  assert context.default_data_dir(study_model) == study_model.parent.resolve() / "data"
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -287,9 +288,9 @@ def test_fold_seeds_give_disjoint_test_sets(n, folds):
 def test_mean_sd_and_floats():
   assert placement_study.mean_sd([1.0, None, 3.0, float("nan")]) == {
       "mean": 2.0, "sd": pytest.approx(np.sqrt(2.0)), "n": 2}
-  assert placement_study.floats(["0", "2.5", 4], "shifts") == [0.0, 2.5, 4.0]
+  assert context.floats(["0", "2.5", 4], "shifts") == [0.0, 2.5, 4.0]
   with pytest.raises(UsageError, match="alphas: 'x' is not a number"):
-    placement_study.floats(["1", "x"], "alphas")
+    context.floats(["1", "x"], "alphas")
 
 
 # --- the saliency binary (Figs. 2-3) ---------------------------------------------------
@@ -303,7 +304,7 @@ def test_mean_sd_and_floats():
 def test_saliency_binary_checks_its_input_before_any_work(study_model, tmp_path, capsys,
                                                           flags, want):
   from conftest import run_binary
-  ctx = placement_study.load_context(study_model, animals=())
+  ctx = context.load_context(study_model, animals=())
   with pytest.raises(SystemExit) as e:
     run_binary("saliency", [f"--checkpoint={study_model}", f"--out_dir={tmp_path / 'out'}",
                             *flags])

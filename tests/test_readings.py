@@ -10,7 +10,7 @@ import pytest
 
 from rodent_gbp import bank as bank_lib
 from rodent_gbp.errors import UsageError
-from rodent_gbp.studies import placement_study
+from rodent_gbp.studies import context
 from rodent_gbp.studies import readings
 
 H = W = 32
@@ -144,7 +144,7 @@ def test_binary_writes_the_search_of_the_bundles_animals(searched, study_model):
   out, r = searched
   for name in ("readings.md", "readings.png"):
     assert (out / name).stat().st_size > 500
-  ctx = placement_study.load_context(study_model)
+  ctx = context.load_context(study_model)
   bank = ctx.bundle.bank
   ref = bank.animal_ids[bank.reference]
   assert r["reference"] == ref
@@ -163,7 +163,7 @@ def test_binary_writes_the_search_of_the_bundles_animals(searched, study_model):
 
 
 def test_prepare_stacks_every_animal_against_the_reference(study_model):
-  ctx = placement_study.load_context(study_model)
+  ctx = context.load_context(study_model)
   inputs = readings.prepare(ctx.volumes, ctx.split["test"], bundle=ctx.bundle)
   bank = ctx.bundle.bank
   ref_id = bank.animal_ids[bank.reference]

@@ -31,6 +31,7 @@ from rodent_gbp import fileio
 from rodent_gbp import guided
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import figures
+from rodent_gbp.studies import context
 
 
 def translate(images: np.ndarray, k: int) -> np.ndarray:
@@ -41,7 +42,6 @@ def translate(images: np.ndarray, k: int) -> np.ndarray:
 
 def _figure(path, image, probs, maps, image_t, probs_t, maps_t, shift, method):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from rodent_gbp.studies import placement_study
   num_classes = probs.shape[0]
   fig, axes = plt.subplots(2, 1 + 2 * num_classes, figsize=(1.9 * (1 + 2 * num_classes), 4.4))
   for row, (img, p, m, name) in enumerate(((image, probs, maps, "Input"),
@@ -53,7 +53,7 @@ def _figure(path, image, probs, maps, image_t, probs_t, maps_t, shift, method):
       vmax = np.percentile(np.abs(maps[c]), 99.5) + 1e-12
       figures.show(axes[row, 1 + num_classes + c], np.abs(m[c]),
                    f"|{method}| {figures.CLASS_TITLES[c]}", cmap="magma", vmin=0, vmax=vmax)
-  placement_study.save_figure(fig, path)
+  figures.save_figure(fig, path)
 
 
 def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
@@ -81,11 +81,10 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
     UsageError: slices out of range or not integers, a shift too large, an
       unknown method.
   """
-  from rodent_gbp.studies import placement_study
 
   if method not in guided.METHODS:
     raise UsageError(f"unknown saliency method {method!r}; one of {', '.join(guided.METHODS)}")
-  ctx = placement_study.load_context(checkpoint, data_dir, animals=())
+  ctx = context.load_context(checkpoint, data_dir, animals=())
   net = ctx.bundle.network("tissue")
   model, params, config = net.model, net.params, net.config
   animal = ctx.split["test"][0] if animal is None else animal

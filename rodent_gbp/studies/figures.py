@@ -15,16 +15,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rodent_gbp import fileio  # noqa: E402
 from rodent_gbp.qc import CLASS_TITLES, label_rgb, show  # noqa: E402,F401
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
+def save_figure(fig, path) -> pathlib.Path:
+  """Writes a matplotlib figure to ``path`` (PNG) atomically and closes it."""
   fig.tight_layout()
-  tmp = path.with_name(f".{path.stem}.tmp.png")
-  fig.savefig(tmp, dpi=110)
+  with fileio.atomic_path(path, suffix=pathlib.Path(path).suffix) as tmp:
+    fig.savefig(tmp, dpi=110)
   plt.close(fig)
-  tmp.replace(path)
-  return path
+  return pathlib.Path(path)
 
 
 def fig2_outputs(path, image: np.ndarray, probs: np.ndarray) -> pathlib.Path:
@@ -33,7 +34,7 @@ def fig2_outputs(path, image: np.ndarray, probs: np.ndarray) -> pathlib.Path:
   show(axes[0], image, "(a) Input")
   for c in range(4):
     show(axes[c + 1], probs[..., c], f"({'bcde'[c]}) {CLASS_TITLES[c]}", vmin=0, vmax=1)
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def fig3_translation(path, image, shifted, maps, maps_shifted, shift) -> pathlib.Path:
@@ -47,7 +48,7 @@ def fig3_translation(path, image, shifted, maps, maps_shifted, shift) -> pathlib
       v = np.abs(m[c])
       show(axes[row, c + 1], v, f"|GBP| {CLASS_TITLES[c]}", cmap="magma",
            vmax=np.percentile(np.abs(maps[c]), 99.5) + 1e-12)
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def fig4_noisy(path, image, labels_none, labels_manual, truth) -> pathlib.Path:
@@ -57,7 +58,7 @@ def fig4_noisy(path, image, labels_none, labels_manual, truth) -> pathlib.Path:
   show(axes[1], label_rgb(labels_none), "No removal", cmap=None)
   show(axes[2], label_rgb(labels_manual), "Manual removal", cmap=None)
   show(axes[3], label_rgb(truth), "Ground truth", cmap=None)
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def fig5_histograms(path, steps: dict, mask: np.ndarray | None = None) -> pathlib.Path:
@@ -72,7 +73,7 @@ def fig5_histograms(path, steps: dict, mask: np.ndarray | None = None) -> pathli
     ax.hist(v, bins=100, color="0.3")
     ax.set_title(title, fontsize=8)
     ax.set_yscale("log")
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def fig6_enhanced(path, gradient, enhanced) -> pathlib.Path:
@@ -80,7 +81,7 @@ def fig6_enhanced(path, gradient, enhanced) -> pathlib.Path:
   fig, axes = plt.subplots(1, 2, figsize=(6, 3))
   show(axes[0], gradient, "(a) Gradient image", cmap="magma")
   show(axes[1], enhanced, "(b) Enhanced image", cmap="magma")
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def fig7_alignment(path, template, signal, correlation, image, masked) -> pathlib.Path:
@@ -94,7 +95,7 @@ def fig7_alignment(path, template, signal, correlation, image, masked) -> pathli
   axes[2].plot([k[0]], [k[1]], "r+", ms=10)
   show(axes[3], image, "(d) Input")
   show(axes[4], masked, "(e) After background removal")
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def fig8_panel(path, image, manual, gbp_masked, truth, labels_gbp) -> pathlib.Path:
@@ -106,7 +107,7 @@ def fig8_panel(path, image, manual, gbp_masked, truth, labels_gbp) -> pathlib.Pa
   show(axes[3], label_rgb(truth), "(d) Ground truth", cmap=None)
   show(axes[4], label_rgb(labels_gbp), "(e) Segmentation after GBP",
        cmap=None)
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))
 
 
 def placement_overview(path, dice: Sequence[float], ceiling: Sequence[float],
@@ -121,4 +122,4 @@ def placement_overview(path, dice: Sequence[float], ceiling: Sequence[float],
   axes[1].plot(error, ".")
   axes[1].set_xlabel("test slice")
   axes[1].set_ylabel("placement error (px)")
-  return _save(fig, pathlib.Path(path))
+  return save_figure(fig, pathlib.Path(path))

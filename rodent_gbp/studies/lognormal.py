@@ -44,6 +44,7 @@ from scipy import stats
 
 from rodent_gbp import fileio
 from rodent_gbp.errors import DataError, UsageError
+from rodent_gbp.studies import context
 
 FAMILIES = ("lognormal", "normal", "gamma", "weibull", "exponential")
 
@@ -637,7 +638,7 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
                    log: Callable[[str], None] = print) -> dict[str, Any]:
   """The log-normal study on a model bundle's test slices.
 
-  Opens the bundle and its dataset (``placement_study.load_context``: the
+  Opens the bundle and its dataset (``context.load_context``: the
   split is the bundle's); computes the gradient images of every test slice
   per class target for the trained params and for params freshly initialised
   from ``seed`` (same architecture); runs :func:`lognormal_study` and writes
@@ -665,12 +666,11 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
   """
   import jax
   from rodent_gbp import model as model_lib
-  from rodent_gbp.studies import placement_study
 
   for name, n in (("max_pixels", max_pixels), ("slice_max_pixels", slice_max_pixels)):
     if n is not None and n < MIN_SAMPLES:
       raise UsageError(f"{name} must be at least {MIN_SAMPLES}, got {n}")
-  ctx = placement_study.load_context(checkpoint, data_dir, animals="test")
+  ctx = context.load_context(checkpoint, data_dir, animals="test")
   config = ctx.config
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)

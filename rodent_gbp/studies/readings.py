@@ -49,6 +49,8 @@ from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import report
+from rodent_gbp.studies import context
+from rodent_gbp.studies import figures
 
 #: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
 CLASS_SETS: dict[str, tuple[int, ...]] = {
@@ -95,15 +97,14 @@ def grid(class_sets: Sequence[str] = tuple(CLASS_SETS), centers: Sequence[Any] =
     UsageError: an unknown class set or template, a centre or width that is
       not a number, a width that is not positive.
   """
-  from rodent_gbp.studies import placement_study
   for c in class_sets:
     if c not in CLASS_SETS:
       raise UsageError(f"unknown class set {c!r}; one of {sorted(CLASS_SETS)}")
   for t in templates:
     if t not in TEMPLATES:
       raise UsageError(f"unknown template {t!r}; one of {TEMPLATES}")
-  centers = placement_study.floats(centers, "centers")
-  widths = placement_study.floats(widths, "widths")
+  centers = context.floats(centers, "centers")
+  widths = context.floats(widths, "widths")
   if any(not w > 0 for w in widths):
     raise UsageError(f"widths must be positive, got {widths}")
   out = [Reading(**DEFAULT)]
@@ -344,7 +345,6 @@ def figure(result: Mapping[str, Any], path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from rodent_gbp.studies import placement_study
 
   fig, ax = plt.subplots(figsize=(6.5, 4))
   rows = [r for r in result["rows"] if not r["reading"]["calibrated"]]
@@ -362,7 +362,7 @@ def figure(result: Mapping[str, Any], path) -> None:
   ax.set_ylim(0, 1)
   ax.legend(title="gradient image", fontsize=8)
   ax.set_title("The paper's placement under every reading")
-  placement_study.save_figure(fig, path)
+  figures.save_figure(fig, path)
 
 
 def run(checkpoint_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] | None = None,
@@ -378,12 +378,11 @@ def run(checkpoint_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] |
     log: progress sink.
 
   Raises:
-    CheckpointError, DataError: from ``placement_study.load_context`` and
+    CheckpointError, DataError: from ``context.load_context`` and
       :func:`prepare`.
   """
-  from rodent_gbp.studies import placement_study
 
-  ctx = placement_study.load_context(checkpoint_dir, data_dir)
+  ctx = context.load_context(checkpoint_dir, data_dir)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   log(f"saliency of {len(ctx.volumes)} animals (raw slices) and of the reference")

@@ -12,8 +12,6 @@ import platform
 import subprocess
 from typing import Any, Mapping
 
-from rodent_gbp.metrics import CLASS_NAMES as CLASS_KEYS  # {1: "wm", 2: "gm", 3: "csf"}
-from rodent_gbp.metrics import METRIC_NAMES as METRIC_KEYS
 
 CLASS_NAMES = {"brain": "Brain segmentation", "wm": "White Matter", "gm": "Gray Matter",
                "csf": "Cerebrospinal Liquid"}

@@ -91,7 +91,7 @@ def summarise(evals: list[dict[str, Any]], bank) -> dict[str, Any]:
   per_animal = {
       e["animal_id"]: {
           w: {k: metrics.metrics_from_counts(np.asarray(e["counts"][w])[c])
-              for c, k in report.CLASS_KEYS.items()} for w in ways
+              for c, k in metrics.CLASS_NAMES.items()} for w in ways
       } | {"brain": {k: metrics.metrics_from_counts(np.asarray(v))
                      for k, v in e["brain_counts"].items()}}
       for e in evals
