@@ -5,29 +5,36 @@ Layout of ``<workdir>/checkpoints/`` (the ``checkpoint_dir``)::
   config.json          Config.to_dict() of the run
   split.json           {"train": [...], "val": [...], "test": [...]} animal ids
   normalisation.json   the intensity normalisation the data layer applied
-  latest/              the state after the most recent completed epoch
-    state/             Orbax StandardCheckpointHandler tree (see below)
-    meta.json          epoch, step, best_val_dice, history, time (written last)
-  best/                the same, for the epoch with the best validation Dice
-    state/
-    meta.json
+  epochs/              an ``orbax.checkpoint.CheckpointManager`` root
+    <epoch>/           the checkpoint taken after epoch <epoch> (Orbax step = epoch)
+      params/          U-Net params
+      train_state/     opt_state, step, rng, best_val_dice, epoch
+      meta/            JSON: epoch, step, best_val_dice, kept, kept_epoch, history
+      metrics/         Orbax's: {"val_mean_tissue_dice": ...} (runs with validation)
   templates.npz        (added later by the pipeline: the template bank)
 
-The Orbax tree is a dict ``{"params", "opt_state", "step", "rng",
-"best_val_dice", "epoch"}``: everything needed to continue training exactly.
+Which checkpoints stay: the newest :data:`MAX_TO_KEEP`, and, in runs with
+validation animals, also the one with the best validation mean tissue Dice
+(Orbax's preservation policy; at most ``MAX_TO_KEEP + 1`` on disk). ``"latest"``
+names the newest; ``"best"`` the best by validation Dice, or the newest when
+there are no validation animals. Each checkpoint's meta says which rule applied
+(``kept``: ``"best"`` or ``"latest"``) and the epoch it picked (``kept_epoch``).
 
-Atomicity: a checkpoint is first written complete into ``.<name>.tmp`` (Orbax
-state, then ``meta.json`` as the commit marker), and only then swapped in by
-two renames (``<name>`` -> ``.<name>.old``, ``.<name>.tmp`` -> ``<name>``).  A
-SIGKILL at any point leaves either the old or the new checkpoint complete;
-:func:`restore` falls back to ``.<name>.old`` if the kill came between the two
-renames.
+Atomicity: Orbax writes a checkpoint into a temporary folder beside
+``<epoch>/`` and renames it into place when complete. A SIGKILL at any point
+leaves the earlier checkpoints whole; readers ignore the temporary folder and
+the next training run deletes it. Nothing is renamed when reading.
+
+Multi-host: every process takes part in :func:`save` (Orbax synchronises them
+and one process writes the shared files); the JSON run files are written by
+process 0 alone. Reading (:func:`restore`, :func:`read_meta`, :func:`load_model`)
+involves no other process.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import pathlib
 import shutil
@@ -37,20 +44,26 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
 
 from rodent_gbp import configs
+from rodent_gbp import fileio
+from rodent_gbp import model as model_lib
+from rodent_gbp import parallel
+from rodent_gbp.errors import CheckpointError
+
+__all__ = ["CheckpointError", "LoadedModel", "load_model", "read_meta", "read_config",
+           "write_run_files", "open_for_training", "save", "restore", "exists"]
 
 PathLike = str | os.PathLike
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
 NORMALISATION_FILE = "normalisation.json"
-META_FILE = "meta.json"
-STATE_DIR = "state"
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, incomplete, corrupt or does not fit the config."""
+EPOCHS_DIR = "epochs"
+MAX_TO_KEEP = 2  # newest checkpoints kept (resume needs one; the other is a spare)
+SCORE = "val_mean_tissue_dice"  # the Orbax metric "best" is chosen by
+_ITEMS = ("params", "train_state", "meta")
 
 
 @dataclasses.dataclass
@@ -62,8 +75,8 @@ class LoadedModel:
     params: the best (by validation Dice) U-Net params, as numpy arrays.
     normalisation: the contents of ``normalisation.json``.
     extras: everything else found: ``split`` (dict of animal ids), ``meta``
-      (epoch, step, best_val_dice, history of the best checkpoint),
-      ``checkpoint_dir``.
+      (epoch, step, best_val_dice, kept, kept_epoch, history of the loaded
+      checkpoint), ``checkpoint_dir``.
   """
 
   config: configs.Config
@@ -72,46 +85,24 @@ class LoadedModel:
   extras: dict
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON to a temporary name, fsyncs and renames it into place."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, (np.ndarray, jax.Array)):
-    return np.asarray(x).tolist()
-  if isinstance(x, pathlib.Path):
-    return str(x)
-  raise TypeError(f"cannot write {type(x).__name__} to JSON")
-
-
 def _read_json(path: pathlib.Path) -> Any:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return fileio.read_json(path)
   except FileNotFoundError:
     raise CheckpointError(f"missing {path.name} in {path.parent}") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
     raise CheckpointError(f"corrupt {path.name} in {path.parent}: {e}") from None
 
 
 def write_run_files(checkpoint_dir: PathLike, *, config: configs.Config,
                     split: dict, normalisation: dict) -> None:
   """Writes config.json, split.json and normalisation.json (atomically each)."""
-  from rodent_gbp import parallel
   d = pathlib.Path(checkpoint_dir)
   if parallel.is_lead():  # one writer in multi-host runs
     d.mkdir(parents=True, exist_ok=True)
-    _write_json(d / CONFIG_FILE, config.to_dict())
-    _write_json(d / SPLIT_FILE, {k: list(v) for k, v in split.items()})
-    _write_json(d / NORMALISATION_FILE, normalisation)
+    fileio.write_json(d / CONFIG_FILE, config.to_dict())
+    fileio.write_json(d / SPLIT_FILE, {k: list(v) for k, v in split.items()})
+    fileio.write_json(d / NORMALISATION_FILE, normalisation)
   parallel.barrier("rodent_gbp:run_files")
 
 
@@ -125,74 +116,148 @@ def read_config(checkpoint_dir: PathLike) -> configs.Config:
     raise CheckpointError(f"config.json in {d} does not describe a Config: {e}") from None
 
 
-def _complete(path: pathlib.Path) -> bool:
-  return (path / META_FILE).is_file() and (path / STATE_DIR).is_dir()
+# ----------------------------------------------------------------------------
+# The Orbax manager
+# ----------------------------------------------------------------------------
 
 
-def _resolve(checkpoint_dir: PathLike, name: str) -> pathlib.Path | None:
-  """The folder of checkpoint ``name``, recovering from an interrupted swap."""
-  d = pathlib.Path(checkpoint_dir)
-  path, old = d / name, d / f".{name}.old"
-  if _complete(path):
-    return path
-  if not path.exists() and _complete(old):
-    # Killed between the two renames of save(): the old one is still whole.
-    os.replace(old, path)
-    return path
-  return None
+def rank(score: float | None) -> float:
+  """The value checkpoints are ranked by: the score, or -inf if missing or NaN.
+
+  Ties go to the later checkpoint (Orbax's ``best_step`` and the training
+  loop's ``>=`` agree on that).
+  """
+  return -math.inf if score is None or not math.isfinite(score) else float(score)
 
 
-def exists(checkpoint_dir: PathLike, name: str = "latest") -> bool:
-  """Whether a complete checkpoint ``name`` is in ``checkpoint_dir``."""
-  return _resolve(checkpoint_dir, name) is not None
+def _best_fn(metrics: dict) -> float:
+  return rank(metrics.get(SCORE))
 
 
-def save(checkpoint_dir: PathLike, name: str, state: dict, meta: dict) -> pathlib.Path:
-  """Writes checkpoint ``name`` (``latest`` or ``best``) and swaps it in atomically.
+def _manager(root: pathlib.Path, *, track_best: bool, write: bool
+             ) -> ocp.CheckpointManager:
+  """A writer (every process, Orbax synchronises them) or a reader (this process only).
+
+  Readers wait on no other process, so one process of a multi-host run may
+  load a model or read a meta alone.
+  """
+  keep = [checkpoint_managers.LatestN(n=MAX_TO_KEEP)]
+  if track_best:
+    keep.append(checkpoint_managers.BestN(get_metric_fn=_best_fn, n=1))
+  me = jax.process_index()
+  processes = (ocp.options.MultiprocessingOptions() if write else
+               ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+  options = ocp.CheckpointManagerOptions(
+      best_fn=_best_fn, best_mode="max", create=write, cleanup_tmp_directories=write,
+      save_root_metadata=write, enable_async_checkpointing=False,
+      multiprocessing_options=processes,
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(keep))
+  tree = dict(multiprocessing_options=processes)
+  handlers = {"params": ocp.StandardCheckpointHandler(**tree),
+              "train_state": ocp.StandardCheckpointHandler(**tree),
+              "meta": ocp.JsonCheckpointHandler(**tree)}
+  return ocp.CheckpointManager(root, options=options, item_names=_ITEMS,
+                               item_handlers=handlers)
+
+
+def open_for_training(checkpoint_dir: PathLike, *, track_best: bool, fresh: bool
+                      ) -> ocp.CheckpointManager:
+  """The manager a training run saves through (every process calls this).
 
   Args:
     checkpoint_dir: the run's checkpoint folder.
-    name: sub-folder name.
-    state: pytree of arrays (params, opt_state, step, rng, ...).
-    meta: JSON-serialisable dict written beside the state; written last, it
-      marks the checkpoint complete.
+    track_best: keep the best checkpoint by validation Dice besides the
+      newest ones (runs with validation animals).
+    fresh: delete an earlier run's checkpoints first (a run that does not
+      resume starts its epochs at 0 again).
 
   Returns:
-    The folder of the new checkpoint.
+    An ``ocp.CheckpointManager``; close it when training ends.
   """
-  from rodent_gbp import parallel
-  d = pathlib.Path(checkpoint_dir).resolve()
-  final, tmp, old = d / name, d / f".{name}.tmp", d / f".{name}.old"
-  # Multi-host: every process takes part in Orbax's save (it synchronises
-  # them); only process 0 prepares the folder, writes meta.json and renames.
-  if parallel.is_lead():
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-  parallel.barrier(f"rodent_gbp:save:{name}:prepare")
+  root = pathlib.Path(checkpoint_dir).resolve() / EPOCHS_DIR
+  if fresh and parallel.is_lead():
+    shutil.rmtree(root, ignore_errors=True)
+  parallel.barrier("rodent_gbp:checkpoints_fresh")
+  return _manager(root, track_best=track_best, write=True)
+
+
+def save(manager: ocp.CheckpointManager, epoch: int, state: dict, meta: dict,
+         score: float | None) -> None:
+  """Saves the checkpoint of ``epoch`` (every process calls this).
+
+  Args:
+    manager: from :func:`open_for_training`.
+    epoch: the epoch just completed (the Orbax step).
+    state: ``{"params", "opt_state", "step", "rng", "best_val_dice", "epoch"}``.
+    meta: JSON-able dict (NaN is stored as null).
+    score: validation mean tissue Dice, None in runs without validation.
+  """
   state = jax.device_get(state)
-  with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-    ckptr.save(tmp / STATE_DIR, args=ocp.args.StandardSave(state))
-  if parallel.is_lead():
-    _write_json(tmp / META_FILE, dict(meta, saved_at=time.time()))
-    if final.exists():
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-  parallel.barrier(f"rodent_gbp:save:{name}:done")
-  return final
+  rest = {k: v for k, v in state.items() if k != "params"}
+  manager.save(epoch, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state["params"]),
+      train_state=ocp.args.StandardSave(rest),
+      meta=ocp.args.JsonSave(fileio.to_jsonable(dict(meta, saved_at=time.time())))),
+      metrics=None if score is None else {SCORE: fileio.to_jsonable(score)})
+
+
+def _reader(checkpoint_dir: PathLike) -> ocp.CheckpointManager | None:
+  root = pathlib.Path(checkpoint_dir) / EPOCHS_DIR
+  return _manager(root, track_best=True, write=False) if root.is_dir() else None
+
+
+def _step(manager: ocp.CheckpointManager | None, which: str) -> int | None:
+  if which not in ("best", "latest"):
+    raise ValueError(f"unknown checkpoint {which!r}; use 'best' or 'latest'")
+  if manager is None:
+    return None
+  latest = manager.latest_step()
+  if which == "latest" or latest is None:
+    return latest
+  best = manager.best_step()  # None when no checkpoint has a score
+  return latest if best is None else best
+
+
+def exists(checkpoint_dir: PathLike, name: str = "latest") -> bool:
+  """Whether a complete checkpoint ``name`` (best or latest) is in ``checkpoint_dir``."""
+  return _step(_reader(checkpoint_dir), name) is not None
+
+
+def _locate(checkpoint_dir: PathLike, name: str
+            ) -> tuple[ocp.CheckpointManager, int, pathlib.Path]:
+  manager = _reader(checkpoint_dir)
+  step = _step(manager, name)
+  if step is None:
+    raise CheckpointError(
+        f"no complete checkpoint {name!r} in {pathlib.Path(checkpoint_dir)}")
+  return manager, step, pathlib.Path(checkpoint_dir) / EPOCHS_DIR / str(step)
+
+
+def _restore_meta(manager, step: int, path: pathlib.Path) -> dict:
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # Orbax raises several types for unreadable files.
+    raise CheckpointError(f"corrupt checkpoint meta in {path}: {e}") from None
 
 
 def read_meta(checkpoint_dir: PathLike, name: str = "latest") -> dict | None:
-  """The ``meta.json`` of complete checkpoint ``name`` (epoch, history, ...), or None."""
-  path = _resolve(checkpoint_dir, name)
-  return None if path is None else _read_json(path / META_FILE)
+  """The meta of checkpoint ``name`` (epoch, step, kept, history, ...), or None."""
+  manager = _reader(checkpoint_dir)
+  step = _step(manager, name)
+  if step is None:
+    return None
+  return _restore_meta(manager, step, pathlib.Path(checkpoint_dir) / EPOCHS_DIR / str(step))
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {jax.tree_util.keystr(k): tuple(v.shape)
           for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+      else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
 
 
 def restore(checkpoint_dir: PathLike, name: str, template: dict) -> tuple[dict, dict]:
@@ -201,64 +266,70 @@ def restore(checkpoint_dir: PathLike, name: str, template: dict) -> tuple[dict, 
   Args:
     checkpoint_dir: the run's checkpoint folder.
     name: ``latest`` or ``best``.
-    template: a pytree like the saved state (arrays or ShapeDtypeStructs);
-      its ``params`` shapes are checked against the stored ones first.
+    template: a pytree like the saved state (arrays or ShapeDtypeStructs):
+      ``params`` alone restores the params only; with ``opt_state``, ``step``,
+      ``rng``, ``best_val_dice`` and ``epoch`` it restores everything. Its
+      ``params`` shapes are checked against the stored ones first.
 
   Returns:
     (state as numpy arrays, meta dict).
 
   Raises:
-    CheckpointError: missing or incomplete checkpoint, unreadable state, or
-      params whose names or shapes differ from the template's.
+    CheckpointError: missing checkpoint, unreadable state or meta, or params
+      whose names or shapes differ from the template's.
   """
-  path = _resolve(checkpoint_dir, name)
-  if path is None:
+  manager, step, path = _locate(checkpoint_dir, name)
+  meta = _restore_meta(manager, step, path)
+  abstract = _abstract(template)
+  try:
+    stored = manager.item_metadata(step)["params"].tree
+  except Exception as e:
+    raise CheckpointError(f"corrupt checkpoint state in {path}: {e}") from None
+  want, have = _shapes(abstract["params"]), _shapes(stored)
+  if want != have:
+    diff = [f"{k}: stored {have.get(k, 'missing')}, config {want.get(k, 'missing')}"
+            for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
     raise CheckpointError(
-        f"no complete checkpoint {name!r} in {pathlib.Path(checkpoint_dir)}")
-  meta = _read_json(path / META_FILE)
-  abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-      if not isinstance(x, jax.ShapeDtypeStruct) else x, template)
-  with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-    try:
-      stored = ckptr.metadata(path / STATE_DIR).item_metadata.tree
-    except Exception as e:  # Orbax raises several types for unreadable files.
-      raise CheckpointError(f"corrupt checkpoint state in {path}: {e}") from None
-    want = _shapes(abstract.get("params", {}))
-    have = _shapes(stored.get("params", {})) if isinstance(stored, dict) else {}
-    if want != have:
-      diff = [f"{k}: stored {have.get(k, 'missing')}, config {want.get(k, 'missing')}"
-              for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
-      raise CheckpointError(
-          f"checkpoint params in {path} do not match the config's U-Net "
-          f"({len(diff)} differ; first: {'; '.join(diff[:3])})")
-    try:
-      state = ckptr.restore(path / STATE_DIR, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:
-      raise CheckpointError(f"cannot restore checkpoint state in {path}: {e}") from None
+        f"checkpoint params in {path} do not match the config's U-Net "
+        f"({len(diff)} differ; first: {'; '.join(diff[:3])})")
+  rest = {k: v for k, v in abstract.items() if k != "params"}
+  args = {"params": ocp.args.StandardRestore(abstract["params"])}
+  if rest:
+    args["train_state"] = ocp.args.StandardRestore(rest)
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:
+    raise CheckpointError(f"cannot restore checkpoint state in {path}: {e}") from None
+  state = dict(out["train_state"]) if rest else {}
+  state["params"] = out["params"]
   return jax.device_get(state), meta
 
 
+def abstract_params(config: configs.Config) -> Any:
+  """Shapes and dtypes of the U-Net params of ``config`` (nothing is allocated)."""
+  size = 2**config.depth  # conv params do not depend on the image size
+  model = model_lib.build_unet(config)
+  return jax.eval_shape(
+      lambda: model_lib.init_params(model, jax.random.PRNGKey(0), (size, size)))
+
+
 def load_model(checkpoint_dir: PathLike, *, which: str = "best") -> LoadedModel:
-  """Loads the config, best params and normalisation of a trained run.
+  """Loads the config, params and normalisation of a trained run.
 
   Args:
     checkpoint_dir: ``<workdir>/checkpoints`` of a run of ``train_and_evaluate``.
-    which: ``best`` (default) or ``latest``.
+    which: ``best`` (default: the best by validation Dice, or the newest in
+      runs without validation animals) or ``latest``.
 
   Raises:
     CheckpointError: naming the folder, if anything is missing, corrupt or
       inconsistent with the stored config.
   """
-  # Imported here: train imports this module.
-  from rodent_gbp import train
-
   d = pathlib.Path(checkpoint_dir)
   if not d.is_dir():
     raise CheckpointError(f"checkpoint folder {d} does not exist")
   config = read_config(d)
-  template = train.abstract_checkpoint_state(config)
-  state, meta = restore(d, which, template)
+  state, meta = restore(d, which, {"params": abstract_params(config)})
   normalisation = _read_json(d / NORMALISATION_FILE)
   split = _read_json(d / SPLIT_FILE) if (d / SPLIT_FILE).is_file() else None
   return LoadedModel(config=config, params=state["params"], normalisation=normalisation,

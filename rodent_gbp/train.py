@@ -3,7 +3,7 @@
 Phases of :func:`train_and_evaluate`, top to bottom: data (phantom or a NIfTI
 folder, split by animal), model and optimiser state, the jitted step, the epoch
 loop (train on skull-stripped slices, validate, checkpoint), and a last
-evaluation of the best params on the test animals.
+evaluation of the kept params on the test animals.
 
 Loss (``config.loss``, :mod:`rodent_gbp.losses`): ``"dice"`` (the paper), soft
 Dice; ``"dice_ce"`` (the ``default``), soft Dice + mean pixel cross-entropy.
@@ -18,11 +18,15 @@ Batches: training uses the data layer's ``iterate_batches`` with
 order is reshuffled from (seed, epoch), so every slice is seen over epochs).
 Evaluation pads the last batch and masks the padding out of the counts.
 
-Devices: batches are split over a ``parallel.make_mesh()`` mesh of all
-devices (and hosts) and the state is replicated; the same jitted step runs on
-1 or N devices, jit inserting the cross-device sums of the pooled loss. The
-training batch must be a multiple of the device count (refused otherwise,
-see ``parallel.check_divisible``); evaluation batches are padded up to one.
+Devices: batches are split over a ``parallel.make_mesh()`` mesh of all devices
+(and hosts) and the state is replicated; the same jitted step runs on 1 or N
+devices, jit inserting the cross-device sums of the pooled loss. The training
+batch must be a multiple of the device count (refused otherwise, see
+``parallel.check_divisible``); evaluation batches are padded up to one.
+
+Checkpoints: one per epoch through :mod:`rodent_gbp.checkpoint` (Orbax); the
+params kept are the best by validation mean tissue Dice, or the latest when
+there are no validation animals.
 """
 
 from __future__ import annotations
@@ -207,15 +211,17 @@ class TrainResult:
 
   Attributes:
     config: the config trained.
-    params: the best params (by validation mean tissue Dice), numpy arrays.
+    params: the kept params (the best by validation mean tissue Dice; the
+      latest without validation animals), numpy arrays.
     history: one dict per epoch (epoch, step, loss, val_dice per class,
       val_mean_tissue_dice, images_per_s, seconds, ...).
-    best_val_dice: best validation mean tissue Dice (WM, GM, CSF).
+    best_val_dice: validation mean tissue Dice (WM, GM, CSF) of the kept
+      params (minus their training loss without validation animals).
     checkpoint_dir: ``<workdir>/checkpoints``.
     normalisation: the data layer's normalisation record (also in
       ``normalisation.json``).
     split: {"train", "val", "test"} animal ids.
-    test_dice: Dice of the best params on the test animals' skull-stripped
+    test_dice: Dice of the kept params on the test animals' skull-stripped
       slices (manual background removal), see ``losses.evaluate``.
   """
 
@@ -271,29 +277,45 @@ def _check_resumable(stored: Config, config: Config, checkpoint_dir) -> None:
         + ", ".join(f"{f} ({getattr(stored, f)!r} -> {getattr(config, f)!r})" for f in bad))
 
 
+def kept_index(history: list[dict]) -> int | None:
+  """Which epoch record's params a run keeps (what ``checkpoint`` calls "best").
+
+  With validation animals: the highest validation mean tissue Dice (NaN
+  ranks lowest; the later epoch wins a tie, as Orbax's ``best_step`` does).
+  Without: the last epoch. None for an empty history.
+  """
+  if not history:
+    return None
+  if not any("val_dice" in r for r in history):
+    return len(history) - 1
+  ranks = [checkpoint.rank(r.get("val_mean_tissue_dice")) for r in history]
+  return max(range(len(ranks)), key=lambda i: (ranks[i], i))
+
+
 def training_summary(history: list[dict], config: Config) -> dict[str, Any]:
   """What a run's results should say about its training (``results.json``).
 
   ``stopped_by_time_cap`` is True when ``max_train_seconds`` cut an epoch
   short: the run then trained fewer epochs than planned, and its results
-  depend on the speed of the machine.
+  depend on the speed of the machine. ``kept`` says which params the run
+  kept (``"best"`` by validation Dice, or ``"latest"`` without validation
+  animals) and ``best_epoch`` their epoch, counted from 1.
   """
   done = [r for r in history if not r.get("partial_epoch")]
-  # The score train_and_evaluate kept the best params by: validation mean
-  # tissue Dice, or minus the training loss when there are no validation animals.
-  scores = [r.get("val_mean_tissue_dice", float("nan")) for r in history]
-  best = int(np.nanargmax(scores)) if history and not np.all(np.isnan(scores)) else None
   validated = any("val_dice" in r for r in history)
+  kept = kept_index(history)
+  score = None if kept is None else history[kept].get("val_mean_tissue_dice")
   return {
       "epochs_planned": int(config.epochs),
       "epochs_completed": len(done),
       "stopped_by_time_cap": any(r.get("partial_epoch") for r in history),
       "max_train_seconds": config.max_train_seconds,
       "epochs_seconds": float(sum(r.get("seconds", 0.0) for r in history)),  # with validation
-      "best_epoch": None if best is None else int(history[best]["epoch"]) + 1,
+      "kept": "best" if validated else "latest",
+      "best_epoch": None if kept is None else int(history[kept]["epoch"]) + 1,
       "best_selected_by": ("validation mean tissue dice" if validated
-                           else "training loss (no validation animals)"),
-      "best_val_mean_tissue_dice": (float(scores[best]) if validated and best is not None
+                           else "latest epoch (no validation animals)"),
+      "best_val_mean_tissue_dice": (float(score) if validated and score is not None
                                     else None),
       "history": history,
   }
@@ -314,15 +336,16 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     data_dir: a folder of ``<animal>/{image,labels,brainmask}.nii.gz``; None
       generates the phantom (``config.animals``, ``image_size``,
       ``phantom_seed``).
-    resume: continue from ``<workdir>/checkpoints/latest`` (at the epoch after
-      the one it recorded; an epoch cut short by ``max_train_seconds`` counts
-      as done) instead of starting over. The stored config must agree on the
-      data, split, network and seed fields (else ``CheckpointError``); epochs,
-      learning rate etc. may change.
+    resume: continue from the latest checkpoint in ``<workdir>/checkpoints``
+      (at the epoch after the one it recorded; an epoch cut short by
+      ``max_train_seconds`` counts as done) instead of starting over. The
+      stored config must agree on the data, split, network and seed fields
+      (else ``CheckpointError``); epochs, learning rate etc. may change.
     log: receives one progress line per epoch.
 
   Returns:
-    :class:`TrainResult`; ``params`` are the best by validation mean tissue Dice.
+    :class:`TrainResult`; ``params`` are the kept ones (best by validation mean
+    tissue Dice, or the latest without validation animals).
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -349,27 +372,31 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   log(f"devices: {parallel.describe(mesh)}")
   model = model_lib.build_unet(config)
   state = create_train_state(config, jax.random.PRNGKey(config.seed), image_shape)
+  track_best = val_arrays is not None
   history: list[dict] = []
-  best_val = -math.inf
-  best_params = None
+  best_val, best_epoch, best_params = -math.inf, None, None
   start_epoch = 0
   if resume and checkpoint.exists(ckpt_dir, "latest"):
     _check_resumable(checkpoint.read_config(ckpt_dir), config, ckpt_dir)
     template = _checkpoint_tree(state, 0.0, 0)
     tree, meta = checkpoint.restore(ckpt_dir, "latest", template)
     state = _state_from_tree(tree)
-    best_val = float(tree["best_val_dice"])
     start_epoch = int(tree["epoch"]) + 1
     history = list(meta.get("history", []))
-    if checkpoint.exists(ckpt_dir, "best"):
-      best_params = checkpoint.restore(ckpt_dir, "best", template)[0]["params"]
-    log(f"resumed from {ckpt_dir / 'latest'} at epoch {start_epoch}, step "
-        f"{int(state.step)}, best val dice {best_val:.4f}")
+    # The JSON value, not the float32 in the tree: Orbax ranks by the former.
+    best_val = math.nan if meta.get("best_val_dice") is None else meta["best_val_dice"]
+    best_epoch = meta.get("kept_epoch")
+    best_params = checkpoint.restore(ckpt_dir, "best",
+                                     {"params": template["params"]})[0]["params"]
+    log(f"resumed from {ckpt_dir} (epoch {start_epoch - 1}) at epoch {start_epoch}, "
+        f"step {int(state.step)}, best val dice {best_val:.4f}")
   elif resume:
     log(f"nothing to resume in {ckpt_dir}; starting from scratch")
   state = parallel.replicate(state, mesh)
   checkpoint.write_run_files(ckpt_dir, config=config, split=split,
                              normalisation=normalisation)
+  manager = checkpoint.open_for_training(ckpt_dir, track_best=track_best,
+                                         fresh=start_epoch == 0)
 
   step_fn = jax.jit(functools.partial(train_step, model=model, config=config),
                     donate_argnums=0)
@@ -400,26 +427,25 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     record = {"epoch": epoch, "step": int(state.step), "loss": loss,
               "lr": float(metrics["lr"]), "images_per_s": images_per_s,
               "train_seconds": train_seconds, "partial_epoch": out_of_time}
-    if val_arrays is not None:
+    if track_best:
       val = losses.evaluate(eval_fn, state.params, val_arrays,
-                     batch_size=config.eval_batch_size, mesh=mesh)
+                            batch_size=config.eval_batch_size, mesh=mesh)
       record["val_dice"] = val["dice_mean_over_animals"]
       score = val["mean_tissue_dice"]
     else:
-      score = -loss  # no validation animals: keep the last epoch as best
+      score = -loss  # no validation animals: the latest epoch is kept
     record["val_mean_tissue_dice"] = score
     record["seconds"] = time.perf_counter() - t_epoch
     history.append(record)
 
-    if score > best_val or best_params is None:
-      best_val = score
+    if not track_best or checkpoint.rank(score) >= checkpoint.rank(best_val):
+      best_val, best_epoch = score, epoch
       best_params = jax.device_get(state.params)
-      checkpoint.save(ckpt_dir, "best", _checkpoint_tree(state, best_val, epoch),
-                      {"epoch": epoch, "step": int(state.step), "best_val_dice": best_val,
-                       "history": history})
-    checkpoint.save(ckpt_dir, "latest", _checkpoint_tree(state, best_val, epoch),
-                    {"epoch": epoch, "step": int(state.step), "best_val_dice": best_val,
-                     "history": history})
+    meta = {"epoch": epoch, "step": int(state.step), "best_val_dice": best_val,
+            "kept": "best" if track_best else "latest", "kept_epoch": best_epoch,
+            "history": history}
+    checkpoint.save(manager, epoch, _checkpoint_tree(state, best_val, epoch), meta,
+                    score if track_best else None)
 
     elapsed = time.perf_counter() - t_start
     reserve = time.perf_counter() - t_train_end
@@ -433,12 +459,13 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     if out_of_time:
       log(f"stopping: max_train_seconds={config.max_train_seconds} reached")
       break
+  manager.close()
 
-  # --- the best params on the test animals (manual background removal) ---
+  # --- the kept params on the test animals (manual background removal) ---
   test = None
   if best_params is not None and stacks["test"] is not None:
     test = losses.evaluate(eval_fn, best_params, stacks["test"],
-                    batch_size=config.eval_batch_size, mesh=mesh)
+                           batch_size=config.eval_batch_size, mesh=mesh)
     log(f"test (true brain mask applied) dice {_fmt_dice(test['dice_mean_over_animals'])}")
   return TrainResult(config=config, params=best_params, history=history,
                      best_val_dice=float(best_val), checkpoint_dir=ckpt_dir,

@@ -11,7 +11,6 @@ uninterrupted run's with the same seed, bitwise on CPU (tolerance 1e-6).
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
@@ -47,15 +46,19 @@ def _start(workdir: pathlib.Path, data_dir: pathlib.Path, resume: bool) -> subpr
 
 
 def _latest_epoch(workdir: pathlib.Path) -> int:
+  """The newest complete checkpoint's epoch (Orbax renames a finished one into
+  ``epochs/<epoch>``; one being written has a temporary name), or -1."""
   try:
-    return json.loads((workdir / "checkpoints" / "latest" / "meta.json").read_text())["epoch"]
-  except (OSError, ValueError, KeyError):
-    return -1  # not written yet, or being swapped in
+    done = [int(p.name) for p in (workdir / "checkpoints" / checkpoint.EPOCHS_DIR).iterdir()
+            if p.name.isdigit()]
+  except OSError:
+    return -1  # not written yet
+  return max(done, default=-1)
 
 
 def _kill_after(proc: subprocess.Popen, workdir: pathlib.Path, epoch: int,
                 delay: float) -> int:
-  """SIGKILLs ``proc`` ``delay`` s after latest/ of ``epoch`` appears; returns its code."""
+  """SIGKILLs ``proc`` ``delay`` s after the checkpoint of ``epoch`` appears; returns its code."""
   deadline = time.monotonic() + 120
   while _latest_epoch(workdir) < epoch:
     assert proc.poll() is None, proc.communicate()[0][-3000:]

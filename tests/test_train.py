@@ -15,8 +15,10 @@ import pytest
 from rodent_gbp import checkpoint
 from rodent_gbp import configs
 from rodent_gbp import data
+from rodent_gbp import errors
 from rodent_gbp import losses
 from rodent_gbp import model as model_lib
+from rodent_gbp import phantom
 from rodent_gbp import train
 
 # ---------------------------------------------------------------- Dice loss --
@@ -185,6 +187,93 @@ def test_dice_from_counts_nan_policy():
   assert np.isnan(d[1])
 
 
+# ------------------------------------------------------- checkpoint module --
+
+def _import_graph() -> dict[str, set[str]]:
+  """rodent_gbp module -> the rodent_gbp modules it imports (anywhere in the file)."""
+  import ast
+  import pathlib
+  root = pathlib.Path(train.__file__).parent
+  names = {}
+  for path in root.rglob("*.py"):
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+  graph = {}
+  for name, path in names.items():
+    deps = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rodent_gbp"):
+        deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names
+                 else node.module for a in node.names}
+      elif isinstance(node, ast.Import):
+        deps |= {a.name for a in node.names if a.name.startswith("rodent_gbp.")}
+    graph[name] = {d for d in deps if d in names and d not in (name, "rodent_gbp")}
+  return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+  seen, todo = set(), list(graph[start])
+  while todo:
+    m = todo.pop()
+    if m not in seen:
+      seen.add(m)
+      todo += graph[m]
+  return seen
+
+
+def test_training_modules_import_no_cycle():
+  graph = _import_graph()
+  assert "rodent_gbp.train" in _reaches(graph, "rodent_gbp.studies.reproduce")  # sees the package
+  assert "rodent_gbp.train" not in _reaches(graph, "rodent_gbp.checkpoint")
+  for name in ("rodent_gbp.train", "rodent_gbp.checkpoint", "rodent_gbp.losses"):
+    assert name not in _reaches(graph, name), f"{name} imports itself through a cycle"
+  assert checkpoint.CheckpointError is errors.CheckpointError
+
+
+def _tiny_state(value: float) -> dict:
+  return {"params": {"w": np.full((2, 3), value, np.float32)}, "opt_state": {"m": np.zeros(1, np.float32)},
+          "step": np.int32(value), "rng": np.zeros(2, np.uint32),
+          "best_val_dice": np.float32(0), "epoch": np.int32(value)}
+
+
+def _save_epochs(d, scores, *, track_best: bool) -> None:
+  manager = checkpoint.open_for_training(d, track_best=track_best, fresh=True)
+  for epoch, score in enumerate(scores):
+    checkpoint.save(manager, epoch, _tiny_state(epoch), {"epoch": epoch, "history": []},
+                    score if track_best else None)
+  manager.close()
+
+
+def test_manager_keeps_the_latest_and_the_best_by_score(tmp_path):
+  # Best is epoch 1 (0.5; epoch 4 ties it and, being later, wins); NaN ranks lowest.
+  _save_epochs(tmp_path, [0.1, 0.5, float("nan"), 0.2, 0.5, 0.3], track_best=True)
+  on_disk = sorted(int(p.name) for p in (tmp_path / checkpoint.EPOCHS_DIR).iterdir())
+  assert on_disk == [4, 5] and checkpoint.MAX_TO_KEEP == 2
+  template = {"params": {"w": np.zeros((2, 3), np.float32)}}
+  assert checkpoint.restore(tmp_path, "best", template)[0]["params"]["w"][0, 0] == 4
+  assert checkpoint.read_meta(tmp_path, "latest")["epoch"] == 5
+  _save_epochs(tmp_path, [0.1, 0.9, 0.3, 0.2], track_best=True)
+  on_disk = sorted(int(p.name) for p in (tmp_path / checkpoint.EPOCHS_DIR).iterdir())
+  assert on_disk == [1, 2, 3]  # fresh: the earlier run's epochs are gone
+  assert checkpoint.read_meta(tmp_path, "best")["epoch"] == 1
+  assert checkpoint.restore(tmp_path, "best", template)[0]["params"]["w"][0, 0] == 1
+  # train.kept_index picks what Orbax picks.
+  history = [{"epoch": e, "val_dice": {}, "val_mean_tissue_dice": s}
+             for e, s in enumerate([0.1, 0.9, 0.3, 0.2])]
+  assert train.kept_index(history) == 1
+  assert train.kept_index(history[:1] + [dict(history[0], epoch=1)]) == 1  # tie: later
+  assert train.kept_index([dict(h, val_mean_tissue_dice=None) for h in history]) == 3
+
+
+def test_manager_without_validation_keeps_the_latest(tmp_path):
+  _save_epochs(tmp_path, [None] * 4, track_best=False)
+  on_disk = sorted(int(p.name) for p in (tmp_path / checkpoint.EPOCHS_DIR).iterdir())
+  assert on_disk == [2, 3]
+  assert checkpoint.read_meta(tmp_path, "best")["epoch"] == 3
+  assert checkpoint.exists(tmp_path, "best") and not checkpoint.exists(tmp_path / "x")
+  assert checkpoint.read_meta(tmp_path / "x") is None
+
+
 # ------------------------------------------------- end to end, checkpoints --
 
 def _leaves_equal(a, b) -> None:
@@ -202,9 +291,15 @@ def test_smoke_run_end_to_end(smoke_run):
   assert r.best_val_dice == pytest.approx(h["val_mean_tissue_dice"])
   assert sorted(sum(r.split.values(), [])) == [f"rat{i:02d}" for i in range(5)]
   d = r.checkpoint_dir
-  for name in ("config.json", "split.json", "normalisation.json", "latest/meta.json",
-               "best/meta.json"):
-    assert (d / name).is_file(), name
+  for name in ("config.json", "split.json", "normalisation.json", "epochs/0/meta",
+               "epochs/0/params"):
+    assert (d / name).exists(), name
+  for which in ("latest", "best"):
+    meta = checkpoint.read_meta(d, which)
+    assert (meta["epoch"], meta["step"], meta["kept"], meta["kept_epoch"]) == (0, 30, "best", 0)
+    assert meta["history"][0]["loss"] == pytest.approx(h["loss"])
+  summary = train.training_summary(r.history, r.config)
+  assert (summary["kept"], summary["best_epoch"]) == ("best", 1)
   assert json.loads((d / "config.json").read_text()) == r.config.to_dict()
   # Inference can re-apply the training normalisation from the stored record.
   norm = json.loads((d / "normalisation.json").read_text())
@@ -235,6 +330,12 @@ def test_resume_continues_from_latest(smoke_run, phantom_dir, tmp_path):
   latest = lambda r: checkpoint.restore(r.checkpoint_dir, "latest",
                                         train.abstract_checkpoint_state(two))[0]
   _leaves_equal(latest(resumed), latest(straight))
+  assert resumed.history[1]["loss"] == straight.history[1]["loss"]
+  kept = train.kept_index(straight.history)
+  for r in (resumed, straight):
+    meta = checkpoint.read_meta(r.checkpoint_dir, "best")
+    assert meta["epoch"] == meta["kept_epoch"] == kept
+    _leaves_equal(checkpoint.load_model(r.checkpoint_dir).params, r.params)
 
 
 def test_experiment_binary_resumes_in_process(smoke_run, phantom_dir, tmp_path, binary):
@@ -253,29 +354,34 @@ def test_checkpoint_errors_name_the_folder(smoke_run, tmp_path):
   # Another U-Net width in config.json: a shape mismatch, named with the folder.
   cfg = json.loads((d / "config.json").read_text())
   (d / "config.json").write_text(json.dumps(dict(cfg, features=8)))
-  with pytest.raises(checkpoint.CheckpointError, match=f"{d}.*do not match"):
+  with pytest.raises(checkpoint.CheckpointError, match=f"{d}/epochs/0 do not match"):
     checkpoint.load_model(d)
   (d / "config.json").write_text(json.dumps(cfg))
-  (d / "best" / "meta.json").write_text("{not json")
-  with pytest.raises(checkpoint.CheckpointError, match="corrupt meta.json"):
+  for p in (d / "epochs" / "0" / "meta").iterdir():
+    if p.is_file():
+      p.write_text("{not json")
+  with pytest.raises(checkpoint.CheckpointError, match=f"corrupt checkpoint meta in {d}"):
     checkpoint.load_model(d)
-  shutil.rmtree(d / "best")
+  shutil.rmtree(d / "epochs")
   with pytest.raises(checkpoint.CheckpointError, match=f"no complete checkpoint 'best' in {d}"):
     checkpoint.load_model(d)
 
 
-def test_interrupted_save_keeps_a_whole_checkpoint(smoke_run, tmp_path):
-  d = tmp_path / "ck"
+def test_interrupted_save_keeps_a_whole_checkpoint(smoke_run, phantom_dir, tmp_path):
+  d = tmp_path / "checkpoints"
   shutil.copytree(smoke_run.checkpoint_dir, d)
   template = train.abstract_checkpoint_state(smoke_run.config)
   want = checkpoint.restore(d, "latest", template)[0]
-  # Killed while writing the new one: a partial .latest.tmp is ignored.
-  (d / ".latest.tmp" / "state").mkdir(parents=True)
+  # Killed while Orbax wrote epoch 1: its temporary folder is not a checkpoint.
+  partial = d / "epochs" / "1.orbax-checkpoint-tmp"
+  (partial / "params").mkdir(parents=True)
+  assert checkpoint.read_meta(d, "latest")["epoch"] == 0
   _leaves_equal(checkpoint.restore(d, "latest", template)[0], want)
-  # Killed between the two renames: the previous checkpoint is recovered.
-  os.replace(d / "latest", d / ".latest.old")
-  _leaves_equal(checkpoint.restore(d, "latest", template)[0], want)
-  assert (d / "latest" / "meta.json").is_file()
+  # Resuming from it trains epoch 1 and removes the leftover.
+  two = configs.override(smoke_run.config, epochs=2)
+  train.train_and_evaluate(two, tmp_path, data_dir=phantom_dir, resume=True)
+  assert not partial.exists()
+  assert checkpoint.read_meta(d, "latest")["epoch"] == 1
 
 
 def test_max_train_seconds_stops_early(smoke_run, phantom_dir, tmp_path):
@@ -284,3 +390,20 @@ def test_max_train_seconds_stops_early(smoke_run, phantom_dir, tmp_path):
   assert len(r.history) == 1 and r.history[0]["partial_epoch"]
   assert r.history[0]["step"] == 1  # the limit is checked after every step
   assert checkpoint.exists(r.checkpoint_dir, "latest")
+
+
+def test_without_validation_animals_the_latest_is_kept(tmp_path):
+  data_dir = tmp_path / "data"
+  phantom.write_phantom(data_dir, animals=3, seed=0, size=48)  # 2 train, 0 val, 1 test
+  config = configs.override(configs.get_config("smoke"), animals=3, image_size=48,
+                            epochs=2, learning_rate=0.5)
+  r = train.train_and_evaluate(config, tmp_path / "run", data_dir=data_dir)
+  assert r.split["val"] == [] and [h["step"] for h in r.history] == [20, 40]
+  summary = train.training_summary(r.history, config)
+  assert (summary["kept"], summary["best_epoch"]) == ("latest", 2)
+  assert summary["best_val_mean_tissue_dice"] is None
+  meta = checkpoint.read_meta(r.checkpoint_dir, "best")
+  assert (meta["epoch"], meta["kept"], meta["kept_epoch"]) == (1, "latest", 1)
+  latest = checkpoint.load_model(r.checkpoint_dir, which="latest").params
+  _leaves_equal(checkpoint.load_model(r.checkpoint_dir).params, latest)
+  _leaves_equal(r.params, latest)
