@@ -24,6 +24,11 @@ devices, jit inserting the cross-device sums of the pooled loss. The training
 batch must be a multiple of the device count (refused otherwise, see
 ``parallel.check_divisible``); evaluation batches are padded up to one.
 
+Time cap (``config.max_train_seconds``): checked after every step on process
+0's clock, and process 0's decision is broadcast, so every process runs the
+same steps (each deciding on its own clock could leave one waiting in a
+collective the others never enter).
+
 Checkpoints: one per epoch through :mod:`rodent_gbp.checkpoint` (Orbax); the
 params kept are the best by validation mean tissue Dice, or the latest when
 there are no validation animals.
@@ -41,6 +46,7 @@ from typing import Any, Callable
 from absl import logging
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -61,6 +67,9 @@ _RESUME_MUST_MATCH = ("animals", "image_size", "phantom_seed", "split_seed", "fe
                       "depth", "num_classes", "optimizer", "seed")
 
 dice_loss = losses.dice_loss  # its home was this module
+
+# The clock of the time cap (tests replace it to make processes disagree).
+_clock = time.perf_counter
 
 # ----------------------------------------------------------------------------
 # Learning rate and optimiser
@@ -198,6 +207,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
   metrics = {"loss": loss, "lr": learning_rate_fn(config)(state.step), **terms}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's ``flag`` on every process (a collective in multi-process runs)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.bool_(flag)))
 
 
 # ----------------------------------------------------------------------------
@@ -403,11 +419,11 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   eval_fn = jax.jit(functools.partial(losses.eval_step, model=model))
 
   # --- epochs ---
-  t_start = time.perf_counter()
+  t_start = _clock()
   out_of_time = False
   reserve = 0.0  # seconds the last validation + checkpoint took, kept for the next
   for epoch in range(start_epoch, config.epochs):
-    t_epoch = time.perf_counter()
+    t_epoch = _clock()
     step_losses = []
     for batch in data.iterate_batches(train_batches_in, config.batch_size,
                                       seed=config.seed, epoch=epoch, shuffle=True,
@@ -415,12 +431,12 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
       state, metrics = step_fn(state, parallel.shard_batch(parallel.local_share(batch, mesh),
                                                            mesh))
       step_losses.append(metrics["loss"])
-      if (config.max_train_seconds > 0
-          and time.perf_counter() - t_start + reserve > config.max_train_seconds):
+      if config.max_train_seconds > 0 and _agree(
+          _clock() - t_start + reserve > config.max_train_seconds):
         out_of_time = True
         break
     loss = float(np.mean(jax.device_get(step_losses)))
-    t_train_end = time.perf_counter()
+    t_train_end = _clock()
     train_seconds = t_train_end - t_epoch
     images_per_s = len(step_losses) * config.batch_size / max(train_seconds, 1e-9)
 
@@ -435,7 +451,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     else:
       score = -loss  # no validation animals: the latest epoch is kept
     record["val_mean_tissue_dice"] = score
-    record["seconds"] = time.perf_counter() - t_epoch
+    record["seconds"] = _clock() - t_epoch
     history.append(record)
 
     if not track_best or checkpoint.rank(score) >= checkpoint.rank(best_val):
@@ -447,8 +463,8 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     checkpoint.save(manager, epoch, _checkpoint_tree(state, best_val, epoch), meta,
                     score if track_best else None)
 
-    elapsed = time.perf_counter() - t_start
-    reserve = time.perf_counter() - t_train_end
+    elapsed = _clock() - t_start
+    reserve = _clock() - t_train_end
     remaining = (config.epochs - epoch - 1) * record["seconds"]
     if config.max_train_seconds > 0:
       remaining = min(remaining, max(config.max_train_seconds - elapsed, 0.0))

@@ -11,6 +11,15 @@ devices (each device's local loss and gradient, no cross-device mean), and the
 GBP removal pipeline (``pipeline.evaluate_volume``) on a tiny phantom animal.
 Writes every result to ``--out`` (npz) for the test to compare. In a
 multi-process run the one-device reference uses this process's first device.
+
+  python tests/_parallel_worker.py --devices 1 --out p0.npz --train_loop WORKDIR \
+      --data_dir DATA --coordinator 127.0.0.1:PORT --num_processes 2 --process_id 0
+
+With ``--train_loop`` it runs ``train.train_and_evaluate`` instead (smoke
+config, ``--epochs``, ``--max_train_seconds``) and writes its per-epoch steps
+and losses. The environment variable ``RODENT_GBP_TEST_CLOCK_RATE`` (test only)
+makes this process's training clock run that many times faster than the real
+one, so two processes can disagree about the time cap.
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ def _parse():
   p.add_argument("--meshes", default="one,all", help="one: first local device; all: every device")
   p.add_argument("--local_only", action="store_true",
                  help="also run the step without the cross-device mean (must differ)")
+  p.add_argument("--train_loop", default=None, help="workdir: run train_and_evaluate")
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--epochs", type=int, default=2)
+  p.add_argument("--max_train_seconds", type=float, default=0.0)
   return p.parse_args()
 
 
@@ -120,7 +133,26 @@ def local_only_step(mesh, model, config):
                                out_specs=(P(), P()), check_vma=False))
 
 
+def train_loop():
+  """train_and_evaluate on --data_dir; this process's clock skewed if asked."""
+  rate = float(os.environ.get("RODENT_GBP_TEST_CLOCK_RATE", "1"))
+  if rate != 1:
+    import time
+    t0 = time.perf_counter()
+    train._clock = lambda: t0 + rate * (time.perf_counter() - t0)
+  config = configs.override(configs.get_config("smoke"), animals=3, image_size=48,
+                            epochs=ARGS.epochs, max_train_seconds=ARGS.max_train_seconds)
+  r = train.train_and_evaluate(config, ARGS.train_loop, data_dir=ARGS.data_dir,
+                               log=lambda msg: print(msg, flush=True))
+  np.savez(ARGS.out, steps=np.array([h["step"] for h in r.history]),
+           losses=np.array([h["loss"] for h in r.history]),
+           partial=np.array([h["partial_epoch"] for h in r.history]))
+
+
 def main():
+  if ARGS.train_loop:
+    train_loop()
+    return
   config = configs.override(configs.get_config("smoke"), features=4, depth=2,
                             learning_rate=1.0, momentum=0.9, augment=True,
                             loss="dice_ce", batch_size=GLOBAL_BATCH, eval_batch_size=6)

@@ -10,7 +10,10 @@ process has one CPU device, so the many-device runs happen in subprocesses
 * 2 processes x 2 CPU devices joined by ``jax.distributed`` on 127.0.0.1 (gloo
   CPU collectives), each handing over only its rows of every batch.
 
-The 1-device results are the reference for both.
+The 1-device results are the reference for both. Two more two-process runs
+train for real: ``experiments/train.py`` (and its resume) against one process,
+and ``train.train_and_evaluate`` with clocks that disagree about
+``max_train_seconds`` (the worker's ``--train_loop``).
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _worker(args: list[str], log: pathlib.Path) -> subprocess.Popen:
-  env = dict(os.environ)
+def _worker(args: list[str], log: pathlib.Path, env_extra: dict | None = None
+            ) -> subprocess.Popen:
+  env = dict(os.environ, **(env_extra or {}))
   env.pop("XLA_FLAGS", None)
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("RODENT_GBP_JAX_CACHE", str(REPO / ".jax_cache"))
@@ -200,6 +204,49 @@ def test_two_processes_equal_one_process(runs):
     r = runs[p]
     assert _param_error(r, ref, "all/") <= RTOL
     _assert_pipeline_equal(r, "all/", ref)
+
+
+def test_time_cap_is_one_decision_for_all_processes(tmp_path):
+  """max_train_seconds on two processes whose clocks disagree.
+
+  Process 0's clock runs a million times fast (it is out of time after the
+  first step), process 1's is real (it never is, with a cap of 600 s). If each
+  process stopped on its own clock, process 1 would enter step 2's gradient
+  all-reduce while process 0 waits in the checkpoint's barrier: a hang (the
+  timeout below), or different step counts. Both must stop after step 1.
+  """
+  from rodent_gbp import phantom
+  phantom.write_phantom(tmp_path / "data", animals=3, seed=0, size=48)  # 20 steps / epoch
+  port = _free_port()
+  jobs = []
+  for pid in (0, 1):
+    args = ["--devices", "1", "--out", str(tmp_path / f"p{pid}.npz"),
+            "--train_loop", str(tmp_path / "run"), "--data_dir", str(tmp_path / "data"),
+            "--epochs", "2", "--max_train_seconds", "600",
+            "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+            "--process_id", str(pid)]
+    env_extra = {"RODENT_GBP_JAX_CACHE": ""}  # no cache: see the binary test below
+    if pid == 0:
+      env_extra["RODENT_GBP_TEST_CLOCK_RATE"] = "1e6"
+    jobs.append(_worker(args, tmp_path / f"p{pid}.log", env_extra))
+  try:
+    for pid, job in enumerate(jobs):
+      try:
+        rc = job.wait(timeout=240)
+      except subprocess.TimeoutExpired:
+        pytest.fail(f"process {pid} hung:\n{(tmp_path / f'p{pid}.log').read_text()[-3000:]}")
+      assert rc == 0, (tmp_path / f"p{pid}.log").read_text()[-3000:]
+  finally:
+    for job in jobs:
+      if job.poll() is None:
+        job.kill()
+  runs = [dict(np.load(tmp_path / f"p{pid}.npz")) for pid in (0, 1)]
+  for r in runs:
+    np.testing.assert_array_equal(r["steps"], [1])
+    np.testing.assert_array_equal(r["partial"], [True])
+  np.testing.assert_array_equal(runs[0]["losses"], runs[1]["losses"])
+  from rodent_gbp import checkpoint
+  assert checkpoint.read_meta(tmp_path / "run" / "checkpoints", "latest")["step"] == 1
 
 
 def test_train_binary_on_two_processes_matches_one(tmp_path, phantom_dir, binary):
