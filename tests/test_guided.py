@@ -471,11 +471,11 @@ def test_trained_network_differs_from_random(smoke_run, phantom_dir):
   assert cosine < 0.9, cosine
 
 
-def test_saliency_experiment_writes_maps_and_figure(smoke_run, phantom_dir, tmp_path):
+def test_saliency_experiment_writes_maps_and_figure(model_dir, phantom_dir, tmp_path):
   import json
   from rodent_gbp.studies import explain
-  summary = explain.run(smoke_run.checkpoint_dir, tmp_path, data_dir=phantom_dir,
-                        animal="rat00", slices=[20], shift=8)
+  summary = explain.run(model_dir, tmp_path, data_dir=phantom_dir, animal="rat00",
+                        slices=[20], shift=8)
   maps = np.load(tmp_path / "rat00_s20_maps.npy")
   shifted = np.load(tmp_path / "rat00_s20_shift8_maps.npy")
   assert maps.shape == shifted.shape == (4, 96, 96)
@@ -485,20 +485,3 @@ def test_saliency_experiment_writes_maps_and_figure(smoke_run, phantom_dir, tmp_
   # Fig. 3: the translated map is the translated map, up to the border band.
   entry = summary["slices"]["20"]
   assert entry["translation_rel_error_inner"] < 0.05 < entry["translation_rel_error_all"]
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--slices=20,40"], "slices [40] are not in 0..39"),
-    (["--shift=96"], "shift 96 must be smaller than the slice size 96 x 96"),
-    (["--animal=rat99"], "rat99"),
-])
-def test_saliency_binary_bad_input_is_one_error_line(args, fragment, smoke_run, phantom_dir,
-                                                      tmp_path, binary, capsys):
-  with pytest.raises(SystemExit) as e:
-    binary("saliency", [f"--checkpoint={smoke_run.checkpoint_dir}",
-                        f"--data_dir={phantom_dir}", f"--out_dir={tmp_path / 'out'}",
-                        "--animal=rat00", *args])
-  assert e.value.code == 2
-  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-  assert err[-1].startswith("error: ") and fragment in err[-1], err
-  assert not (tmp_path / "out").exists()
