@@ -8,7 +8,8 @@ Runs, on a mesh of ONE device and on a mesh of ALL devices of the run (every
 process's): three training steps with a large learning rate (the library's
 ``train.train_step``, jitted once per mesh), a deliberately wrong step on all
 devices (each device's local loss and gradient, no cross-device mean), and the
-GBP removal pipeline (``pipeline.evaluate_volume``) on a tiny phantom animal.
+GBP removal pipeline (template bank, ``pipeline.raw_pass``, the paper's
+placement, ``pipeline.remove_and_segment``) on a tiny phantom animal.
 Writes every result to ``--out`` (npz) for the test to compare. In a
 multi-process run the one-device reference uses this process's first device.
 
@@ -75,10 +76,13 @@ parallel.initialize_distributed(ARGS.coordinator, ARGS.num_processes, ARGS.proce
 
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from rodent_gbp import bank as bank_lib  # noqa: E402
+from rodent_gbp import bundle as bundle_lib  # noqa: E402
 from rodent_gbp import configs  # noqa: E402
 from rodent_gbp import model as model_lib  # noqa: E402
 from rodent_gbp import phantom  # noqa: E402
 from rodent_gbp import pipeline  # noqa: E402
+from rodent_gbp import placement  # noqa: E402
 from rodent_gbp import train  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -172,22 +176,33 @@ def main():
     for k, v in jax.tree_util.tree_leaves_with_path(params):
       out[f"{name}/params{jax.tree_util.keystr(k)}"] = v
 
-    # The pipeline with the initial params (3 steps at lr 1 collapse to all
-    # background; the initial net labels every class but GM). Batch 6 divides
-    # neither the 40 slices nor 8 devices: both kinds of padding are used.
-    options = pipeline.PlacementOptions.from_config(config)
-    bank = pipeline.build_template_bank(model, state0.params, train_vols, options=options,
-                                        batch_size=config.eval_batch_size, mesh=mesh)
-    ev = pipeline.evaluate_volume(model, state0.params, test_vol, bank, options=options,
-                                  batch_size=config.eval_batch_size, mesh=mesh)
-    out[f"{name}/bank_gradients"] = bank.gradients
-    for way in ("none", "manual", "gbp"):
-      out[f"{name}/counts_{way}"] = ev["counts"][way]
-      out[f"{name}/labels_{way}"] = ev["labels"][way]
-    for key in ("displacement", "placed", "ceiling_shift", "ceiling_dice", "gradient",
-                "signal", "correlation"):
-      out[f"{name}/{key}"] = ev[key]
-    out[f"{name}/brain_counts_gbp"] = ev["brain_counts"]["gbp"]
+    # The removal pipeline with the initial params (3 steps at lr 1 collapse
+    # to all background; the initial net labels every class but GM): template
+    # bank, raw pass, the paper's placement, removal and segmentation again.
+    # Batch 6 divides neither the 40 slices nor 8 devices: both kinds of
+    # padding are used.
+    b = 6
+    templates = bank_lib.build_template_bank(model, state0.params, train_vols,
+                                             batch_size=b, mesh=mesh)
+    bundle = bundle_lib.Bundle(
+        networks={"tissue": bundle_lib.Network(config=config, params=state0.params)},
+        normalisation={"method": "fixed", "scale": 1.0}, bank=templates,
+        voxel_size=np.array([0.375, 0.5, 0.375]), voxel_size_source="phantom")
+    raw = pipeline.raw_pass(test_vol.image, bundle=bundle, batch_size=b, mesh=mesh)
+    placed = placement.place_paper(test_vol.image, bundle=bundle, gradient=raw["gradient"],
+                                   batch_size=b, mesh=mesh)
+    manual = placement.Placement(mask=test_vol.brainmask)
+    out[f"{name}/bank_gradients"] = templates.gradients
+    out[f"{name}/bank_appearance"] = templates.appearance
+    out[f"{name}/labels_none"] = raw["labels"]
+    out[f"{name}/gradient"] = raw["gradient"]
+    for way, where in (("manual", manual), ("gbp", placed)):
+      out[f"{name}/labels_{way}"] = pipeline.remove_and_segment(
+          test_vol.image, where, bundle=bundle, batch_size=b, mesh=mesh)
+    out[f"{name}/displacement"] = placed.displacement
+    out[f"{name}/placed"] = placed.mask
+    for key in ("signal", "correlation"):
+      out[f"{name}/{key}"] = placed.details[key]
 
   if ARGS.local_only:
     mesh = meshes["all"]
