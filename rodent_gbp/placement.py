@@ -204,14 +204,19 @@ def place_paper(slices: np.ndarray, *, bundle, options: PaperOptions | None = No
 
 #: The shipped improved reading (``gbp_improved``). Locate: log GBP gradient
 #: image of the raw test slice against the reference animal's raw-slice log
-#: GBP gradient image (brain plus a 6-pixel ring), zero-mean NCC, one
+#: GBP gradient image (brain plus a 2-pixel ring), zero-mean NCC, one
 #: displacement per volume. Choose: every training animal's mask at the slice
 #: and +-2 neighbours, 5 scales, scored by zero-mean NCC with the plain
-#: intensity (mask plus a 2-pixel ring) within 2 pixels of it. How these
-#: settings were chosen: ``rodent_gbp.studies.improved``.
+#: intensity (mask plus a 2-pixel ring) within 1 pixel of it; the removal mask
+#: is the chosen mask dilated by 1 pixel. The margins, the choice radius and
+#: the dilation were chosen on the default run's validation animals (rat02,
+#: rat07) by ``experiments/select_improved.py``
+#: (``experiments/results/default/selection/``): choice margin 2 and dilation 1
+#: won; locating margins 2-8 and choice radii 1-3 tied, and the first of the
+#: grid was taken.
 IMPROVED = search.ImprovedOptions(signal="log", template="appearance", score="zncc",
-                                  margin=6, volume=True, dilate=1, choice="intensity",
-                                  choice_margin=2)
+                                  margin=2, volume=True, dilate=1, choice="intensity",
+                                  choice_margin=2, choice_radius=1)
 
 #: The ``intensity`` placer: the same search, located by the plain intensity.
 INTENSITY = dataclasses.replace(IMPROVED, signal="intensity", template="mask", margin=2)
