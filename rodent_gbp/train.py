@@ -13,10 +13,13 @@ Optimiser: SGD with momentum and Keras' time-based decay
 (:func:`learning_rate_fn`); ``paper`` uses lr0 3e-4, decay 1.5e-6, momentum 0.9,
 batch 5.
 
-Batches: training uses the data layer's ``iterate_batches`` with
-``drop_remainder=True`` (the last partial batch of an epoch is dropped; the
-order is reshuffled from (seed, epoch), so every slice is seen over epochs).
-Evaluation pads the last batch and masks the padding out of the counts.
+Batches: the training slices are placed on the devices once (replicated), and
+each step gathers its batch there by index (:func:`indexed_train_step`). The
+rows of epoch e are those of ``data.iterate_batches`` with
+``drop_remainder=True`` (a permutation from (seed, epoch); the last partial
+batch is dropped, so every slice is seen over epochs): only the (steps, batch)
+int32 index array of the epoch crosses from the host. Evaluation pads the last
+batch and masks the padding out of the counts.
 
 Devices: batches are split over a ``parallel.make_mesh()`` mesh of all devices
 (and hosts) and the state is replicated; the same jitted step runs on 1 or N
@@ -209,6 +212,37 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
   return new_state, metrics
 
 
+def epoch_rows(n: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+  """(steps, batch_size) int32: the slice indices of every training step of ``epoch``.
+
+  Exactly the rows ``data.iterate_batches(..., shuffle=True,
+  drop_remainder=True)`` yields, in order (it is asked for them).
+  """
+  rows = data.iterate_batches({"row": np.arange(n, dtype=np.int32)}, batch_size,
+                              seed=seed, epoch=epoch, shuffle=True, drop_remainder=True)
+  return np.stack([b["row"] for b in rows])
+
+
+def indexed_train_step(state: TrainState, slices: dict[str, jax.Array], rows: jax.Array,
+                       i: jax.Array, *, model: model_lib.UNet, config: Config,
+                       sharding: jax.sharding.Sharding
+                       ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """:func:`train_step` on the batch ``slices[rows[i]]``, gathered on the devices.
+
+  Args:
+    state: current :class:`TrainState`.
+    slices: the whole training set, ``image`` (N, H, W, 1), ``label`` (N, H, W),
+      placed once (replicated).
+    rows: (steps, B) int32 from :func:`epoch_rows`.
+    i: () int, the step of the epoch.
+    model, config: as for :func:`train_step`.
+    sharding: how the batch is split over the devices (``P("data")``).
+  """
+  idx = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
+  batch = jax.lax.with_sharding_constraint({k: v[idx] for k, v in slices.items()}, sharding)
+  return train_step(state, batch, model=model, config=config)
+
+
 def _agree(flag: bool) -> bool:
   """Process 0's ``flag`` on every process (a collective in multi-process runs)."""
   if jax.process_count() == 1:
@@ -373,7 +407,6 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   if train_arrays is None:
     raise ValueError(f"no training animals in split {split}")
   image_shape = train_arrays["stripped"].shape[1:3]
-  train_batches_in = {"image": train_arrays["stripped"], "label": train_arrays["label"]}
   n_train = train_arrays["label"].shape[0]
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
@@ -382,7 +415,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   log(f"split {split}; {n_train} training slices of {image_shape}, "
       f"{steps_per_epoch} steps per epoch")
 
-  # --- devices, model, state, jitted steps ---
+  # --- devices, model, state, training set on the devices, jitted steps ---
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh)
   log(f"devices: {parallel.describe(mesh)}")
@@ -409,12 +442,15 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   elif resume:
     log(f"nothing to resume in {ckpt_dir}; starting from scratch")
   state = parallel.replicate(state, mesh)
+  slices = parallel.replicate(
+      {"image": train_arrays["stripped"], "label": train_arrays["label"]}, mesh)
   checkpoint.write_run_files(ckpt_dir, config=config, split=split,
                              normalisation=normalisation)
   manager = checkpoint.open_for_training(ckpt_dir, track_best=track_best,
                                          fresh=start_epoch == 0)
 
-  step_fn = jax.jit(functools.partial(train_step, model=model, config=config),
+  step_fn = jax.jit(functools.partial(indexed_train_step, model=model, config=config,
+                                      sharding=parallel.batch_sharding(mesh)),
                     donate_argnums=0)
   eval_fn = jax.jit(functools.partial(losses.eval_step, model=model))
 
@@ -424,12 +460,11 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   reserve = 0.0  # seconds the last validation + checkpoint took, kept for the next
   for epoch in range(start_epoch, config.epochs):
     t_epoch = _clock()
+    rows = parallel.replicate(
+        epoch_rows(n_train, config.batch_size, seed=config.seed, epoch=epoch), mesh)
     step_losses = []
-    for batch in data.iterate_batches(train_batches_in, config.batch_size,
-                                      seed=config.seed, epoch=epoch, shuffle=True,
-                                      drop_remainder=True):
-      state, metrics = step_fn(state, parallel.shard_batch(parallel.local_share(batch, mesh),
-                                                           mesh))
+    for i in range(steps_per_epoch):
+      state, metrics = step_fn(state, slices, rows, np.int32(i))
       step_losses.append(metrics["loss"])
       if config.max_train_seconds > 0 and _agree(
           _clock() - t_start + reserve > config.max_train_seconds):

@@ -187,6 +187,44 @@ def test_dice_from_counts_nan_policy():
   assert np.isnan(d[1])
 
 
+# ------------------------------------------- the device-resident epoch --
+
+def test_epoch_rows_are_the_data_layers_batches():
+  n, b = 23, 4
+  for epoch in (0, 3):
+    rows = train.epoch_rows(n, b, seed=5, epoch=epoch)
+    want = [x["i"] for x in data.iterate_batches({"i": np.arange(n)}, b, seed=5,
+                                                  epoch=epoch, shuffle=True,
+                                                  drop_remainder=True)]
+    assert rows.shape == (n // b, b) and rows.dtype == np.int32
+    np.testing.assert_array_equal(rows, np.stack(want))
+  # A permutation per epoch: no slice twice, epochs differ.
+  assert len(set(train.epoch_rows(n, b, seed=5, epoch=0).ravel())) == (n // b) * b
+  assert not np.array_equal(train.epoch_rows(n, b, seed=5, epoch=0),
+                            train.epoch_rows(n, b, seed=5, epoch=1))
+
+
+def test_indexed_step_is_the_step_on_the_gathered_batch():
+  config = configs.override(configs.get_config("smoke"), augment=True)
+  model = model_lib.build_unet(config)
+  rng = np.random.default_rng(1)
+  slices = {"image": rng.normal(size=(6, 16, 16, 1)).astype(np.float32),
+            "label": rng.integers(0, 4, (6, 16, 16)).astype(np.int32)}
+  rows = np.array([[4, 0], [5, 2], [1, 3]], np.int32)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  indexed = jax.jit(functools.partial(train.indexed_train_step, model=model, config=config,
+                                      sharding=sharding))
+  plain = jax.jit(functools.partial(train.train_step, model=model, config=config))
+  a = b = train.create_train_state(config, jax.random.PRNGKey(0), (16, 16))
+  for i in range(3):
+    a, ma = indexed(a, slices, rows, np.int32(i))
+    b, mb = plain(b, {k: v[rows[i]] for k, v in slices.items()})
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+  assert int(a.step) == 3
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+                         a.params, b.params)
+
+
 # ------------------------------------------------------- checkpoint module --
 
 def _import_graph() -> dict[str, set[str]]:
