@@ -165,9 +165,11 @@ def run(batch: int, size: int, repeats: int, features: int = 16, depth: int = 3,
     fn()
   times = {name: [] for name in variants}
   load_before = os.getloadavg()
+  usage_before = _cpu_usage()
   for _ in range(repeats):
     for name, fn in variants.items():
       times[name].append(_timed(fn))
+  others = _other_jobs_share(usage_before, _cpu_usage())
   load_after = os.getloadavg()
 
   median = {k: statistics.median(v) for k, v in times.items()}
@@ -221,9 +223,37 @@ def run(batch: int, size: int, repeats: int, features: int = 16, depth: int = 3,
           "platform": platform.platform(), "python": platform.python_version(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "loadavg_before": load_before, "loadavg_after": load_after,
-          "note": "shared machine; other jobs ran concurrently (see loadavg)",
+          "other_jobs_cpu_share": others,
+          "busy": others is not None and others > _BUSY,
+          "note": ("shared machine; other_jobs_cpu_share is the share of all cores "
+                   "that other processes used during the timed repeats; above "
+                   f"{_BUSY} PyTorch's threads lose far more than XLA's, and "
+                   "the ratios to Captum are not comparable"),
       },
   }
+
+
+# Share of the cores other processes may use before a run counts as busy.
+_BUSY = 0.1
+
+
+def _cpu_usage():
+  """(busy seconds of all cores, this process's CPU seconds, wall seconds)."""
+  try:
+    ticks = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+  except OSError:
+    return None
+  busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+  own = os.times()
+  return busy, own.user + own.system, time.perf_counter()
+
+
+def _other_jobs_share(before, after) -> float | None:
+  """Share of all cores that other processes used between two ``_cpu_usage``."""
+  if before is None or after is None:
+    return None
+  busy, own, wall = (a - b for a, b in zip(after, before))
+  return max(0.0, (busy - own) / (wall * os.cpu_count()))
 
 
 def _cpu_model() -> str:
@@ -258,6 +288,10 @@ def main(argv=None) -> None:
                                            "max_rel_logit_difference",
                                            "captum_conv_backward_output_masks",
                                            "targets_met")}, indent=2))
+  env = record["environment"]
+  if env["busy"]:
+    print(f"warning: other jobs used {env['other_jobs_cpu_share']:.0%} of the cores while "
+          "timing; the ratios to Captum are not comparable (rerun on a quiet machine)")
   print(f"wrote {out}")
 
 
