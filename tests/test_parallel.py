@@ -281,7 +281,7 @@ def test_train_binary_on_two_processes_matches_one(tmp_path, phantom_dir, binary
   a second epoch: the two processes restore the shared checkpoint and must
   again agree with one process.
   """
-  env = dict(os.environ)
+  env = dict(os.environ, PYTHONPATH=str(REPO))  # this tree, whatever is installed
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env["JAX_PLATFORMS"] = "cpu"
   # No persistent compile cache here: only process 0 writes it, so process 1
