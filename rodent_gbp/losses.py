@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rodent_gbp import metrics
 from rodent_gbp import model as model_lib
 from rodent_gbp import parallel
 
@@ -87,15 +88,6 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, loss: str
   raise ValueError(f"unknown loss {loss!r}; use 'dice' or 'dice_ce'")
 
 
-def dice_from_counts(counts: jax.Array | np.ndarray) -> jax.Array:
-  """Dice 2TP / (2TP + FP + FN) from (..., 3) [TP, FP, FN]; NaN where 0 / 0."""
-  xp = jnp if isinstance(counts, jax.Array) else np
-  counts = counts.astype(xp.float32)
-  tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-  den = 2 * tp + fp + fn
-  return xp.where(den > 0, 2 * tp / xp.where(den > 0, den, 1), xp.nan)
-
-
 def eval_step(params: PyTree, batch: dict[str, jax.Array], *, model: model_lib.UNet
               ) -> dict[str, jax.Array]:
   """Per-slice confusion counts of the arg-max segmentation.
@@ -128,7 +120,7 @@ def eval_step(params: PyTree, batch: dict[str, jax.Array], *, model: model_lib.U
   fp = jnp.sum(p * (1 - t), axis=(1, 2))
   fn = jnp.sum((1 - p) * t, axis=(1, 2))
   counts = jnp.stack([tp, fp, fn], axis=-1)
-  return {"counts": counts, "dice": dice_from_counts(jnp.sum(counts, axis=0)),
+  return {"counts": counts, "dice": metrics.dice_from_counts(jnp.sum(counts, axis=0)),
           "pred": pred}
 
 
@@ -175,11 +167,11 @@ def evaluate(eval_fn: Callable, params: PyTree, arrays: dict[str, np.ndarray], *
   names = class_names[:counts.shape[1]]
   per_animal = {}
   for a in np.unique(arrays["animal"]):
-    d = dice_from_counts(counts[arrays["animal"] == a].sum(axis=0))
+    d = metrics.dice_from_counts(counts[arrays["animal"] == a].sum(axis=0))
     per_animal[int(a)] = dict(zip(names, map(float, d)))
   mean_animals = {c: float(np.nanmean([v[c] for v in per_animal.values()]))
                   for c in names}
-  pooled = dict(zip(names, map(float, dice_from_counts(counts.sum(axis=0)))))
+  pooled = dict(zip(names, map(float, metrics.dice_from_counts(counts.sum(axis=0)))))
   tissue = [mean_animals[c] for c in names[1:]]
   return {"dice": pooled, "dice_per_animal": per_animal,
           "dice_mean_over_animals": mean_animals,
