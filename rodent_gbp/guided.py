@@ -198,11 +198,11 @@ def _cached_target(target: Target, num_classes: int, batch: int):
 def _target_select(target: Target, region: Any, num_classes: int, images_shape):
   """``(static spec, select data)`` for :func:`_saliency_core`.
 
-  A hashable target (an int, "all", a tuple of ints, ``("argmax", c)``, a
-  callable) is normalised and its selection arrays are made once
+  A hashable target (an int, "all", a tuple or list of ints, ``("argmax",
+  c)``, a callable) is normalised and its selection arrays are made once
   (:func:`_cached_target`): a repeated call with the same target does no spec
   work; only a ``region=`` array, which is data, is converted per call.
-  Unhashable targets (a list, ``("region", mask, c)`` with an array mask) are
+  Unhashable targets (``("region", mask, c)`` with an array mask) are
   normalised on every call.
   """
   if isinstance(target, list):
