@@ -4,9 +4,9 @@
 * :func:`segmentation_loss`: the loss a config names, ``"dice"`` or
   ``"dice_ce"`` (soft Dice + mean pixel cross-entropy, the ``default``).
 * :func:`eval_step` / :func:`evaluate`: hard (arg-max) Dice of a set of
-  slices from per-slice confusion counts, pooled and per animal;
-  :func:`dice_from_counts` with NaN for a class absent from truth and
-  prediction.
+  slices from per-slice confusion counts, pooled and per animal
+  (``metrics.dice_from_counts``: NaN for a class absent from truth and
+  prediction).
 """
 
 from __future__ import annotations
