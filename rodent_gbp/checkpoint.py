@@ -116,6 +116,15 @@ def read_config(checkpoint_dir: PathLike) -> configs.Config:
     raise CheckpointError(f"config.json in {d} does not describe a Config: {e}") from None
 
 
+def read_split(checkpoint_dir: PathLike) -> dict[str, list[str]]:
+  """The split stored in ``checkpoint_dir/split.json``."""
+  d = pathlib.Path(checkpoint_dir)
+  raw = _read_json(d / SPLIT_FILE)
+  if not isinstance(raw, dict):
+    raise CheckpointError(f"split.json in {d} is not a train / val / test object")
+  return {k: sorted(str(a) for a in raw.get(k, [])) for k in ("train", "val", "test")}
+
+
 # ----------------------------------------------------------------------------
 # The Orbax manager
 # ----------------------------------------------------------------------------

@@ -353,6 +353,29 @@ def load_dataset(root: str | pathlib.Path, **kw) -> list[Volume]:
   return [load_animal(p, **kw) for p in folders]
 
 
+def other_sessions(volume: Volume, **kw) -> list[Volume]:
+  """The further sessions of ``volume``'s animal (none for a one-session folder).
+
+  An animal folder's ``meta.json`` may list its sessions
+  (``{"sessions": {"1": ".", "2": "session2"}}``: the evaluated one is the
+  folder itself); the others are loaded here with ``load_animal`` (keyword
+  arguments go to it) and keep the animal's id, so a split by animal keeps
+  them with it.
+  """
+  sessions = volume.meta.get("sessions") or {}
+  image = volume.meta.get("source", {}).get("image")
+  if not sessions or image is None:
+    return []
+  folder = pathlib.Path(image).parent
+  out = []
+  for number, rel in sorted(sessions.items(), key=lambda kv: int(kv[0])):
+    if rel == ".":
+      continue
+    other = load_animal(folder / rel, **kw)
+    out.append(dataclasses.replace(other, animal_id=volume.animal_id))
+  return out
+
+
 # --- splits and batches --------------------------------------------------------
 
 def _round_half_up_fifth(n: int) -> int:
@@ -377,6 +400,58 @@ def split_animals(animal_ids, seed: int) -> dict[str, list[str]]:
   return {"train": sorted(order[n_test + n_val:]),
           "val": sorted(order[n_test:n_test + n_val]),
           "test": sorted(order[:n_test])}
+
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def check_split(split: Mapping[str, Any], animal_ids, *, source: str = "split") -> dict:
+  """A validated split ``{"train", "val", "test"}`` of ``animal_ids``.
+
+  Raises:
+    DataError (naming ``source``): a part missing or not a list of ids, an
+      unknown part, an id in two parts or twice, an id the dataset lacks, or
+      no training animal. Animals of the dataset left out of every part are
+      simply not used.
+  """
+  if not isinstance(split, Mapping):
+    raise DataError(f"{source}: a split is a JSON object with keys train, val, test")
+  unknown = sorted(set(split) - set(SPLIT_PARTS))
+  if unknown:
+    raise DataError(f"{source}: unknown keys {unknown} (expected train, val, test)")
+  out = {}
+  for part in SPLIT_PARTS:
+    ids = split.get(part, [])
+    if not isinstance(ids, list) or not all(isinstance(a, (str, int)) for a in ids):
+      raise DataError(f"{source}: {part!r} must be a list of animal ids")
+    out[part] = sorted(str(a) for a in ids)
+  seen: dict[str, str] = {}
+  for part in SPLIT_PARTS:
+    for a in out[part]:
+      if a in seen:
+        where = part if seen[a] == part else f"{seen[a]} and {part}"
+        raise DataError(f"{source}: animal {a!r} is listed twice ({where})")
+      seen[a] = part
+  known = {str(a) for a in animal_ids}
+  missing = sorted(set(seen) - known)
+  if missing:
+    raise DataError(f"{source}: animals {missing} are not in the dataset (it has "
+                    f"{', '.join(sorted(known))})")
+  if not out["train"]:
+    raise DataError(f"{source}: no training animals")
+  return out
+
+
+def read_split_file(path: str | pathlib.Path, animal_ids) -> dict[str, list[str]]:
+  """Reads and checks a split file: JSON ``{"train": [ids], "val": [ids], "test": [ids]}``."""
+  path = pathlib.Path(path)
+  try:
+    raw = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise DataError(f"{path}: split file not found") from None
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: not a JSON split file ({e})") from None
+  return check_split(raw, animal_ids, source=str(path))
 
 
 def stack_slices(volumes: list[Volume]) -> dict[str, np.ndarray]:

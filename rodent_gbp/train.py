@@ -285,8 +285,14 @@ class TrainResult:
   test_dice: dict | None = None
 
 
-def _load_data(config: Config, workdir: pathlib.Path, data_dir, log) -> tuple:
-  """Volumes (writing the phantom first when ``data_dir`` is None) and split."""
+def _load_data(config: Config, workdir: pathlib.Path, data_dir, log, split=None) -> tuple:
+  """Split, slice stacks and normalisation record (writing the phantom first
+  when ``data_dir`` is None).
+
+  ``split`` (checked against the dataset) replaces the seeded one. Training
+  stacks every session of a training animal (``data.other_sessions``);
+  validation and test use the animal's evaluated session only.
+  """
   if data_dir is None:
     data_dir = workdir / "data"
     if not any(data_dir.glob("*/meta.json")) and parallel.is_lead():
@@ -297,11 +303,19 @@ def _load_data(config: Config, workdir: pathlib.Path, data_dir, log) -> tuple:
     parallel.barrier("rodent_gbp:phantom")
   volumes = data.load_dataset(pathlib.Path(data_dir))
   ids = [v.animal_id for v in volumes]
-  split = data.split_animals(ids, config.split_seed)
+  if split is None:
+    split = data.split_animals(ids, config.split_seed)
+  else:
+    split = data.check_split(split, ids)
   by_id = dict(zip(ids, volumes))
   stacks = {}
   for part in ("train", "val", "test"):
     vols = [by_id[a] for a in split[part]]
+    if part == "train":
+      extra = [o for v in vols for o in data.other_sessions(v)]
+      if extra:
+        log(f"training on {len(extra)} further sessions of the training animals too")
+      vols = vols + extra
     stacks[part] = data.stack_slices(vols) if vols else None
   return split, stacks, normalisation_record(volumes)
 
@@ -376,6 +390,7 @@ def _fmt_dice(d: dict) -> str:
 
 
 def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool = False,
+                       split: dict | None = None,
                        log: Callable[[str], None] = logging.info) -> TrainResult:
   """Trains the U-Net of ``config``; validates and checkpoints every epoch.
 
@@ -391,6 +406,8 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
       ``max_train_seconds`` counts as done) instead of starting over. The
       stored config must agree on the data, split, network and seed fields
       (else ``CheckpointError``); epochs, learning rate etc. may change.
+    split: ``{"train", "val", "test"}`` animal ids (e.g. ``data.read_split_file``)
+      instead of the split drawn from ``config.split_seed``.
     log: receives one progress line per epoch.
 
   Returns:
@@ -402,7 +419,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   ckpt_dir = workdir / "checkpoints"
 
   # --- data: split by animal, skull-stripped slices for training ---
-  split, stacks, normalisation = _load_data(config, workdir, data_dir, log)
+  split, stacks, normalisation = _load_data(config, workdir, data_dir, log, split)
   train_arrays, val_arrays = stacks["train"], stacks["val"]
   if train_arrays is None:
     raise ValueError(f"no training animals in split {split}")
@@ -427,6 +444,11 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
   start_epoch = 0
   if resume and checkpoint.exists(ckpt_dir, "latest"):
     _check_resumable(checkpoint.read_config(ckpt_dir), config, ckpt_dir)
+    stored_split = checkpoint.read_split(ckpt_dir)
+    if stored_split != split:
+      raise checkpoint.CheckpointError(
+          f"cannot resume from {ckpt_dir}: its split {stored_split} differs from this "
+          f"run's {split}")
     template = _checkpoint_tree(state, 0.0, 0)
     tree, meta = checkpoint.restore(ckpt_dir, "latest", template)
     state = _state_from_tree(tree)
