@@ -152,17 +152,22 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
   Raises:
     DataError: a training animal has no brain mask.
   """
+  from rodent_gbp import scan
   mesh = parallel.make_mesh() if mesh is None else mesh
   params = parallel.replicate(params, mesh)
   classes = tuple(classes)
+  # Animals with fewer slices (mouse_epi: 16 or 17) fill the bank's rows by
+  # relative anterior-posterior position (scan.bank_slice_index).
+  n_bank = max(len(v.image) for v in volumes) if volumes else 0
+  rows = {v.animal_id: scan.bank_slice_index(n_bank, len(v.image)) for v in volumes}
   masks, grads, vols = [], [], []
   for v in volumes:
     if v.brainmask is None:
       raise DataError(f"template animal {v.animal_id}: no brain mask")
     stripped = (v.image * v.brainmask).astype(np.float32)[..., None]
     grads.append(_gradients(model, params, stripped, classes=classes, method=method,
-                            batch_size=batch_size, mesh=mesh))
-    masks.append(v.brainmask.astype(bool))
+                            batch_size=batch_size, mesh=mesh)[rows[v.animal_id]])
+    masks.append(v.brainmask.astype(bool)[rows[v.animal_id]])
     vols.append(int(v.brainmask.sum()))
   vols = np.asarray(vols)
   ref = median_animal(vols)
@@ -174,7 +179,7 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
     # Unit scaling adds a constant per slice to the log, which zero-mean NCC ignores.
     app[i] = np.asarray(enhance.log_gradient(_gradients(
         model, params, raw, classes=classes, method=method, batch_size=batch_size,
-        mesh=mesh)))
+        mesh=mesh)))[rows[volumes[i].animal_id]]
     available[i] = True
   return TemplateBank(animal_ids=[v.animal_id for v in volumes], masks=masks_a,
                       gradients=np.stack(grads).astype(np.float32), brain_volumes=vols,

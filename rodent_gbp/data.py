@@ -119,6 +119,12 @@ def _check_plane(plane: str) -> None:
     raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
 
 
+def plane_axes(plane: str = "coronal") -> tuple[int, int, int]:
+  """The RAS axes that become (S, H, W) of ``plane``'s slices."""
+  _check_plane(plane)
+  return _PLANE_AXES[plane]
+
+
 def to_slices(ras: np.ndarray, plane: str = "coronal") -> np.ndarray:
   """RAS+ volume (X, Y, Z) -> slices (S, H, W) of ``plane``."""
   _check_plane(plane)

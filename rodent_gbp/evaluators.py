@@ -6,7 +6,7 @@ they bound or score what a placer (``rodent_gbp.placement``) can do.
 * ``gbp_ceiling``: the paper's one reference mask at its best integer shift
   per slice (:func:`best_shift_dice`): no correlation can place it better.
 * ``oracle``: per slice, every candidate (training animal, slice offset,
-  scale) at its animal's true displacement, the best by Dice against the truth
+  scale) at its best integer shift, the best by Dice against the truth
   (:func:`oracle_counts`): what is left is shape mismatch, not placement.
 """
 
@@ -92,42 +92,50 @@ def true_displacements(test_displacement: np.ndarray, bank_displacements: np.nda
 
 
 @functools.partial(jax.jit, static_argnames=("offsets", "slice_batch"))
-def _oracle(true_mask: jax.Array, slice_index: jax.Array, masks: jax.Array,
-            shifts: jax.Array, *, offsets: tuple[int, ...], slice_batch: int = 8):
-  """Best candidate per slice with every animal at its true shift: counts (S, 4)."""
+def _oracle(true_mask: jax.Array, slice_index: jax.Array, masks: jax.Array, *,
+            offsets: tuple[int, ...], slice_batch: int = 4):
+  """Best candidate per slice, each at its best shift: counts (S, 4)."""
   num_animals, bank_slices, num_scales, h, w = masks.shape
   offsets_a = jnp.asarray(offsets, jnp.int32)
 
   def one(args):
     truth, s = args
     bs = jnp.clip(s + offsets_a, 0, bank_slices - 1)
-    m = masks[:, bs]                                        # (A, O, N, H, W)
-    sh = jnp.broadcast_to(shifts[:, None, None, :], m.shape[:3] + (2,))
-    placed = correlate.shift_image(m, sh).reshape(-1, h, w)
-    counts = metrics.binary_counts(placed, jnp.broadcast_to(truth, placed.shape),
-                                   axis=(-2, -1))           # (K, 4)
-    return counts[jnp.argmax(metrics.dice_from_counts(counts, empty=0.0))]
+    m = masks[:, bs].reshape(-1, h, w)                      # (A * O * N, H, W)
+    dice, _, overlap, inside = best_shift_dice(jnp.broadcast_to(truth, m.shape), m)
+    k = jnp.argmax(dice)
+    tp, placed = overlap[k], inside[k]
+    size = jnp.sum(truth.astype(jnp.float32))
+    return jnp.stack([tp, placed - tp, size - tp, h * w - placed - size + tp])
 
   return jax.lax.map(one, (true_mask, slice_index), batch_size=slice_batch)
 
 
-def oracle_counts(true_mask: np.ndarray, cands: Candidates, shifts: np.ndarray,
-                  *, slice_offsets: int = 2) -> tuple[np.ndarray, np.ndarray]:
-  """Brain counts of the oracle: true displacement, best template and scale.
+def oracle_counts(true_mask: np.ndarray, cands: Candidates, *,
+                  slice_index: np.ndarray | None = None, slice_offsets: int = 2
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Brain counts of the oracle: per slice the best training mask, slice offset,
+  scale and integer shift by Dice against the truth.
+
+  It needs no displacement truth (the shift is searched exhaustively, as in
+  :func:`best_shift_dice`), so it bounds every placer that picks one of these
+  candidates and moves it, on any data with a true brain mask.
 
   Args:
     true_mask: (S, H, W) bool.
     cands: the candidates (``CandidateBank.masks()``).
-    shifts: (A, 2) :func:`true_displacements`.
+    slice_index: (S,) bank slice of each slice (default 0..S-1).
+    slice_offsets: bank slices searched on each side of ``slice_index``.
   Returns:
     (counts (4,) [TP, FP, FN, TN] pooled over slices, per-slice Dice (S,),
     NaN where truth and the best candidate are both empty).
   """
   true_mask = np.asarray(true_mask, bool)
-  per_slice = np.asarray(_oracle(
-      jnp.asarray(true_mask), jnp.arange(len(true_mask), dtype=jnp.int32), cands.masks,
-      jnp.asarray(np.round(shifts), jnp.int32),
-      offsets=tuple(range(-slice_offsets, slice_offsets + 1))), np.int64)
+  if slice_index is None:
+    slice_index = np.arange(len(true_mask))
+  per_slice = np.round(np.asarray(_oracle(
+      jnp.asarray(true_mask), jnp.asarray(slice_index, jnp.int32), cands.masks,
+      offsets=tuple(range(-slice_offsets, slice_offsets + 1))))).astype(np.int64)
   return per_slice.sum(0), np.asarray(metrics.dice_from_counts(per_slice))
 
 

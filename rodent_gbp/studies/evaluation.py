@@ -7,8 +7,8 @@ For one test volume (labels and brain mask known), on its raw slices:
 * each placer of ``rodent_gbp.placement`` (``gbp`` = Table 1, ``gbp_improved``,
   ``intensity``): its removal mask, and the U-Net on the masked slices;
 * evaluators (``rodent_gbp.evaluators``): ``gbp_ceiling`` (the reference mask
-  at its best shift per slice) and ``oracle`` (true displacement, best
-  training mask, slice offset and scale).
+  at its best shift per slice) and ``oracle`` (per slice the best
+  training mask, slice offset, scale and shift).
 
 Counts are pooled over the slices of the animal; metrics per animal and the
 mean over animals come from ``rodent_gbp.metrics``.
@@ -32,8 +32,13 @@ SEARCH_PLACERS = ("gbp_improved", "intensity")
 
 
 def evaluate_volume(volume, *, bundle, placers: Sequence[str] = PLACERS,
-                    batch_size: int | None = None, oracle: bool = True) -> dict[str, Any]:
+                    batch_size: int | None = None, oracle: bool = True,
+                    removal: bool = True) -> dict[str, Any]:
   """Segments one test animal every way and scores it against its truth.
+
+  ``removal=False`` (a skull-stripped set: nothing to remove) evaluates only
+  ``none`` and ``manual`` and keeps the gradient image; no placer, ceiling or
+  oracle is run.
 
   Returns:
     dict with ``counts`` {none, manual, <placer>: (C, 4)}, ``brain_counts``
@@ -46,16 +51,23 @@ def evaluate_volume(volume, *, bundle, placers: Sequence[str] = PLACERS,
   """
   if volume.label is None or volume.brainmask is None:
     raise DataError(f"animal {volume.animal_id}: evaluation needs labels and a brain mask")
+  from rodent_gbp import scan
   b = bundle.bank
   images = volume.image.astype(np.float32)
   n = len(images)
-  slice_index = np.arange(n, dtype=np.int32)
-  raw, removals = pipeline.run(images, placers, bundle=bundle, slice_index=slice_index,
-                               batch_size=batch_size)
+  slice_index = scan.bank_slice_index(n, b.masks.shape[1])
+  raw, removals = pipeline.run(images, placers if removal else (), bundle=bundle,
+                               slice_index=slice_index, batch_size=batch_size)
   manual = pipeline.segment_slices(images * volume.brainmask, bundle=bundle,
                                    batch_size=batch_size)
   truth = volume.label.astype(np.int32)
   num_classes = bundle.network("tissue").config.num_classes
+  if not removal:
+    labels = {"none": raw["labels"], "manual": manual}
+    return {"animal_id": volume.animal_id, "labels": labels, "masks": {}, "placements": {},
+            "counts": {k: np.asarray(metrics.confusion_counts(v, truth, num_classes))
+                       for k, v in labels.items()},
+            "brain_counts": {}, "gradient": raw["gradient"], "slice_dice": {}}
   labels = {"none": raw["labels"], "manual": manual} | {
       k: r.labels for k, r in removals.items()}
   counts = {k: np.asarray(metrics.confusion_counts(v, truth, num_classes))
@@ -63,7 +75,7 @@ def evaluate_volume(volume, *, bundle, placers: Sequence[str] = PLACERS,
   masks = {k: r.placement.mask for k, r in removals.items()}
   brain_counts = {k: np.asarray(metrics.binary_counts(m, volume.brainmask))
                   for k, m in masks.items()}
-  ref_masks = b.masks[b.reference, np.clip(slice_index, 0, b.masks.shape[1] - 1)]
+  ref_masks = b.masks[b.reference, slice_index]
   ceil = evaluators.ceiling(volume.brainmask, ref_masks,
                             batch_size=batch_size or bundle.network().config.eval_batch_size)
   brain_counts["gbp_ceiling"] = ceil["counts"]
@@ -79,9 +91,10 @@ def evaluate_volume(volume, *, bundle, placers: Sequence[str] = PLACERS,
          "true_displacement": np.broadcast_to(
              bank_lib.recorded_displacement(volume) - b.displacements[b.reference], (n, 2)),
          "true_shifts": true_shifts}
-  if oracle and np.all(np.isfinite(true_shifts)):
-    counts_o, dice_o = evaluators.oracle_counts(volume.brainmask, cbank.masks(), true_shifts,
-                                                slice_offsets=placement_lib.IMPROVED.slice_offsets)
+  if oracle:
+    counts_o, dice_o = evaluators.oracle_counts(
+        volume.brainmask, cbank.masks(), slice_index=slice_index,
+        slice_offsets=placement_lib.IMPROVED.slice_offsets)
     out["brain_counts"]["oracle"] = counts_o
     out["oracle_dice"] = dice_o
   return out
