@@ -3,6 +3,10 @@
     python experiments/reproduce.py --workdir runs/main
     python experiments/reproduce.py --workdir runs/eval --checkpoint runs/main/checkpoints
     python experiments/reproduce.py --workdir runs/main --nofigures   # no PNG figures
+    python experiments/reproduce.py --dataset mouse_epi \
+        --data_root ../shared/data/mouse-epi --workdir runs/epi       # a public set
+    python experiments/reproduce.py --dataset mouse_t2_atlas --data_root DIR \
+        --split_file experiments/folds/mouse_t2_atlas/fold0.json --workdir runs/t2
 
 With --checkpoint the checkpoint's own config (its config.json) is used; a
 --config given as well must name that same config, else the run is refused.
@@ -25,6 +29,24 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/main", "Output folder.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Dataset folder (<animal>/image.nii.gz, labels.nii.gz, "
     "brainmask.nii.gz); default: write the synthetic phantom into the workdir.")
+_DATASET = flags.DEFINE_enum(
+    "dataset", None, ["mouse_epi", "mouse_t2_atlas"],
+    "A public set (rodent_gbp.datasets), converted once into --data_cache; "
+    "downloaded from its source at the pinned commit unless --data_root is given.")
+_DATA_ROOT = flags.DEFINE_string(
+    "data_root", None, "With --dataset: a local copy in the source's own layout (e.g. "
+    "../shared/data/mouse-epi); files it lacks are skipped and listed.")
+_DATA_CACHE = flags.DEFINE_string(
+    "data_cache", None, "With --dataset: where converted sets (and downloads) are kept. "
+    "Default: $RODENT_GBP_DATA_CACHE or ~/.cache/rodent_gbp/datasets.")
+_RESOLUTION = flags.DEFINE_enum(
+    "resolution", "paper", ["paper", "native"],
+    "With --dataset mouse_t2_atlas: paper (0.3 mm in-plane, every third coronal slice) "
+    "or native (0.15 mm); mouse_epi is never resampled.")
+_SPLIT_FILE = flags.DEFINE_string(
+    "split_file", None, 'JSON {"train": [ids], "val": [ids], "test": [ids]} replacing '
+    "the split drawn from the config's split_seed (e.g. a fold of "
+    "experiments/folds/).")
 _CONFIG = flags.DEFINE_enum(
     "config", "default", sorted(configs.CONFIGS),
     "Named configuration. With --checkpoint the checkpoint's stored config is "
@@ -68,7 +90,10 @@ def run_config() -> configs.Config:
 def main(argv):
   cli.begin(argv)
   reproduce.reproduce(run_config(), _WORKDIR.value,
-                      data_dir=_DATA_DIR.value, checkpoint=_CHECKPOINT.value,
+                      data_dir=_DATA_DIR.value, dataset=_DATASET.value,
+                      data_root=_DATA_ROOT.value, data_cache=_DATA_CACHE.value,
+                      resolution=_RESOLUTION.value, split=_SPLIT_FILE.value,
+                      checkpoint=_CHECKPOINT.value,
                       seed=_SEED.value, figures=_FIGURES.value,
                       log=lambda msg: print(msg, flush=True))
 

@@ -46,6 +46,8 @@ class DatasetInfo:
     citation: what to cite when using the set.
     manifest_text: the ``sha256  bytes  path`` lines.
     local_name: the folder name of a local copy (``../shared/data/<local_name>``).
+    skull_stripped: the images are zero outside the brain (nothing to remove:
+      a run reports the manual-removal table and saliency, not placement).
   """
 
   name: str
@@ -56,6 +58,7 @@ class DatasetInfo:
   citation: str
   manifest_text: str
   local_name: str
+  skull_stripped: bool = False
 
   @property
   def manifest(self) -> tuple[ManifestEntry, ...]:
@@ -84,7 +87,7 @@ class DatasetInfo:
     return {"dataset": self.name, "repository": self.repository,
             "commit": self.commit, "subdir": self.subdir, "source_url": self.source_url,
             "licence": self.licence, "citation": self.citation,
-            "manifest_sha256": self.manifest_sha256}
+            "manifest_sha256": self.manifest_sha256, "skull_stripped": self.skull_stripped}
 
 
 def parse_manifest(text: str, *, source: str = "manifest") -> tuple[ManifestEntry, ...]:
@@ -129,6 +132,7 @@ MOUSE_T2_ATLAS = DatasetInfo(
               "Frontiers in Neuroscience 13:11 (the rTg4510 in-vivo set)."),
     manifest_text=manifests.MOUSE_T2_ATLAS,
     local_name="mouse-t2-atlas",
+    skull_stripped=True,
 )
 
 DATASETS = {d.name: d for d in (MOUSE_EPI, MOUSE_T2_ATLAS)}

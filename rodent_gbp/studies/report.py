@@ -93,18 +93,31 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
               f"{tr['max_train_seconds']:g}) after {tr['epochs_completed']} of "
               f"{tr['epochs_planned']} epochs: these results depend on this machine's "
               "speed (rerun with a larger cap to compare runs).", ""]
-  lines += [
-      "## Table 1. After background removal with GBP (the paper's method)",
-      "",
-      _HEADER,
-      _row("brain", results["brain"]["gbp"], PAPER_TABLE1["brain"]),
-  ]
-  lines += [_row(c, t["gbp"].get(c), PAPER_TABLE1[c]) for c in ("wm", "gm", "csf")]
-  lines += ["", "## Table 2. After manual background removal (true brain mask)", "",
+  lines += data_lines(results.get("data") or {})
+  if "gbp" in t:
+    lines += [
+        "## Table 1. After background removal with GBP (the paper's method)",
+        "",
+        _HEADER,
+        _row("brain", results["brain"]["gbp"], PAPER_TABLE1["brain"]),
+    ]
+    lines += [_row(c, t["gbp"].get(c), PAPER_TABLE1[c]) for c in ("wm", "gm", "csf")]
+    lines.append("")
+  lines += ["## Table 2. After manual background removal (true brain mask)", "",
             _HEADER]
   lines += [_row(c, t["manual"].get(c), PAPER_TABLE2[c]) for c in ("wm", "gm", "csf")]
   lines += ["", "## Without background removal (paper Fig. 4)", "", _HEADER]
   lines += [_row(c, t["none"].get(c), None) for c in ("wm", "gm", "csf")]
+  baselines = {"all_gm": "every brain voxel gray matter (true brain mask)",
+               "mixture": "bias-corrected 3-class mixture alone (true brain mask)"}
+  for key, title in baselines.items():
+    if key in t:
+      lines += ["", f"## Baseline: {title}", "", _HEADER]
+      lines += [_row(c, t[key].get(c), None) for c in ("wm", "gm", "csf")]
+  if "gbp" not in t:
+    if results.get("absent"):
+      lines += ["", f"Not shown: {results['absent']}."]
+    return "\n".join(lines) + "\n"
   titles = {"gbp_improved": "After background removal with improved GBP placement",
             "intensity": "After background removal placed by intensity (no saliency)"}
   for key, title in titles.items():
@@ -115,21 +128,40 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
       lines += [_row(c, t[key].get(c), None) for c in ("wm", "gm", "csf")]
   b = results["brain"]
   pl = results.get("placement", {})
+  truth = pl.get("displacement_truth", True)
   lines += ["", "## Brain mask placement", "",
-            "Brain DSC of the removal mask (the mask applied before segmenting again).", "",
-            "| Placement | Brain DSC | mean abs error (px) |", "|---|---|---|"]
-  lines.append(f"| gbp: the paper's method | {_pct(b['gbp'].get('dsc'))} | "
-               f"{_fmt(pl.get('mean_abs_error_px'))} |")
-  if "gbp_ceiling" in b:
-    lines.append(f"| gbp_ceiling: reference mask at its best shift | "
-                 f"{_pct(b['gbp_ceiling'].get('dsc'))} | 0 by definition |")
-  for key, label in (("gbp_improved", "gbp_improved: improved GBP placement"),
-                     ("intensity", "intensity: the same search located by intensity"),
-                     ("oracle", "oracle: true displacement, best template")):
+            "Brain DSC of the removal mask (the mask applied before segmenting again)."
+            + ("" if truth else " The test animals record no acquisition displacement, "
+               "so there is no placement error column."), ""]
+  lines += (["| Placement | Brain DSC | mean abs error (px) |", "|---|---|---|"] if truth
+            else ["| Placement | Brain DSC |", "|---|---|"])
+  rows = [("gbp", "gbp: the paper's method", pl.get("mean_abs_error_px")),
+          ("gbp_ceiling", "gbp_ceiling: reference mask at its best shift", "0 by definition"),
+          ("gbp_improved", "gbp_improved: improved GBP placement",
+           pl.get("gbp_improved", {}).get("mean_abs_error_px")),
+          ("intensity", "intensity: the same search located by intensity",
+           pl.get("intensity", {}).get("mean_abs_error_px")),
+          ("oracle", "oracle: best template, scale and shift", "0 by definition")]
+  for key, label, err in rows:
     if key in b:
-      err = pl.get(key, {}).get("mean_abs_error_px") if key != "oracle" else 0.0
-      lines.append(f"| {label} | {_pct(b[key].get('dsc'))} | {_fmt(err)} |")
+      cell = (err if isinstance(err, str) else _fmt(err)) if truth else None
+      lines.append(f"| {label} | {_pct(b[key].get('dsc'))} |"
+                   + (f" {cell} |" if truth else ""))
   return "\n".join(lines) + "\n"
+
+
+def data_lines(data: Mapping[str, Any]) -> list[str]:
+  """What the tables were measured on, and what the tissue truth is."""
+  name = data.get("dataset")
+  if name is None:
+    return []
+  out = [f"Data: {name}" + (f" (commit {data['commit'][:12]})" if data.get("commit") else "")
+         + f"; tissue truth: {data.get('labels', 'labels')}."]
+  if "pseudo" in str(data.get("labels", "")):
+    out.append("Tissue DSC on this set is agreement with pseudo-labels (N4 bias correction "
+               "and a 3-class mixture inside the manual mask), not with anatomy; brain "
+               "DSC is against the manual brain masks, the real truth here.")
+  return out + [""]
 
 
 def _fmt(x) -> str:
