@@ -61,6 +61,7 @@ from rodent_gbp import losses
 from rodent_gbp import model as model_lib
 from rodent_gbp import parallel
 from rodent_gbp import phantom
+from rodent_gbp.errors import TrainingError
 
 Config = configs.Config
 PyTree = Any
@@ -94,13 +95,18 @@ def learning_rate_fn(config: Config) -> Callable[[jax.Array], jax.Array]:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """SGD with momentum (``paper``/``default``) or Adam, on the decayed lr."""
+  """SGD with momentum (``paper``/``default``) or Adam, on the decayed lr;
+  gradients first clipped to global norm ``config.clip_grad_norm`` when > 0."""
   lr = learning_rate_fn(config)
   if config.optimizer == "sgd":
-    return optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
-  if config.optimizer == "adam":
-    return optax.adam(lr)
-  raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+    opt = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
+  elif config.optimizer == "adam":
+    opt = optax.adam(lr)
+  else:
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
+  if config.clip_grad_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), opt)
+  return opt
 
 
 # ----------------------------------------------------------------------------
@@ -194,7 +200,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
     config: supplies ``loss``, ``augment`` and the optimiser settings.
 
   Returns:
-    (new state, metrics: loss, its terms, lr used by this update).
+    (new state, metrics: loss, its terms, lr used by this update, global
+    norm of the gradient before any clipping).
   """
   image, label = batch["image"], batch["label"]
   if config.augment:
@@ -207,7 +214,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: model_l
   (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "lr": learning_rate_fn(config)(state.step), **terms}
+  metrics = {"loss": loss, "lr": learning_rate_fn(config)(state.step),
+             "grad_norm": optax.tree.norm(grads), **terms}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
 
@@ -241,6 +249,26 @@ def indexed_train_step(state: TrainState, slices: dict[str, jax.Array], rows: ja
   idx = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
   batch = jax.lax.with_sharding_constraint({k: v[idx] for k, v in slices.items()}, sharding)
   return train_step(state, batch, model=model, config=config)
+
+
+def check_finite(losses_, grad_norms, *, config: Config, epoch: int, first_step: int,
+                 checkpoint_dir) -> None:
+  """Raises ``TrainingError`` at the first step of an epoch whose loss or
+  gradient is not finite (``first_step``: the global step of the epoch's first
+  update; steps are counted from 1)."""
+  bad = ~(np.isfinite(np.asarray(losses_)) & np.isfinite(np.asarray(grad_norms)))
+  if not bad.any():
+    return
+  i = int(np.argmax(bad))
+  what = "loss" if not np.isfinite(losses_[i]) else "gradient"
+  advice = ("lower learning_rate (now {lr:g})".format(lr=config.learning_rate)
+            + ("" if config.clip_grad_norm > 0 else
+               ", clip gradients (clip_grad_norm > 0, as the default config does)")
+            + ", or train with the default config")
+  raise TrainingError(
+      f"non-finite {what} at epoch {epoch + 1}, step {first_step + i + 1} "
+      f"(config {config.name!r}): training stopped; {advice}. The checkpoints of the "
+      f"earlier epochs in {checkpoint_dir} are kept, this epoch is not saved.")
 
 
 def _agree(flag: bool) -> bool:
@@ -484,21 +512,30 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     t_epoch = _clock()
     rows = parallel.replicate(
         epoch_rows(n_train, config.batch_size, seed=config.seed, epoch=epoch), mesh)
-    step_losses = []
+    step_losses, step_norms = [], []
     for i in range(steps_per_epoch):
       state, metrics = step_fn(state, slices, rows, np.int32(i))
       step_losses.append(metrics["loss"])
+      step_norms.append(metrics["grad_norm"])
       if config.max_train_seconds > 0 and _agree(
           _clock() - t_start + reserve > config.max_train_seconds):
         out_of_time = True
         break
-    loss = float(np.mean(jax.device_get(step_losses)))
+    step_losses, step_norms = jax.device_get((step_losses, step_norms))
+    try:
+      check_finite(step_losses, step_norms, config=config, epoch=epoch,
+                   first_step=int(state.step) - len(step_losses), checkpoint_dir=ckpt_dir)
+    except TrainingError:
+      manager.close()
+      raise
+    loss = float(np.mean(step_losses))
     t_train_end = _clock()
     train_seconds = t_train_end - t_epoch
     images_per_s = len(step_losses) * config.batch_size / max(train_seconds, 1e-9)
 
     record = {"epoch": epoch, "step": int(state.step), "loss": loss,
-              "lr": float(metrics["lr"]), "images_per_s": images_per_s,
+              "lr": float(metrics["lr"]), "grad_norm_max": float(np.max(step_norms)),
+              "grad_norm_median": float(np.median(step_norms)), "images_per_s": images_per_s,
               "train_seconds": train_seconds, "partial_epoch": out_of_time}
     if track_best:
       val = losses.evaluate(eval_fn, state.params, val_arrays,
@@ -526,6 +563,7 @@ def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool =
     if config.max_train_seconds > 0:
       remaining = min(remaining, max(config.max_train_seconds - elapsed, 0.0))
     log(f"epoch {epoch + 1}/{config.epochs} step {record['step']} loss {loss:.4f} "
+        f"grad norm {record['grad_norm_median']:.3g} (max {record['grad_norm_max']:.3g}) "
         f"val {_fmt_dice(record.get('val_dice', {}))} (mean {score:.4f}, best "
         f"{best_val:.4f}) {images_per_s:.1f} img/s, {elapsed:.0f} s elapsed, "
         f"ETA {remaining:.0f} s")

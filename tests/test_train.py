@@ -133,10 +133,31 @@ def test_one_real_step_lowers_the_loss():
   before = loss_of(state.params)
   step = jax.jit(functools.partial(train.train_step, model=model, config=config),
                  donate_argnums=0)
+  grads = jax.grad(lambda p: losses.segmentation_loss(
+      model.apply({"params": p}, batch["image"]), batch["label"], config.loss)[0])(state.params)
+  want_norm = np.sqrt(sum(float(np.sum(np.square(g))) for g in jax.tree.leaves(grads)))
   state, metrics = step(state, batch)
   assert float(metrics["loss"]) == pytest.approx(before, rel=1e-5)
+  assert float(metrics["grad_norm"]) == pytest.approx(want_norm, rel=1e-4)
   assert int(state.step) == 1
   assert loss_of(state.params) < before
+
+
+def test_clipping_scales_a_large_gradient_to_the_norm():
+  c = configs.override(configs.get_config("paper"), clip_grad_norm=1.0)
+  assert configs.get_config("paper").clip_grad_norm == 0.0   # the paper clips nothing
+  assert configs.get_config("default").clip_grad_norm > 0
+  tx = train.make_optimizer(c)
+  p = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(1, jnp.float32)}
+  g = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([4.0])}     # global norm 5
+  u, s = tx.update(g, tx.init(p), p)
+  lr = float(train.learning_rate_fn(c)(0))
+  np.testing.assert_allclose(u["a"], [-lr * 3 / 5, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(u["b"], [-lr * 4 / 5], rtol=1e-6)
+  small = {"a": jnp.array([0.3, 0.0]), "b": jnp.array([0.4])}  # norm 0.5: untouched
+  u2, _ = tx.update(small, s, p)
+  np.testing.assert_allclose(u2["b"], [-float(train.learning_rate_fn(c)(1)) * (0.4 + 0.9 * 0.8)],
+                             rtol=1e-6)
 
 
 def test_augment_is_deterministic_and_flips_label_with_image():
@@ -445,3 +466,21 @@ def test_without_validation_animals_the_latest_is_kept(tmp_path):
   latest = checkpoint.load_model(r.checkpoint_dir, which="latest").params
   _leaves_equal(checkpoint.load_model(r.checkpoint_dir).params, latest)
   _leaves_equal(r.params, latest)
+
+
+def test_a_planted_exploding_step_stops_training(phantom_dir, tmp_path, monkeypatch):
+  # The 41st update (epoch 2: 30 steps per epoch) sees an infinite image.
+  planted = 40
+  step = train.train_step
+
+  def exploding(state, batch, **kw):
+    scale = jnp.where(state.step == planted, jnp.inf, 1.0)
+    return step(state, batch | {"image": batch["image"] * scale}, **kw)
+
+  monkeypatch.setattr(train, "train_step", exploding)
+  config = configs.override(configs.get_config("smoke"), epochs=3, augment=False)
+  with pytest.raises(errors.TrainingError, match=r"non-finite loss at epoch 2, step 41"):
+    train.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
+  meta = checkpoint.read_meta(tmp_path / "checkpoints", "latest")
+  assert meta["epoch"] == 0 and np.isfinite(meta["history"][0]["loss"])
+  assert meta["history"][0]["grad_norm_max"] > 0
