@@ -326,3 +326,120 @@ def test_prepare_data_binary(binary, t2_copy, tmp_path, capsys):
                             str(tmp_path / "nowhere"), "--out", str(tmp_path)])
   assert e.value.code == 2
   assert "nowhere" in capsys.readouterr().err
+
+
+# --- the main job on real scans (smoke config, two animals of each set) ----------------
+
+
+def _smoke(**changes):
+  from rodent_gbp import configs
+  return configs.override(configs.get_config("smoke"), **changes)
+
+
+def test_reproduce_on_mouse_epi_without_displacement_truth(epi, tmp_path, binary):
+  import csv
+  import warnings
+  from rodent_gbp.studies import reproduce
+  folder, copy, _ = epi
+  split = tmp_path / "split.json"
+  split.write_text(json.dumps({"train": ["05"], "val": [], "test": ["10"]}))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)   # no "Mean of empty slice"
+    r = reproduce.reproduce(_smoke(), tmp_path / "run", dataset="mouse_epi", data_root=copy,
+                            data_cache=folder.parent, split=str(split), figures=False,
+                            log=lambda _: None)
+  run = tmp_path / "run"
+  assert r["split"] == {"train": ["05"], "val": [], "test": ["10"]}
+  info = datasets.get("mouse_epi")
+  assert (r["data"]["dataset"], r["data"]["commit"], r["data"]["manifest_sha256"]) == (
+      "mouse_epi", info.commit, info.manifest_sha256)
+  assert r["data"]["labels"] == "pseudo-labels" and not r["data"]["skull_stripped"]
+  assert set(r["brain"]) == {"gbp", "gbp_improved", "intensity", "gbp_ceiling", "oracle"}
+  # The oracle searches every candidate at every shift; the reference mask at
+  # its own slice, scale 1, is one of them (up to the aligned bank's cropping).
+  assert r["brain"]["oracle"]["dsc"] >= r["brain"]["gbp_ceiling"]["dsc"] - 0.01
+  assert r["placement"]["displacement_truth"] is False
+  assert "mean_abs_error_px" not in r["placement"]
+  with open(run / "per_slice.csv") as f:
+    header = next(csv.reader(f))
+  assert "abs_error_px" not in header and "dy" in header
+  tables = (run / "tables.md").read_text()
+  assert "mean abs error" not in tables and "pseudo-labels" in tables
+  # The mixture baseline is left out where the labels are that mixture.
+  assert "all_gm" in r["tables"] and "mixture" not in r["tables"]
+  with open(run / "per_animal.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [row["animal"] for row in rows] == ["10"]
+  assert float(rows[0]["gbp_brain_dsc"]) == pytest.approx(r["brain"]["gbp"]["dsc"])
+  # Session 2 of the training animal trained too: 2 x 17 slices, batch 4.
+  assert r["training"]["history"][0]["step"] == 34 // 4
+  # A split naming an animal the set lacks is refused, naming the file.
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({"train": ["05"], "test": ["99"]}))
+  with pytest.raises(SystemExit) as e:
+    binary("reproduce", ["--dataset", "mouse_epi", "--data_root", str(copy), "--data_cache",
+                         str(folder.parent), "--split_file", str(bad), "--config", "smoke",
+                         "--workdir", str(tmp_path / "bad")])
+  assert e.value.code == 2
+
+
+def test_reproduce_on_a_skull_stripped_set_reports_what_applies(t2_copy, tmp_path):
+  from rodent_gbp.studies import reproduce
+  split = {"train": [T2_MICE[0]], "val": [], "test": [T2_MICE[1]]}
+  r = reproduce.reproduce(_smoke(eval_batch_size=16), tmp_path / "run",
+                          dataset="mouse_t2_atlas", data_root=t2_copy,
+                          data_cache=tmp_path / "cache", split=split, log=lambda _: None)
+  run = tmp_path / "run"
+  assert r["data"]["skull_stripped"] and "skull-stripped" in r["absent"]
+  assert "placement" not in r and "ablation" not in r and r["brain"] == {}
+  assert {"none", "manual", "all_gm", "mixture"} <= set(r["tables"])
+  assert "gbp" not in r["tables"]
+  assert not (run / "placement.md").exists() and not (run / "per_slice.csv").exists()
+  assert (run / "figures" / "fig3_translation.png").is_file()
+  assert not (run / "figures" / "fig7_alignment.png").exists()
+  assert "Not shown: the images are skull-stripped" in (run / "tables.md").read_text()
+  # All-GM baseline by hand: GM DSC = 2 |GM| / (|GM| + |brain|), WM and CSF 0.
+  v = data.load_animal(pathlib.Path(r["data"]["folder"]) / T2_MICE[1])
+  gm, brain = int((v.label == 2).sum()), int(v.brainmask.sum())
+  gm_dsc = r["per_animal"][T2_MICE[1]]["all_gm"]["gm"]["dsc"]
+  assert gm_dsc == pytest.approx(2 * gm / (gm + brain))
+  assert r["per_animal"][T2_MICE[1]]["all_gm"]["wm"]["dsc"] == 0.0
+
+
+def test_split_files_and_fold_files_are_checked(tmp_path):
+  from rodent_gbp.studies import crossval
+  ids = ["a", "b", "c"]
+  cases = {"missing.json": None, "bad.json": "{not json",
+           "twice.json": {"train": ["a"], "test": ["a"]},
+           "unknown.json": {"train": ["a"], "test": ["z"]},
+           "empty.json": {"train": [], "test": ["a"]},
+           "key.json": {"train": ["a"], "tset": ["b"]}}
+  for name, content in cases.items():
+    path = tmp_path / name
+    if content is not None:
+      path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(DataError, match=name):
+      data.read_split_file(path, ids)
+  for n in (7, 18, 22):
+    folds = crossval.make_folds([f"{i:02d}" for i in range(n)], k=5, seed=0)
+    tested = sorted(a for f in folds for a in f["test"])
+    assert tested == [f"{i:02d}" for i in range(n)]
+    for f in folds:
+      assert not set(f["train"]) & set(f["val"]) and not set(f["val"]) & set(f["test"])
+      assert len(f["train"]) + len(f["val"]) + len(f["test"]) == n and f["val"]
+  assert crossval.make_folds(list("abcdefg"), seed=3) == crossval.make_folds(
+      list("gfedcba"), seed=3)
+
+
+@pytest.mark.parametrize("name", ["mouse_epi", "mouse_t2_atlas"])
+def test_committed_fold_files_cover_the_local_copies(name):
+  from rodent_gbp.studies import crossval
+  folds = crossval.read_fold_file(REPO / "experiments" / "folds" / f"{name}.json")
+  assert folds["dataset"] == name and len(folds["folds"]) == 5
+  assert folds["folds"] == crossval.make_folds(folds["animals"], k=5, seed=folds["seed"])
+  copy = DATA / datasets.get(name).local_name
+  if name == "mouse_epi":
+    present = {p.name.split("_")[1] for p in (copy / "masks").glob("mask_*_1_*.nii")}
+  else:
+    present = {p.name[:-len(".nii.gz")] for p in (copy / "label").glob("*.nii.gz")}
+  assert set(folds["animals"]) == present
