@@ -272,7 +272,7 @@ def test_time_cap_is_one_decision_for_all_processes(tmp_path):
   assert checkpoint.read_meta(tmp_path / "run" / "checkpoints", "latest")["step"] == 1
 
 
-def test_train_binary_on_two_processes_matches_one(tmp_path, phantom_dir, binary):
+def test_train_binary_on_two_processes_matches_one(tmp_path, binary):
   """experiments/train.py with --coordinator_address etc., for real.
 
   Two processes share one workdir (only process 0 writes shared files, both
@@ -287,6 +287,9 @@ def test_train_binary_on_two_processes_matches_one(tmp_path, phantom_dir, binary
   # No persistent compile cache here: only process 0 writes it, so process 1
   # would compile what process 0 loads and reach the first collective more
   # than gloo's 30 s context deadline later.
+  from rodent_gbp import phantom
+  phantom_dir = tmp_path / "data"
+  phantom.write_phantom(phantom_dir, animals=3, seed=0, size=48)  # 20 steps / epoch
 
   def two_processes(extra):
     port = _free_port()
