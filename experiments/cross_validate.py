@@ -21,6 +21,7 @@ from absl import flags
 from rodent_gbp import cli
 from rodent_gbp import configs
 from rodent_gbp import data
+from rodent_gbp import datasets
 from rodent_gbp import fileio
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
@@ -35,8 +36,9 @@ _DATA_ROOT = flags.DEFINE_string(
     "../shared/data/mouse-epi); default: download the set.")
 _DATA_CACHE = flags.DEFINE_string("data_cache", None, "Where converted sets are kept "
                                   "(default $RODENT_GBP_DATA_CACHE or ~/.cache/rodent_gbp).")
-_RESOLUTION = flags.DEFINE_enum("resolution", "paper", ["paper", "native"],
-                                "mouse_t2_atlas grid (experiments/reproduce.py).")
+_RESOLUTION = flags.DEFINE_enum("resolution", "paper", list(datasets.RESOLUTIONS),
+                                "mouse_t2_atlas grid: paper (0.3 mm in-plane), fine (0.15 mm "
+                                "in-plane), both every third coronal slice; native.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _FOLDS = flags.DEFINE_string("folds", None, "Fold file (default "
                              "experiments/folds/<dataset>.json).")
@@ -61,7 +63,6 @@ def _log(msg: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {argv[1:]}")
-  from rodent_gbp import datasets
   folds_path = pathlib.Path(_FOLDS.value or _FOLDS_DIR / f"{_DATASET.value}.json")
   folder = datasets.prepare(_DATASET.value, data_root=_DATA_ROOT.value,
                             cache_dir=_DATA_CACHE.value, resolution=_RESOLUTION.value, log=_log)

@@ -26,9 +26,10 @@ _DATA_ROOT = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", None, "Cache folder for the converted set (and "
                            "downloads). Default: $RODENT_GBP_DATA_CACHE or "
                            "~/.cache/rodent_gbp/datasets.")
-_RESOLUTION = flags.DEFINE_enum("resolution", "paper", ["paper", "native"],
+_RESOLUTION = flags.DEFINE_enum("resolution", "paper", list(datasets.RESOLUTIONS),
                                 "paper: near the paper's grid (mouse_t2_atlas at 0.3 mm "
-                                "in-plane, every third coronal slice); native: as "
+                                "in-plane, every third coronal slice); fine: those "
+                                "slices at the native 0.15 mm in-plane grid; native: as "
                                 "published. mouse_epi is never resampled.")
 _BASE_URL = flags.DEFINE_string("base_url", None, "Download from <base_url>/<path> "
                                 "instead of the source repository's raw files.")

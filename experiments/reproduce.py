@@ -20,6 +20,7 @@ from absl import flags
 
 from rodent_gbp import cli
 from rodent_gbp import configs
+from rodent_gbp import datasets
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import reproduce
 
@@ -40,9 +41,9 @@ _DATA_CACHE = flags.DEFINE_string(
     "data_cache", None, "With --dataset: where converted sets (and downloads) are kept. "
     "Default: $RODENT_GBP_DATA_CACHE or ~/.cache/rodent_gbp/datasets.")
 _RESOLUTION = flags.DEFINE_enum(
-    "resolution", "paper", ["paper", "native"],
-    "With --dataset mouse_t2_atlas: paper (0.3 mm in-plane, every third coronal slice) "
-    "or native (0.15 mm); mouse_epi is never resampled.")
+    "resolution", "paper", list(datasets.RESOLUTIONS),
+    "With --dataset mouse_t2_atlas: paper (0.3 mm in-plane) or fine (0.15 mm in-plane), "
+    "both every third coronal slice, or native (0.15 mm); mouse_epi is never resampled.")
 _SPLIT_FILE = flags.DEFINE_string(
     "split_file", None, 'JSON {"train": [ids], "val": [ids], "test": [ids]} replacing '
     "the split drawn from the config's split_seed (e.g. a fold of "

@@ -94,7 +94,7 @@ def test_unknown_names_and_bad_manifests_are_refused(tmp_path):
   with pytest.raises(UsageError, match="mouse_epi"):
     datasets.get("rat_t2")
   with pytest.raises(UsageError, match="resolution"):
-    datasets.prepare("mouse_t2_atlas", data_root=T2, cache_dir=tmp_path, resolution="fine")
+    datasets.prepare("mouse_t2_atlas", data_root=T2, cache_dir=tmp_path, resolution="coarse")
   with pytest.raises(ValueError, match="line 1"):
     datasets.registry.parse_manifest("abc  12  x\n")
 
@@ -293,6 +293,22 @@ def test_t2_paper_grid(t2_copy, tmp_path):
   volume = data.load_animal(folder / mouse)
   np.testing.assert_array_equal(volume.brainmask, volume.label > 0)
   assert set(np.unique(volume.label)) == {0, 1, 2, 3}
+
+
+def test_t2_fine_grid_is_every_third_native_slice(t2_copy, tmp_path):
+  folder = datasets.prepare("mouse_t2_atlas", data_root=t2_copy, cache_dir=tmp_path,
+                            resolution="fine", log=None)
+  assert "-fine-" in folder.name
+  mouse = T2_MICE[0]
+  img = nib.load(folder / mouse / "image.nii.gz")
+  assert img.shape == (112, 43, 80)
+  np.testing.assert_allclose(img.header.get_zooms(), (0.15, 0.45, 0.15), atol=1e-5)
+  image, structures = _source(mouse)
+  np.testing.assert_array_equal(np.asarray(img.dataobj), image[:, 1::3, :].astype(np.float32))
+  labels = np.asarray(nib.load(folder / mouse / "labels.nii.gz").dataobj)
+  np.testing.assert_array_equal(labels, mouse_t2_atlas.tissue_lut()[structures[:, 1::3, :]])
+  native = nib.load(T2 / f"template_after_brain_extraction/{mouse}.nii.gz").affine
+  np.testing.assert_allclose(img.affine @ [5, 7, 9, 1], native @ [5, 22, 9, 1], atol=1e-5)
 
 
 def test_block_vote_breaks_ties_toward_the_rarer_class():

@@ -17,13 +17,14 @@ Entry points::
   datasets.fetch("mouse_epi", "downloads/mouse-epi")   # the source's own layout
 """
 
-from rodent_gbp.datasets.cache import CONVERTER_VERSIONS, cache_key, default_cache_dir, prepare
+from rodent_gbp.datasets.cache import (CONVERTER_VERSIONS, RESOLUTIONS, cache_key,
+                                       default_cache_dir, prepare)
 from rodent_gbp.datasets.download import FileCheck, fetch, sha256_file, verify_copy
 from rodent_gbp.datasets.mouse_epi import session_dirs
 from rodent_gbp.datasets.registry import DATASETS, NAMES, DatasetInfo, ManifestEntry, get
 
 __all__ = [
-    "CONVERTER_VERSIONS", "DATASETS", "DatasetInfo", "FileCheck", "ManifestEntry", "NAMES",
+    "CONVERTER_VERSIONS", "DATASETS", "RESOLUTIONS", "DatasetInfo", "FileCheck", "ManifestEntry", "NAMES",
     "cache_key", "default_cache_dir", "fetch", "get", "prepare", "session_dirs",
     "sha256_file", "verify_copy",
 ]

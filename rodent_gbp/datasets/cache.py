@@ -25,7 +25,7 @@ from rodent_gbp.datasets import download, mouse_epi, mouse_t2_atlas, pseudo_labe
 from rodent_gbp.datasets.registry import get
 from rodent_gbp.errors import UsageError
 
-RESOLUTIONS = ("paper", "native")
+RESOLUTIONS = mouse_t2_atlas.RESOLUTIONS
 CONVERTER_VERSIONS = {"mouse_epi": mouse_epi.CONVERTER_VERSION * 100
                       + pseudo_labels.METHOD_VERSION,
                       "mouse_t2_atlas": mouse_t2_atlas.CONVERTER_VERSION}
@@ -83,8 +83,9 @@ def prepare(name: str, *, data_root: str | os.PathLike | None = None,
       ``../shared/data/mouse-epi``), or None to download.
     cache_dir: where converted folders (and downloads) live; default
       :func:`default_cache_dir`.
-    resolution: ``"paper"`` (near the paper's grid) or ``"native"``; only
-      ``mouse_t2_atlas`` is resampled (``mouse_t2_atlas`` docstring).
+    resolution: ``"paper"`` (near the paper's grid), ``"fine"`` (its slices at
+      the native in-plane grid) or ``"native"``; only ``mouse_t2_atlas`` is
+      resampled (``mouse_t2_atlas`` docstring).
     log: progress lines, or None for silence.
     base_url: where downloads come from (``download.fetch``); ignored with
       ``data_root``.
