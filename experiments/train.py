@@ -23,6 +23,8 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue from <workdir>/checkpoint
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Override config.epochs.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override config.learning_rate.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override config.batch_size.")
+_CLIP = flags.DEFINE_float("clip_grad_norm", None,
+                           "Override config.clip_grad_norm (global gradient norm; 0: no clipping).")
 cli.define_distributed_flags()
 
 
@@ -30,7 +32,8 @@ cli.define_distributed_flags()
 def main(argv):
   cli.begin(argv)
   config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
-                            learning_rate=_LR.value, batch_size=_BATCH.value)
+                            learning_rate=_LR.value, batch_size=_BATCH.value,
+                            clip_grad_norm=_CLIP.value)
   train.train_and_evaluate(config, _WORKDIR.value, data_dir=_DATA_DIR.value,
                            resume=_RESUME.value,
                            log=lambda msg: print(msg, flush=True))

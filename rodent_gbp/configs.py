@@ -89,10 +89,13 @@ _DEFAULT = Config(
     epochs=15,
     max_train_seconds=600.0,
     # Global gradient norm per step, measured without clipping (median / max
-    # over an epoch's steps): phantom epochs 1-2 0.60 / 1.98, 1.03 / 1.79;
-    # mouse_epi (14 training animals, both sessions) epochs 1-4 0.60 / 5.18,
-    # 0.69 / 4.80, 0.88 / 4.19, 0.83 / 2.65. At 2 ordinary steps pass as they
-    # are and the spikes of real scans are cut to about twice the median.
+    # over an epoch's steps): phantom (10 animals, 48 steps per epoch) epochs
+    # 1-3 0.60 / 1.98, 1.03 / 1.79, 0.79 / 2.22 (90th percentile 1.41, 1.63,
+    # 1.66; 1 of the 144 steps above 2); mouse_epi (14 training animals, both
+    # sessions) epochs 1-4 0.60 / 5.18, 0.69 / 4.80, 0.88 / 4.19, 0.83 / 2.65.
+    # At 2 ordinary steps pass as they are (with it the phantom's epochs 1-2
+    # train bit for bit as without) and the spikes of real scans are cut to
+    # about twice the median.
     clip_grad_norm=2.0,
 )
 
