@@ -10,8 +10,14 @@ Dice; ``"dice_ce"`` (the ``default``), soft Dice + mean pixel cross-entropy.
 
 Optimiser: SGD with momentum and Keras' time-based decay
 ``lr_t = lr0 / (1 + decay * t)``, t = number of updates already applied
-(:func:`learning_rate_fn`); ``paper`` uses lr0 3e-4, decay 1.5e-6, momentum 0.9,
-batch 5.
+(:mod:`rodent_gbp.optim`); ``paper`` uses lr0 3e-4, decay 1.5e-6, momentum 0.9,
+batch 5, no clipping; ``default`` clips the gradient to global norm 2 first.
+
+Non-finite stop: each step reports its gradient's global norm (before any
+clipping); at the end of an epoch the gathered per-step losses and norms are
+checked (``optim.check_finite``) and the first non-finite step stops training
+with a ``TrainingError`` before that epoch is validated or checkpointed. The
+history records the median and max gradient norm of every epoch.
 
 Batches: the training slices are placed on the devices once (replicated), and
 each step gathers its batch there by index (:func:`indexed_train_step`). The
@@ -59,6 +65,7 @@ from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import losses
 from rodent_gbp import model as model_lib
+from rodent_gbp import optim
 from rodent_gbp import parallel
 from rodent_gbp import phantom
 from rodent_gbp.errors import TrainingError
@@ -75,39 +82,10 @@ dice_loss = losses.dice_loss  # its home was this module
 # The clock of the time cap (tests replace it to make processes disagree).
 _clock = time.perf_counter
 
-# ----------------------------------------------------------------------------
-# Learning rate and optimiser
-# ----------------------------------------------------------------------------
-
-
-def learning_rate_fn(config: Config) -> Callable[[jax.Array], jax.Array]:
-  """Time-based decay ``lr_t = lr0 / (1 + decay * t)``, t = update count.
-
-  The first update uses t = 0 (optax evaluates the schedule before counting),
-  as Keras' SGD ``decay`` argument does.
-  """
-  lr0, decay = config.learning_rate, config.decay
-
-  def schedule(t: jax.Array) -> jax.Array:
-    return lr0 / (1.0 + decay * jnp.asarray(t, jnp.float32))
-
-  return schedule
-
-
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """SGD with momentum (``paper``/``default``) or Adam, on the decayed lr;
-  gradients first clipped to global norm ``config.clip_grad_norm`` when > 0."""
-  lr = learning_rate_fn(config)
-  if config.optimizer == "sgd":
-    opt = optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov)
-  elif config.optimizer == "adam":
-    opt = optax.adam(lr)
-  else:
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'")
-  if config.clip_grad_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), opt)
-  return opt
-
+# The optimiser and the non-finite stop live in rodent_gbp.optim.
+learning_rate_fn = optim.learning_rate_fn
+make_optimizer = optim.make_optimizer
+check_finite = optim.check_finite
 
 # ----------------------------------------------------------------------------
 # State and steps
@@ -249,26 +227,6 @@ def indexed_train_step(state: TrainState, slices: dict[str, jax.Array], rows: ja
   idx = jax.lax.dynamic_index_in_dim(rows, i, keepdims=False)
   batch = jax.lax.with_sharding_constraint({k: v[idx] for k, v in slices.items()}, sharding)
   return train_step(state, batch, model=model, config=config)
-
-
-def check_finite(losses_, grad_norms, *, config: Config, epoch: int, first_step: int,
-                 checkpoint_dir) -> None:
-  """Raises ``TrainingError`` at the first step of an epoch whose loss or
-  gradient is not finite (``first_step``: the global step of the epoch's first
-  update; steps are counted from 1)."""
-  bad = ~(np.isfinite(np.asarray(losses_)) & np.isfinite(np.asarray(grad_norms)))
-  if not bad.any():
-    return
-  i = int(np.argmax(bad))
-  what = "loss" if not np.isfinite(losses_[i]) else "gradient"
-  advice = ("lower learning_rate (now {lr:g})".format(lr=config.learning_rate)
-            + ("" if config.clip_grad_norm > 0 else
-               ", clip gradients (clip_grad_norm > 0, as the default config does)")
-            + ", or train with the default config")
-  raise TrainingError(
-      f"non-finite {what} at epoch {epoch + 1}, step {first_step + i + 1} "
-      f"(config {config.name!r}): training stopped; {advice}. The checkpoints of the "
-      f"earlier epochs in {checkpoint_dir} are kept, this epoch is not saved.")
 
 
 def _agree(flag: bool) -> bool:
