@@ -9,6 +9,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rodent_gbp import checkpoint
@@ -158,6 +159,77 @@ def test_clipping_scales_a_large_gradient_to_the_norm():
   u2, _ = tx.update(small, s, p)
   np.testing.assert_allclose(u2["b"], [-float(train.learning_rate_fn(c)(1)) * (0.4 + 0.9 * 0.8)],
                              rtol=1e-6)
+  # The paper's optimiser passes the same large gradient unclipped.
+  paper = train.make_optimizer(configs.get_config("paper"))
+  u, _ = paper.update(g, paper.init(p), p)
+  np.testing.assert_allclose(u["a"], [-lr * 3, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(u["b"], [-lr * 4], rtol=1e-6)
+  # Clipping leaves the optimiser state's structure as it is, so a checkpoint
+  # trained without clipping resumes with it (and the other way round).
+  assert jax.tree.structure(tx.init(p)) == jax.tree.structure(paper.init(p))
+
+
+def test_a_clipped_step_applies_the_clipped_gradient():
+  # Oracle: the gradient by hand, clipped with numpy, one SGD step (momentum's
+  # first step is the plain gradient step).
+  base = configs.override(configs.get_config("smoke"), augment=False)
+  model = model_lib.build_unet(base)
+  batch = _tiny_batch()
+  state = train.create_train_state(base, jax.random.PRNGKey(0), (16, 16))
+  grads = jax.device_get(jax.grad(lambda p: losses.segmentation_loss(
+      model.apply({"params": p}, batch["image"]), batch["label"], base.loss)[0])(state.params))
+  norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in jax.tree.leaves(grads)))
+  clip = float(norm) / 4
+  config = configs.override(base, clip_grad_norm=clip)
+  lr0 = float(train.learning_rate_fn(config)(0))
+  want = jax.tree.map(lambda p, g: np.asarray(p) - lr0 * np.asarray(g) * (clip / norm),
+                      jax.device_get(state.params), grads)
+  step = jax.jit(functools.partial(train.train_step, model=model, config=config))
+  new, metrics = step(state, batch)
+  assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-4)  # before clipping
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7),
+               jax.device_get(new.params), want)
+  moved = np.sqrt(sum(np.sum(np.square(np.asarray(a) - np.asarray(b), dtype=np.float64))
+                      for a, b in zip(jax.tree.leaves(jax.device_get(new.params)),
+                                      jax.tree.leaves(jax.device_get(state.params)))))
+  assert moved == pytest.approx(lr0 * clip, rel=1e-3)
+
+
+def test_a_stored_config_without_clip_grad_norm_loads_unclipped():
+  # Checkpoints written before the field existed trained without clipping.
+  for name in ("default", "paper", "smoke"):
+    stored = configs.get_config(name).to_dict()
+    del stored["clip_grad_norm"]
+    loaded = configs.from_dict(stored)
+    assert loaded.clip_grad_norm == 0.0
+    assert configs.differences(loaded, configs.get_config(name),
+                               ignore=("clip_grad_norm",)) == {}
+
+
+def test_check_finite_names_the_first_bad_step_and_what_to_change(tmp_path):
+  ok = np.ones(5, np.float32)
+  smoke, default = configs.get_config("smoke"), configs.get_config("default")
+  train.check_finite(ok, ok, config=smoke, epoch=0, first_step=0, checkpoint_dir=tmp_path)
+  norms = np.array([1.0, 2.0, np.nan, np.inf, 1.0], np.float32)
+  losses_ = np.array([0.5, 0.4, 0.3, np.nan, np.nan], np.float32)
+  with pytest.raises(errors.TrainingError) as e:
+    train.check_finite(losses_, norms, config=smoke, epoch=2, first_step=10,
+                       checkpoint_dir=tmp_path)
+  msg = str(e.value)
+  # Steps 11-15 of the run; the third (step 13) has a finite loss, a NaN gradient.
+  assert "non-finite gradient at epoch 3, step 13 (config 'smoke')" in msg
+  for advice in ("--learning_rate, now 0.05", "clip_grad_norm > 0", "--clip_grad_norm",
+                 "default clips at 2", "or train with the default config",
+                 f"earlier epochs in {tmp_path} are kept"):
+    assert advice in msg, advice
+  # A run that already clips, with the default config: only the learning rate is left.
+  with pytest.raises(errors.TrainingError) as e:
+    train.check_finite(losses_, ok, config=default, epoch=0, first_step=0,
+                       checkpoint_dir=tmp_path)
+  msg = str(e.value)
+  assert "non-finite loss at epoch 1, step 4" in msg and "--learning_rate" in msg
+  assert "clip_grad_norm" not in msg and "default config" not in msg
+  assert f"No epoch was completed, so {tmp_path} holds no checkpoint" in msg
 
 
 def test_augment_is_deterministic_and_flips_label_with_image():
@@ -346,6 +418,7 @@ def test_smoke_run_end_to_end(smoke_run):
   h = r.history[-1]
   assert h["step"] == 120 // r.config.batch_size  # 3 train animals x 40 slices
   assert np.isfinite(h["loss"]) and h["images_per_s"] > 0
+  assert 0 < h["grad_norm_median"] <= h["grad_norm_max"] < np.inf
   assert set(h["val_dice"]) == {"background", "wm", "gm", "csf"}
   assert r.best_val_dice == pytest.approx(h["val_mean_tissue_dice"])
   assert sorted(sum(r.split.values(), [])) == [f"rat{i:02d}" for i in range(5)]
@@ -449,6 +522,19 @@ def test_max_train_seconds_stops_early(smoke_run, phantom_dir, tmp_path):
   assert len(r.history) == 1 and r.history[0]["partial_epoch"]
   assert r.history[0]["step"] == 1  # the limit is checked after every step
   assert checkpoint.exists(r.checkpoint_dir, "latest")
+  # The epoch's one step: its gradient norm, recomputed from the initial state
+  # on the epoch's first batch, is the epoch's max and median.
+  volumes = {v.animal_id: v for v in data.load_dataset(phantom_dir)}
+  stack = data.stack_slices([volumes[a] for a in r.split["train"]])
+  rows = train.epoch_rows(len(stack["label"]), config.batch_size, seed=config.seed, epoch=0)
+  image, label = stack["stripped"][rows[0]], stack["label"][rows[0]]
+  model = model_lib.build_unet(config)
+  state = train.create_train_state(config, jax.random.PRNGKey(config.seed), image.shape[1:3])
+  grads = jax.grad(lambda p: losses.segmentation_loss(
+      model.apply({"params": p}, image), label, config.loss)[0])(state.params)
+  norm = float(optax.tree.norm(grads))
+  assert r.history[0]["grad_norm_max"] == pytest.approx(norm, rel=1e-4)
+  assert r.history[0]["grad_norm_median"] == r.history[0]["grad_norm_max"]
 
 
 def test_without_validation_animals_the_latest_is_kept(tmp_path):
@@ -479,8 +565,12 @@ def test_a_planted_exploding_step_stops_training(phantom_dir, tmp_path, monkeypa
 
   monkeypatch.setattr(train, "train_step", exploding)
   config = configs.override(configs.get_config("smoke"), epochs=3, augment=False)
-  with pytest.raises(errors.TrainingError, match=r"non-finite loss at epoch 2, step 41"):
+  with pytest.raises(errors.TrainingError, match=r"non-finite loss at epoch 2, step 41"
+                     r" \(config 'smoke'\): training stopped; lower the learning rate.*"
+                     r"clip gradients.*earlier epochs in .*checkpoints are kept"):
     train.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
   meta = checkpoint.read_meta(tmp_path / "checkpoints", "latest")
   assert meta["epoch"] == 0 and np.isfinite(meta["history"][0]["loss"])
+  on_disk = [d.name for d in (tmp_path / "checkpoints" / checkpoint.EPOCHS_DIR).iterdir()]
+  assert on_disk == ["0"]  # epoch 2 (index 1) was neither validated nor saved
   assert meta["history"][0]["grad_norm_max"] > 0
