@@ -2,7 +2,7 @@
 
   python experiments/saliency.py --checkpoint=<workdir>/model \
       [--data_dir=<dataset>] [--animal=rat07] [--slices=14,20,26] [--shift=8] \
-      [--method=guided] --out_dir=<folder>
+      [--method=guided] [--score=probability] --out_dir=<folder>
 
 Writes per-class maps and probabilities (.npy), one figure per slice as the
 paper's Figs. 2-3, and saliency.json (how well the translated input's map
@@ -28,6 +28,10 @@ _ANIMAL = flags.DEFINE_string("animal", None, "Animal id; default the first test
 _SLICES = flags.DEFINE_list("slices", ["14", "20", "26"], "Coronal slice indices.")
 _SHIFT = flags.DEFINE_integer("shift", 8, "Translation (voxels, both axes) of the second input.")
 _METHOD = flags.DEFINE_enum("method", "guided", list(guided.METHODS), "Saliency method.")
+_SCORE = flags.DEFINE_enum(
+    "score", None, list(guided.SCORES),
+    "Saliency target: the sum of the class's softmax probability (the paper's) or of its "
+    "logit; default the model config's saliency_score.")
 _STRIPPED = flags.DEFINE_bool("stripped", False, "Zero the input outside the brain mask.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
@@ -38,7 +42,8 @@ def main(argv):
     raise UsageError(f"unexpected arguments: {argv[1:]}")
   summary = explain.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
                         animal=_ANIMAL.value, slices=_SLICES.value, shift=_SHIFT.value,
-                        method=_METHOD.value, stripped=_STRIPPED.value)
+                        method=_METHOD.value, stripped=_STRIPPED.value,
+                        score=_SCORE.value)
   print(fileio.dumps_json(summary), end="")
 
 

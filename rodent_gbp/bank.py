@@ -117,11 +117,12 @@ def scale_to_unit(g: jax.Array) -> jax.Array:
   return jnp.where(peak > 0, g / jnp.where(peak > 0, peak, 1.0), 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "classes", "method"))
+@functools.partial(jax.jit, static_argnames=("model", "classes", "method", "score"))
 def unit_gradient_image(params, images: jax.Array, *, model, classes=(1, 2, 3),
-                        method: str = "guided") -> jax.Array:
+                        method: str = "guided", score: str = "probability") -> jax.Array:
   """Unit-scaled gradient images (B, H, W) of slices (B, H, W, 1) (the bank's kind)."""
-  g = guided.gradient_image(model, params, images, classes=classes, method=method)
+  g = guided.gradient_image(model, params, images, classes=classes, method=method,
+                            score=score)
   return scale_to_unit(g)
 
 
@@ -131,14 +132,17 @@ def recorded_displacement(volume) -> np.ndarray:
   return np.asarray(d, np.float64) if d is not None else np.full(2, np.nan)
 
 
-def _gradients(model, params, images: np.ndarray, *, classes, method, batch_size, mesh):
+def _gradients(model, params, images: np.ndarray, *, classes, method, score, batch_size,
+               mesh):
   return parallel.run_batched(
-      lambda x: unit_gradient_image(params, x, model=model, classes=classes, method=method),
+      lambda x: unit_gradient_image(params, x, model=model, classes=classes, method=method,
+                                    score=score),
       {"x": images}, batch_size, mesh)["out"]
 
 
 def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
                         classes: Sequence[int] = (1, 2, 3), method: str = "guided",
+                        score: str = "probability",
                         appearance_animals: Sequence[int] | None = None,
                         batch_size: int = 40, mesh=None) -> TemplateBank:
   """Template bank from training volumes (with brain masks).
@@ -147,12 +151,16 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
   slice (DESIGN.md: shape template), so the template has no artifacts; the
   appearance on the raw slices of ``appearance_animals`` (bank indices;
   default the reference only: each animal costs a saliency pass).
-  ``mesh`` (default: all devices) splits each batch over devices.
+  ``mesh`` (default: all devices) splits each batch over devices. ``method``,
+  ``classes`` and ``score`` (``guided.SCORES``) are the gradient image's, as
+  a config's ``saliency_method``, ``gradient_classes`` and ``saliency_score``.
 
   Raises:
     DataError: a training animal has no brain mask.
   """
   from rodent_gbp import scan
+  if score not in guided.SCORES:
+    raise ValueError(f"score must be one of {guided.SCORES}, got {score!r}")
   mesh = parallel.make_mesh() if mesh is None else mesh
   params = parallel.replicate(params, mesh)
   classes = tuple(classes)
@@ -165,7 +173,7 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
     if v.brainmask is None:
       raise DataError(f"template animal {v.animal_id}: no brain mask")
     stripped = (v.image * v.brainmask).astype(np.float32)[..., None]
-    grads.append(_gradients(model, params, stripped, classes=classes, method=method,
+    grads.append(_gradients(model, params, stripped, classes=classes, method=method, score=score,
                             batch_size=batch_size, mesh=mesh)[rows[v.animal_id]])
     masks.append(v.brainmask.astype(bool)[rows[v.animal_id]])
     vols.append(int(v.brainmask.sum()))
@@ -178,7 +186,7 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
     raw = volumes[i].image[..., None].astype(np.float32)
     # Unit scaling adds a constant per slice to the log, which zero-mean NCC ignores.
     app[i] = np.asarray(enhance.log_gradient(_gradients(
-        model, params, raw, classes=classes, method=method, batch_size=batch_size,
+        model, params, raw, classes=classes, method=method, score=score, batch_size=batch_size,
         mesh=mesh)))[rows[volumes[i].animal_id]]
     available[i] = True
   return TemplateBank(animal_ids=[v.animal_id for v in volumes], masks=masks_a,

@@ -17,6 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+#: Saliency targets (``guided.SCORES``): the sum over pixels of the class's
+#: softmax probability (the paper's) or of its logit.
+SALIENCY_SCORES = ("probability", "logit")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -52,10 +56,17 @@ class Config:
   # --- saliency and background removal (DESIGN.md section 1) ---
   saliency_method: str = "guided"   # guided | deconvnet | vanilla | smoothgrad
   gradient_classes: tuple[int, ...] = (1, 2, 3)  # classes summed into the gradient image
+  saliency_score: str = "probability"  # what the target sums: probability (paper) | logit
   enhance_center: float = 2.0       # Eq. 1 centre
   enhance_width: float = 0.5        # Eq. 1 width
   template: str = "gradient"        # gradient | enhanced | mask  (Fig. 7a reading)
   eval_batch_size: int = 40         # slices per jitted evaluation call
+
+  def __post_init__(self):
+    if self.saliency_score not in SALIENCY_SCORES:
+      from rodent_gbp.errors import UsageError
+      raise UsageError(f"saliency_score must be one of {', '.join(SALIENCY_SCORES)}, "
+                       f"got {self.saliency_score!r}")
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)

@@ -43,14 +43,20 @@ def segment_batch(params, images: jax.Array, *, model) -> jax.Array:
   return segment(model, params, images)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def raw_pass_batch(params, images: jax.Array, *, model) -> dict[str, jax.Array]:
-  """Labels (B, H, W) and guided gradient image (B, H, W) of raw slices (B, H, W, 1).
+@functools.partial(jax.jit, static_argnames=("model", "method", "classes", "score"))
+def raw_pass_batch(params, images: jax.Array, *, model, method: str = "guided",
+                   classes: tuple[int, ...] = (1, 2, 3),
+                   score: str = "probability") -> dict[str, jax.Array]:
+  """Labels (B, H, W) and gradient image (B, H, W) of raw slices (B, H, W, 1).
 
   One forward pass serves both: the guided ReLU's forward is the ReLU's, so
   the logits the saliency is pulled back through are the segmentation's.
+  ``method``, ``classes`` and ``score``: the gradient image's reading (the
+  tissue config's ``saliency_method``, ``gradient_classes``, ``saliency_score``
+  in :func:`raw_pass`).
   """
-  g, logits = guided.gradient_image_and_logits(model, params, images)
+  g, logits = guided.gradient_image_and_logits(model, params, images, classes=classes,
+                                               method=method, score=score)
   return {"labels": jnp.argmax(logits, axis=-1).astype(jnp.int32), "gradient": g}
 
 
@@ -73,8 +79,11 @@ def segment_slices(slices: np.ndarray, *, bundle, batch_size: int | None = None,
 
 def raw_pass(slices: np.ndarray, *, bundle, batch_size: int | None = None,
              mesh=None) -> dict[str, np.ndarray]:
-  """:func:`raw_pass_batch` over the slices (S, H, W) of one volume."""
-  return _over_slices(raw_pass_batch, slices, bundle, batch_size, mesh)
+  """:func:`raw_pass_batch` over the slices (S, H, W) of one volume, with the
+  tissue config's reading (``placement.raw_reading``)."""
+  method, classes, score = placement_lib.raw_reading(bundle.network("tissue").config)
+  return _over_slices(functools.partial(raw_pass_batch, method=method, classes=classes,
+                                        score=score), slices, bundle, batch_size, mesh)
 
 
 @dataclasses.dataclass

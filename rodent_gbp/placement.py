@@ -24,9 +24,12 @@ truth (the ceiling of the paper's placement, the oracle) are in
 
 ``slice_index``: (S,) bank slice of each slice (default 0..S-1; a scan of
 another length is matched by relative position, ``scan.bank_slice_index``).
-``gradient``: the (S, H, W) guided gradient image of ``slices`` (sum of the
-WM, GM and CSF maps' magnitudes) when already computed, so one saliency pass
-serves the segmentation and every placer.
+``gradient``: the (S, H, W) gradient image of ``slices`` as the raw pass
+computes it (``pipeline.raw_pass``: the tissue config's ``saliency_method``,
+``gradient_classes`` and ``saliency_score``; by default the sum of the WM, GM
+and CSF guided maps' magnitudes of the probability target) when already
+computed, so one saliency pass serves the segmentation and every placer. A
+placer whose reading differs from the config's computes its own.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class PaperOptions:
     method: saliency method of the test image's gradient image
       (guided | vanilla | deconvnet).
     classes: classes whose map magnitudes are summed into the gradient image.
+    score: what the saliency target sums (``guided.SCORES``): ``probability``
+      (the paper) or ``logit``.
     signal: what the template is correlated with: ``enhanced`` (Eq. 1 of the
       gradient image, the paper), ``gradient`` or ``intensity``.
     template: ``gradient`` (mask x reference gradient image, Fig. 7a),
@@ -91,6 +96,7 @@ class PaperOptions:
 
   method: str = "guided"
   classes: tuple[int, ...] = (1, 2, 3)
+  score: str = "probability"
   signal: str = "enhanced"
   template: str = "gradient"
   center: float = 2.0
@@ -99,7 +105,7 @@ class PaperOptions:
   @classmethod
   def from_config(cls, config, **changes: Any) -> "PaperOptions":
     base = cls(method=config.saliency_method, classes=tuple(config.gradient_classes),
-               template=config.template, center=config.enhance_center,
+               score=config.saliency_score, template=config.template, center=config.enhance_center,
                width=config.enhance_width)
     return dataclasses.replace(base, **changes)
 
@@ -162,7 +168,8 @@ def paper_batch(params, images: jax.Array, gradient: jax.Array, slice_index: jax
     signal = images
   else:
     g = gradient if have_gradient else guided.gradient_image(
-        model, params, images[..., None], classes=options.classes, method=options.method)
+        model, params, images[..., None], classes=options.classes, method=options.method,
+        score=options.score)
     if options.signal == "gradient":
       signal = g
     elif options.signal == "enhanced":
@@ -186,7 +193,8 @@ def place_paper(slices: np.ndarray, *, bundle, options: PaperOptions | None = No
   params, masks, grads, ref = parallel.replicate(
       (net.params, bundle.bank.masks, bundle.bank.gradients,
        np.int32(bundle.bank.reference)), mesh)
-  have = gradient is not None and options.method == "guided" and tuple(options.classes) == (1, 2, 3)
+  have = gradient is not None and raw_reading(net.config) == (
+      options.method, tuple(options.classes), options.score)
   arrays = {"images": slices, "slice_index": slice_index,
             "gradient": np.asarray(gradient, np.float32) if have else slices}
   out = parallel.run_batched(
@@ -231,17 +239,29 @@ def candidate_bank(bundle) -> candidates_lib.CandidateBank:
   return bundle.cache["candidates"]
 
 
+def raw_reading(config) -> tuple[str, tuple[int, ...], str]:
+  """(method, classes, score) of the raw pass's gradient image under ``config``."""
+  return (config.saliency_method, tuple(config.gradient_classes), config.saliency_score)
+
+
 def search_signal(slices: np.ndarray, options: search.ImprovedOptions, *, bundle,
                   gradient: np.ndarray | None = None,
                   batch_size: int | None = None) -> np.ndarray:
-  """(S, H, W) locating signal of raw slices for ``options.signal``."""
+  """(S, H, W) locating signal of raw slices for ``options.signal``.
+
+  The gradient image is ``options.method``'s over the tissue config's
+  ``gradient_classes`` with its ``saliency_score``; a given ``gradient`` (the
+  raw pass's) is used when that is the raw pass's reading.
+  """
   if options.signal == "intensity":
     return np.asarray(slices, np.float32)
   net = bundle.network("tissue")
-  if gradient is None or options.method != "guided":
+  method, classes, score = raw_reading(net.config)
+  if gradient is None or options.method != method:
     gradient = parallel.run_batched(
         lambda images: guided.gradient_image(net.model, net.params, images,
-                                             method=options.method),
+                                             method=options.method, classes=classes,
+                                             score=score),
         {"images": np.asarray(slices, np.float32)[..., None]},
         batch_size or net.config.eval_batch_size)["out"]
   if options.signal == "log":

@@ -62,7 +62,7 @@ def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
 
 
 def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
-        shift=8, method="guided", stripped=False) -> dict:
+        shift=8, method="guided", stripped=False, score=None) -> dict:
   """Writes the maps, figures and ``saliency.json``; returns the summary.
 
   Args:
@@ -74,6 +74,8 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
     shift: translation in voxels along both slice axes.
     method: saliency method (``guided.METHODS``).
     stripped: zero the input outside the brain mask.
+    score: the saliency target (``guided.SCORES``: ``probability``, the
+      paper's, or ``logit``); None: the bundle config's ``saliency_score``.
 
   Raises:
     CheckpointError: a missing or damaged bundle.
@@ -84,9 +86,12 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
 
   if method not in guided.METHODS:
     raise UsageError(f"unknown saliency method {method!r}; one of {', '.join(guided.METHODS)}")
+  if score is not None and score not in guided.SCORES:
+    raise UsageError(f"unknown saliency score {score!r}; one of {', '.join(guided.SCORES)}")
   ctx = context.load_context(checkpoint, data_dir, animals=())
   net = ctx.bundle.network("tissue")
   model, params, config = net.model, net.params, net.config
+  score = config.saliency_score if score is None else score
   animal = ctx.split["test"][0] if animal is None else animal
   if not (ctx.data_dir / animal).is_dir():
     raise DataError(f"{ctx.data_dir / animal}: animal folder not found")
@@ -114,12 +119,13 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
   # One batch holds the slices and their translations: one compilation.
   both = jnp.asarray(np.concatenate([images, images_t]))
   probs = np.asarray(jax.nn.softmax(model.apply({"params": params}, both), -1))
-  maps = np.asarray(guided.saliency(model, params, both, method=method, target="all"))
+  maps = np.asarray(guided.saliency(model, params, both, method=method, target="all",
+                                    score=score))
   probs = probs.transpose(0, 3, 1, 2)  # (2S, C, H, W)
   n = len(slices)
   margin = 3 * 2**config.depth  # the border band where zero padding matters
   summary = {"checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir), "animal": animal,
-             "method": method, "shift": shift, "stripped": stripped, "slices": {}}
+             "method": method, "score": score, "shift": shift, "stripped": stripped, "slices": {}}
   for i, j in enumerate(slices):
     stem = f"{animal}_s{j:02d}"
     _save_npy(out_dir / f"{stem}_probs.npy", probs[i])

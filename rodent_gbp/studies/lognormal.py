@@ -600,7 +600,8 @@ CLASS_NAMES = {1: "wm", 2: "gm", 3: "csf"}
 
 
 def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int] = (1, 2, 3),
-                    method: str = "guided", batch_size: int = 40) -> dict[str, np.ndarray]:
+                    method: str = "guided", batch_size: int = 40,
+                    score: str = "probability") -> dict[str, np.ndarray]:
   """Per-class GBP magnitudes and their sum for the study, on the host.
 
   Args:
@@ -613,6 +614,7 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
       ``G = sum_c |saliency_c|`` (equal to ``guided.gradient_image``).
     method: saliency method.
     batch_size: slices per jitted call.
+    score: the saliency target (``guided.SCORES``).
 
   Returns:
     ``{"sum": (N, H, W), "<class name>": (N, H, W), ...}`` float64 arrays.
@@ -623,7 +625,8 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
   classes = tuple(int(c) for c in classes)
   # One forward pass for every class: (B, K, H, W); padded batches, one compile.
   maps = parallel.run_batched(
-      lambda images: guided.saliency(model, params, images, method=method, target=classes),
+      lambda images: guided.saliency(model, params, images, method=method, target=classes,
+                                     score=score),
       {"images": np.asarray(images, np.float32)}, batch_size)["out"]
   maps = np.abs(np.asarray(maps, dtype=np.float64))
   out = {"sum": maps.sum(axis=1)}
@@ -686,6 +689,7 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
   for name, params in (("trained", net.params), ("random", random_params)):
     gradients[name] = gradient_stacks(model, params, images, classes=classes,
                                       method=config.saliency_method,
+                                      score=config.saliency_score,
                                       batch_size=config.eval_batch_size)
     log(f"gradient images of the {name} network: {sorted(gradients[name])}")
 
@@ -695,6 +699,7 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
       "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
       "test_animals": list(test), "n_slices": int(images.shape[0]),
       "image": "raw (not skull-stripped) slices", "saliency_method": config.saliency_method,
+      "saliency_score": config.saliency_score,
       "classes": list(classes), "random_init_seed": seed, "config": config.to_dict(),
   }
   if figures:

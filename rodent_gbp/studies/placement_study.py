@@ -251,7 +251,8 @@ def with_params(bundle, params, volumes: Mapping[str, Any]):
     raw = volumes[b.animal_ids[i]].image[..., None].astype(np.float32)
     g = parallel.run_batched(
         lambda x: bank_lib.unit_gradient_image(replicated, x, model=net.model, classes=classes,
-                                               method=net.config.saliency_method),
+                                               method=net.config.saliency_method,
+                                               score=net.config.saliency_score),
         {"x": raw}, net.config.eval_batch_size, mesh)["out"]
     app[i] = np.asarray(enhance.log_gradient(g))
   bank = dataclasses.replace(b, appearance=app, appearance_available=available)
