@@ -1,0 +1,314 @@
+"""The saliency sanity check on real test animals: cascading randomisation.
+
+Adebayo et al. (2018), "Sanity checks for saliency maps": a map that explains
+the network must change when the network's weights do. The tissue network's
+layers are re-initialised cumulatively from the top (output) layer down
+(``placement_study.layers_from_top``: head, then the expansion from the
+last level up, the bottleneck, the contraction from the deepest level up),
+each with its own initializer (the U-Net's ``init`` under one fixed seed, so
+a layer's fresh params are the same at every step). At every step the
+gradient image of each method (guided, vanilla, deconvnet) and target score
+(probability, the paper's, and logit) is computed on the raw test slices and
+compared with the trained network's by Spearman rank correlation
+(``scipy.stats.spearmanr`` over the pixels of each slice).
+
+What is correlated is the gradient image as the placers use it:
+``G = sum_{c in gradient_classes} |saliency_c|`` (the config's classes, WM,
+GM and CSF by default), i.e. absolute maps summed over the tissue classes.
+The mean is over the test slices that contain brain (slices whose two maps
+are constant, rho undefined, are left out and counted).
+
+After full randomisation the saliency placers ``gbp`` and ``gbp_improved``
+(``placement.place``) run with the randomised params in a copy of the bundle
+whose raw-slice appearance (what ``gbp_improved`` locates with) is
+recomputed under them (``placement_study.with_params``); their brain DSC
+against the true brain mask is reported beside the trained network's, for
+both scores (the bundle's config with ``saliency_score`` replaced; the
+paper's template, the bank's skull-stripped gradient images, stays the
+trained network's).
+
+Writes ``sanity.json``, ``sanity.md`` and ``sanity_maps.png`` (one slice's
+maps as the layers are randomised) to ``out_dir``, atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from rodent_gbp import fileio
+from rodent_gbp import guided
+from rodent_gbp import parallel
+from rodent_gbp import placement
+from rodent_gbp import scan
+from rodent_gbp.errors import UsageError
+from rodent_gbp.studies import context
+from rodent_gbp.studies.placement_study import (layers_from_top, randomised_params,
+                                                spearman_rows, with_params)
+
+METHODS = ("guided", "vanilla", "deconvnet")
+SCORES = guided.SCORES
+PLACERS = ("gbp", "gbp_improved")
+
+
+def fresh_params(model, image_shape: tuple[int, int], seed: int = 0):
+  """A new initialisation of ``model`` (every layer by its own initializer)."""
+  from rodent_gbp import model as model_lib
+  return model_lib.init_params(model, jax.random.key(seed), image_shape)
+
+
+def cascade_params(params, fresh, order: Sequence[str], k: int):
+  """``params`` with the top ``k`` layers of ``order`` taken from ``fresh``."""
+  return randomised_params(params, fresh, list(order[:k]))
+
+
+def gradient_images(model, params, images: np.ndarray, *, method: str, score: str,
+                    classes: Sequence[int] = (1, 2, 3), batch_size: int = 40) -> np.ndarray:
+  """(N, H, W) gradient images of slices (N, H, W) (``guided.gradient_image``)."""
+  classes = tuple(int(c) for c in classes)
+  return np.asarray(parallel.run_batched(
+      lambda x: guided.gradient_image(model, params, x, classes=classes, method=method,
+                                      score=score),
+      {"x": np.asarray(images, np.float32)[..., None]}, batch_size)["out"])
+
+
+def correlations(maps: np.ndarray, trained: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
+  """Spearman rho per slice of ``keep`` (slices with brain): mean, min, counts."""
+  rho = spearman_rows(np.asarray(maps, np.float64)[keep], np.asarray(trained, np.float64)[keep])
+  ok = np.isfinite(rho)
+  return {"spearman_mean": float(np.mean(rho[ok])) if ok.any() else float("nan"),
+          "spearman_min": float(np.min(rho[ok])) if ok.any() else float("nan"),
+          "slices": int(keep.sum()), "undefined": int((~ok).sum())}
+
+
+def check_choices(methods: Sequence[str], scores: Sequence[str]) -> None:
+  """Raises UsageError for an unknown method or score, or an empty list."""
+  bad = [m for m in methods if m not in guided.METHODS or m == "smoothgrad"]
+  if not methods or bad:
+    raise UsageError(f"methods must be some of {', '.join(METHODS)}; got {list(methods)}")
+  bad = [s for s in scores if s not in SCORES]
+  if not scores or bad:
+    raise UsageError(f"scores must be some of {', '.join(SCORES)}; got {list(scores)}")
+
+
+def depths_of(n_layers: int, steps: int) -> list[int]:
+  """Layer counts evaluated: every one (``steps`` 0) or ``steps`` of them, 0 and all included."""
+  depths = list(range(n_layers + 1))
+  if steps and steps < len(depths):
+    depths = sorted({int(round(x)) for x in np.linspace(0, n_layers, max(steps, 2))})
+  return depths
+
+
+def cascade_maps(model, params, images: np.ndarray, brain: np.ndarray, *, fresh,
+                 order: Sequence[str], depths: Sequence[int],
+                 methods: Sequence[str] = METHODS, scores: Sequence[str] = SCORES,
+                 classes: Sequence[int] = (1, 2, 3), batch_size: int = 40,
+                 figure_slice: int | None = None,
+                 log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+  """The cascade on slices (N, H, W) with brain flags (N,).
+
+  Returns:
+    (rows, figure maps): one row per depth ``{"layers_randomised",
+    "top_layer", "<method>/<score>": correlations(...)}``; figure maps
+    ``{(method, score): [(H, W) per depth]}`` of slice ``figure_slice``.
+  """
+  keep = np.asarray(brain, bool)
+  trained = {(m, s): gradient_images(model, params, images, method=m, score=s,
+                                     classes=classes, batch_size=batch_size)
+             for m in methods for s in scores}
+  rows, shown = [], {key: [] for key in trained}
+  for k in depths:
+    p = cascade_params(params, fresh, order, k)
+    row: dict[str, Any] = {"layers_randomised": int(k),
+                           "top_layer": order[k - 1] if k else None}
+    for key, t in trained.items():
+      g = t if k == 0 else gradient_images(model, p, images, method=key[0], score=key[1],
+                                           classes=classes, batch_size=batch_size)
+      row[f"{key[0]}/{key[1]}"] = correlations(g, t, keep)
+      if figure_slice is not None:
+        shown[key].append(np.asarray(g[figure_slice], np.float32))
+    rows.append(row)
+    log(f"sanity: {k} layers randomised ({row['top_layer']}): " + ", ".join(
+        f"{name} {row[name]['spearman_mean']:.3f}" for name in row if "/" in name))
+  return rows, shown
+
+
+def brain_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+  """Dice of two boolean volumes (NaN when both are empty)."""
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  den = pred.sum() + truth.sum()
+  return float(2 * np.logical_and(pred, truth).sum() / den) if den else float("nan")
+
+
+def with_score(bundle, score: str):
+  """``bundle`` whose tissue config's ``saliency_score`` is ``score`` (own placer cache)."""
+  from rodent_gbp import configs
+  net = bundle.network("tissue")
+  cfg = configs.override(net.config, saliency_score=score)
+  return dataclasses.replace(
+      bundle, networks={**bundle.networks, "tissue": dataclasses.replace(net, config=cfg)},
+      cache={})
+
+
+def placer_dice(volumes: Sequence, bundle, placers: Sequence[str] = PLACERS
+                ) -> dict[str, dict[str, Any]]:
+  """Brain DSC of each placer per volume and their mean."""
+  out = {}
+  n_bank = bundle.bank.masks.shape[1]
+  for name in placers:
+    per = {}
+    for v in volumes:
+      pl = placement.place(name, v.image, bundle=bundle,
+                           slice_index=scan.bank_slice_index(len(v.image), n_bank))
+      per[v.animal_id] = brain_dice(pl.mask, v.brainmask)
+    out[name] = {"brain_dsc": float(np.mean(list(per.values()))), "per_animal": per}
+  return out
+
+
+def _figure(path, image: np.ndarray, shown: Mapping, depths: Sequence[int],
+            order: Sequence[str]) -> pathlib.Path:
+  from rodent_gbp.studies.figures import plt, save_figure
+  keys = list(shown)
+  cols = len(depths) + 1
+  fig, axes = plt.subplots(len(keys), cols, figsize=(1.6 * cols, 1.7 * len(keys)),
+                           squeeze=False)
+  for r, key in enumerate(keys):
+    axes[r, 0].imshow(image, cmap="gray")
+    axes[r, 0].set_ylabel(f"{key[0]}\n{key[1]}", fontsize=7)
+    for c, (k, g) in enumerate(zip(depths, shown[key])):
+      ax = axes[r, c + 1]
+      ax.imshow(g, cmap="magma", vmin=0, vmax=float(np.percentile(g, 99.5)) or 1.0)
+      if r == 0:
+        ax.set_title("trained" if k == 0 else f"-{order[k - 1]}\n({k})", fontsize=6)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].set_title("input", fontsize=6)
+  fig.suptitle("gradient image as the top layers are randomised (cumulative)", fontsize=8)
+  return save_figure(fig, path)
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+  """``sanity.md``: the correlation table per depth and the placers' brain DSC."""
+  keys = [f"{m}/{s}" for m in report["methods"] for s in report["scores"]]
+  lines = [
+      "# Saliency sanity check: cascading randomisation (Adebayo et al. 2018)", "",
+      f"Model `{report['checkpoint']}`, data `{report['data_dir']}`, animals "
+      f"{', '.join(report['animals'])} ({report['slices_with_brain']} slices with brain of "
+      f"{report['slices']}); layers re-initialised cumulatively from the top (seed "
+      f"{report['seed']}).", "",
+      "Spearman rank correlation with the trained network's map, of the gradient image "
+      f"as the placers use it (sum of |map| over classes {report['classes']}), per slice, "
+      "mean over slices with brain:", "",
+      "| layers randomised | top layer | " + " | ".join(keys) + " |",
+      "|---|---|" + "---|" * len(keys)]
+  for row in report["rows"]:
+    lines.append(f"| {row['layers_randomised']} | {row['top_layer'] or 'none (trained)'} | "
+                 + " | ".join(f"{row[k]['spearman_mean']:.3f}" for k in keys) + " |")
+  pd = report.get("placers")
+  if pd:
+    lines += ["", "Brain DSC of the saliency placers (mean over the animals), trained "
+              "network against every layer randomised:", "",
+              "| placer | score | trained | randomised |", "|---|---|---|---|"]
+    for name in report["placer_names"]:
+      for s in report["scores"]:
+        lines.append(f"| `{name}` | {s} | {pd['trained'][s][name]['brain_dsc']:.4f} | "
+                     f"{pd['randomised'][s][name]['brain_dsc']:.4f} |")
+  return "\n".join(lines) + "\n"
+
+
+def run(checkpoint, out_dir, *, data_dir=None, animals: Sequence[str] | None = None,
+        methods: Sequence[str] = METHODS, scores: Sequence[str] = SCORES, steps: int = 0,
+        seed: int = 0, placers: bool = True, figure: bool = True,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The sanity check; writes ``sanity.json``, ``sanity.md``, ``sanity_maps.png``.
+
+  Args:
+    checkpoint: a model bundle folder (``<workdir>/model``).
+    out_dir: output folder (created once the inputs are checked).
+    data_dir: dataset folder (default ``<checkpoint>/../data``).
+    animals: animal ids (default the bundle split's test animals).
+    methods, scores: saliency methods and targets.
+    steps: number of depths evaluated (0: every one; 0 and all layers always).
+    seed: seed of the fresh initialisation.
+    placers: also report the saliency placers' brain DSC.
+    figure: write the figure.
+
+  Raises:
+    UsageError: an unknown method or score, negative steps; CheckpointError,
+    DataError: from ``context.load_context``, or an animal without a brain mask.
+  """
+  from rodent_gbp.errors import DataError
+  methods, scores = list(methods), list(scores)
+  check_choices(methods, scores)
+  if steps < 0:
+    raise UsageError(f"steps must be 0 (every layer) or more, got {steps}")
+  from rodent_gbp import bundle as bundle_lib
+  b0 = bundle_lib.load_bundle(checkpoint)
+  wanted = list(animals) if animals else list((b0.split or {}).get("test", []))
+  bank = b0.bank
+  avail = (np.flatnonzero(bank.appearance_available) if bank.appearance_available is not None
+           else [bank.reference])
+  extra = [bank.animal_ids[i] for i in avail] if placers else []
+  ctx = context.load_context(checkpoint, data_dir,
+                             animals=list(dict.fromkeys(wanted + extra)))
+  test = [ctx.volumes[a] for a in wanted]
+  if not test:
+    raise UsageError("no animals to check (pass --animals)")
+  for v in test:
+    if v.brainmask is None:
+      raise DataError(f"{ctx.data_dir / v.animal_id}: no brain mask")
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  net = ctx.bundle.network("tissue")
+  cfg = net.config
+  order = layers_from_top(net.params)
+  fresh = fresh_params(net.model, ctx.bundle.slice_shape, seed)
+  depths = depths_of(len(order), steps)
+  images = np.concatenate([v.image for v in test]).astype(np.float32)
+  brain = np.concatenate([v.brainmask.reshape(len(v.image), -1).any(-1) for v in test])
+  area = np.concatenate([v.brainmask.reshape(len(v.image), -1).sum(-1) for v in test])
+  shown_slice = int(np.argmax(area))
+  rows, shown = cascade_maps(net.model, net.params, images, brain, fresh=fresh, order=order,
+                             depths=depths, methods=methods, scores=scores,
+                             classes=cfg.gradient_classes, batch_size=cfg.eval_batch_size,
+                             figure_slice=shown_slice if figure else None, log=log)
+  report: dict[str, Any] = {
+      "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir), "animals": wanted,
+      "methods": methods, "scores": scores, "seed": seed, "order": order,
+      "classes": list(cfg.gradient_classes), "slices": int(len(images)),
+      "slices_with_brain": int(brain.sum()),
+      "correlated": "Spearman rho per slice of the gradient image sum_c |map_c| over "
+                    "`classes` (the placers' input), mean over slices with brain",
+      "rows": rows, "placer_names": list(PLACERS) if placers else []}
+  if placers:
+    full = cascade_params(net.params, fresh, order, len(order))
+    report["placers"] = {"trained": {}, "randomised": {}}
+    for s in scores:
+      bs = with_score(ctx.bundle, s)
+      trained_b = bs if s == cfg.saliency_score else with_params(bs, net.params, ctx.volumes)
+      report["placers"]["trained"][s] = placer_dice(test, trained_b)
+      report["placers"]["randomised"][s] = placer_dice(test, with_params(bs, full,
+                                                                         ctx.volumes))
+      log(f"sanity: placers ({s}) trained " + ", ".join(
+          f"{k} {v['brain_dsc']:.4f}" for k, v in report["placers"]["trained"][s].items())
+          + "; randomised " + ", ".join(
+          f"{k} {v['brain_dsc']:.4f}" for k, v in report["placers"]["randomised"][s].items()))
+  files = ["sanity.json", "sanity.md"]
+  if figure:
+    v_index = np.cumsum([len(v.image) for v in test])
+    a = int(np.searchsorted(v_index, shown_slice, side="right"))
+    report["figure_slice"] = {"animal": test[a].animal_id,
+                              "slice": int(shown_slice - (v_index[a - 1] if a else 0))}
+    _figure(out / "sanity_maps.png", images[shown_slice],
+            {k: shown[k] for k in shown}, depths, order)
+    files.append("sanity_maps.png")
+  report["files"] = files
+  fileio.write_json(out / "sanity.json", report)
+  fileio.atomic_write_text(out / "sanity.md", markdown(report))
+  log(f"sanity: wrote {', '.join(files)} to {out}")
+  return report
