@@ -231,7 +231,7 @@ def make_bundle(config, params, train_volumes, ckpt_dir: pathlib.Path, split, *,
   bank = bank_lib.build_template_bank(
       model_lib.build_unet(config), params, train_volumes,
       classes=tuple(config.gradient_classes), method=config.saliency_method,
-      batch_size=config.eval_batch_size)
+      score=config.saliency_score, batch_size=config.eval_batch_size)
   vs, source = bundle_lib.voxel_size_of(train_volumes, config)
   info = {"checkpoint_dir": str(ckpt_dir)}
   if training:
