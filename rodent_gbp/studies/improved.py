@@ -91,8 +91,9 @@ def ablation(volumes: Sequence, *, bundle, gradients: Mapping[str, np.ndarray] |
       errs.append(err)
     table.append({"reading": name, "options": o.to_dict(), "brain_dsc": float(np.mean(dscs)),
                   "mean_abs_error_px": float(np.mean(errs))})
-    log(f"ablation: {name}: brain DSC {table[-1]['brain_dsc']:.4f}, "
-        f"error {table[-1]['mean_abs_error_px']:.2f} px")
+    err = table[-1]["mean_abs_error_px"]
+    log(f"ablation: {name}: brain DSC {table[-1]['brain_dsc']:.4f}"
+        + (f", error {err:.2f} px" if np.isfinite(err) else ""))
   return table
 
 
