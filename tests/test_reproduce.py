@@ -40,7 +40,11 @@ def test_reproduce_writes_every_output(smoke_reproduce):
   for name in ("bundle.json", "tissue.msgpack", "templates.npz"):
     assert (workdir / "model" / name).stat().st_size > 0
   # --figures is on by default.
-  assert sorted(p.stem for p in (workdir / "figures").iterdir()) == sorted(FIGURES)
+  assert sorted(p.stem for p in (workdir / "figures").glob("*.png")) == sorted(FIGURES)
+  # One QC figure per test animal, of the mask the improved placement applied.
+  animals = json.loads((workdir / "results.json").read_text())["split"]["test"]
+  assert sorted(p.name for p in (workdir / "figures" / "qc").iterdir()) == [
+      f"{a}_gbp_improved.png" for a in sorted(animals)]
   for fig in FIGURES:
     assert (workdir / "figures" / f"{fig}.png").stat().st_size > 1000
 
@@ -51,7 +55,8 @@ def test_results_json_layout(smoke_reproduce, smoke_run):
   assert "reference" not in on_disk["config"]
   prov = on_disk["provenance"]
   assert {"version", "git_commit", "seed", "jax_version", "device"} <= set(prov)
-  assert set(on_disk["tables"]) == {"none", "manual", *PLACERS}
+  assert set(on_disk["tables"]) == {"none", "manual", *PLACERS, "all_gm", "mixture"}
+  assert on_disk["data"]["dataset"] == "phantom" and not on_disk["data"]["skull_stripped"]
   for way in on_disk["tables"]:
     for cls in ("wm", "gm", "csf"):
       row = on_disk["tables"][way][cls]

@@ -244,13 +244,13 @@ def make_bundle(config, params, train_volumes, ckpt_dir: pathlib.Path, split, *,
       bank=bank, voxel_size=vs, voxel_size_source=source, split=split)
 
 
-def data_record(data_dir: pathlib.Path, config: configs_lib.Config, *, phantom: bool
-                ) -> dict[str, Any]:
+def data_record(data_dir: pathlib.Path, *, phantom: bool) -> dict[str, Any]:
   """Where the run's data came from (``results.json["data"]``).
 
   A converted public set: its ``dataset.json`` provenance (set, repository,
-  commit, manifest hash, licence, citation, resolution, label kind); the
-  phantom: its generator settings; any other folder: its path.
+  commit, manifest hash, licence, citation, resolution, label kind); a
+  phantom folder (written here or given as ``data_dir``): its generator
+  settings from ``phantom.json``; any other folder: its path.
   """
   from rodent_gbp import datasets
   record_path = data_dir / "dataset.json"
@@ -264,9 +264,11 @@ def data_record(data_dir: pathlib.Path, config: configs_lib.Config, *, phantom: 
     out["labels"] = (rec.get("labels") or {}).get("kind", "labels")
     out["skull_stripped"] = bool(info.skull_stripped if info else rec.get("skull_stripped"))
     return out
-  if phantom:
-    return {"dataset": "phantom", "folder": str(data_dir), "animals": config.animals,
-            "image_size": config.image_size, "phantom_seed": config.phantom_seed,
+  from rodent_gbp import phantom as phantom_lib
+  if phantom or phantom_lib.is_complete(data_dir):
+    info = fileio.read_json(data_dir / phantom_lib.COMPLETE_FILE)
+    return {"dataset": "phantom", "folder": str(data_dir), "animals": info.get("animals"),
+            "image_size": info.get("size"), "phantom_seed": info.get("seed"),
             "labels": "generator truth", "skull_stripped": False}
   return {"dataset": "folder", "folder": str(data_dir), "labels": "labels",
           "skull_stripped": False}
@@ -361,7 +363,7 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, dataset=Non
     split = data.read_split_file(split, volumes)
   elif split is not None:
     split = data.check_split(split, volumes)
-  source = data_record(data_dir, config, phantom=is_phantom)
+  source = data_record(data_dir, phantom=is_phantom)
   removal = not source["skull_stripped"]
   timing["data_s"] = time.time() - t_start
 
