@@ -51,11 +51,22 @@ _SHRINK_MIN_AXIS = 32
 _GMM_INITS = 5
 
 
-def _n4(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
-  """N4-corrected ``image`` (X, Y, Z) float64, corrected over the whole grid."""
+def n4_log_bias_field(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
+  """The log of the multiplicative bias field N4 fits inside ``mask`` (step 1).
+
+  ``image`` (X, Y, Z) and ``mask`` (X, Y, Z) bool on one grid, ``spacing`` the
+  voxel edge lengths (mm, array order). Intensities <= 0 are raised to 1e-3 of
+  the maximum for N4's logarithm. Returns the (X, Y, Z) float64 log field on
+  the full grid (its offset is arbitrary: use ratios).
+  """
   import SimpleITK as sitk
+  image = np.asarray(image, np.float64)
+  mask = np.asarray(mask, bool)
+  if image.shape != mask.shape or image.ndim != 3:
+    raise ValueError(f"image {image.shape} and mask {mask.shape} must be one 3D grid")
   # SimpleITK arrays are (Z, Y, X); spacing is (x, y, z).
-  img = sitk.GetImageFromArray(np.ascontiguousarray(image.transpose(2, 1, 0), np.float32))
+  img = sitk.GetImageFromArray(np.ascontiguousarray(
+      positive_floor(image).transpose(2, 1, 0), np.float32))
   # Rounded: N4's B-spline lattice is laid over the physical extent, and a spacing
   # off by 1e-16 (an affine's column norms) moved 8 % of one session's labels.
   img.SetSpacing([round(float(s), 6) for s in spacing])
@@ -68,7 +79,13 @@ def _n4(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
   n4.SetNumberOfControlPoints([_N4_CONTROL_POINTS] * 3)
   n4.Execute(sitk.Shrink(img, shrink), sitk.Shrink(msk, shrink))
   log_bias = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).transpose(2, 1, 0)
-  return image / np.exp(log_bias.astype(np.float64))
+  return log_bias.astype(np.float64)
+
+
+def positive_floor(image: np.ndarray) -> np.ndarray:
+  """``image`` with values <= 0 raised to 1e-3 of its maximum (1 if none is positive)."""
+  positive = image[image > 0]
+  return np.maximum(image, 1e-3 * float(positive.max()) if positive.size else 1.0)
 
 
 def method_description() -> dict[str, Any]:
@@ -119,9 +136,7 @@ def tissue_pseudo_labels(image: np.ndarray, mask: np.ndarray, *, spacing=(1.0, 1
     raise ValueError(f"image {image.shape} and mask {mask.shape} must be one 3D grid")
   if mask.sum() < 3:
     raise ValueError("the mask needs at least 3 voxels for a 3-class mixture")
-  positive = image[image > 0]
-  floor = 1e-3 * float(positive.max()) if positive.size else 1.0
-  corrected = _n4(np.maximum(image, floor), mask, spacing)
+  corrected = positive_floor(image) / np.exp(n4_log_bias_field(image, mask, spacing))
   values = corrected[mask]
   values = values / np.median(values)
   with threadpool_limits(limits=1):

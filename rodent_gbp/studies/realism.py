@@ -18,7 +18,7 @@ wants voxels divides by the in-plane voxel size (square in every set here).
   the darkest in-plane corner patches, the air of the field of view) and
   :func:`residual_noise_sd` (the robust sd of a 3 x 3 second-difference filter
   inside the brain, Immerkaer 1996, whose gain for white noise is exactly 6).
-* Bias field: :func:`n4_log_bias_field` (SimpleITK N4 inside the brain mask,
+* Bias field: ``pseudo_labels.n4_log_bias_field`` (SimpleITK N4 inside the brain mask,
   one thread) and :func:`field_ratio` (its 95th over 5th percentile inside the
   mask); :func:`class_bias_field` is the check where the tissue intensities are
   known (the phantom): image over class intensity, smoothed inside the mask.
@@ -243,44 +243,6 @@ def residual_noise_sd(image: np.ndarray, region: np.ndarray, *,
 
 
 # --- bias field --------------------------------------------------------------------
-
-def n4_log_bias_field(image: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float],
-                      *, control_points: int = 8, iterations: Sequence[int] = (50, 50),
-                      shrink_min_axis: int = 32) -> np.ndarray:
-  """The log of the multiplicative bias field N4 fits inside ``mask``.
-
-  SimpleITK's ``N4BiasFieldCorrectionImageFilter`` with one thread (its
-  multi-threaded sums are not bit-reproducible), ``control_points`` B-spline
-  points per axis, one fitting level per entry of ``iterations``, on the
-  image shrunk by 2 along axes of >= ``shrink_min_axis`` voxels; the field is
-  evaluated on the full grid. The settings are those of the ``mouse_epi``
-  pseudo-labels (``rodent_gbp.datasets.pseudo_labels``). Intensities <= 0 are
-  raised to 1e-3 of the maximum for N4's logarithm.
-
-  Returns:
-    (X, Y, Z) float64 log field (its offset is arbitrary: use ratios).
-  """
-  import SimpleITK as sitk
-  image = np.asarray(image, np.float64)
-  mask = np.asarray(mask, bool)
-  if image.shape != mask.shape or image.ndim != 3:
-    raise ValueError(f"image {image.shape} and mask {mask.shape} must be one 3D grid")
-  positive = image[image > 0]
-  floor = 1e-3 * float(positive.max()) if positive.size else 1.0
-  img = sitk.GetImageFromArray(np.ascontiguousarray(
-      np.maximum(image, floor).transpose(2, 1, 0), np.float32))
-  img.SetSpacing([round(float(s), 6) for s in voxel_size])
-  msk = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0), np.uint8))
-  msk.CopyInformation(img)
-  shrink = [2 if n >= shrink_min_axis else 1 for n in img.GetSize()]
-  n4 = sitk.N4BiasFieldCorrectionImageFilter()
-  n4.SetNumberOfThreads(1)
-  n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
-  n4.SetNumberOfControlPoints([int(control_points)] * 3)
-  n4.Execute(sitk.Shrink(img, shrink), sitk.Shrink(msk, shrink))
-  log_bias = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).transpose(2, 1, 0)
-  return log_bias.astype(np.float64)
-
 
 def field_ratio(log_field: np.ndarray, mask: np.ndarray, *, lo: float = 5.0,
                 hi: float = 95.0) -> float:
@@ -634,11 +596,13 @@ def size_statistics(mask: np.ndarray, voxel_size: Sequence[float], *,
           "fov_fraction": ext["width"] / fov}
 
 
-def bias_statistics(image: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float],
-                    **n4_kw) -> dict[str, float]:
-  """``bias_p95_p5``: :func:`field_ratio` of :func:`n4_log_bias_field` inside ``mask``."""
-  return {"bias_p95_p5": field_ratio(n4_log_bias_field(image, mask, voxel_size, **n4_kw),
-                                     mask)}
+def bias_statistics(image: np.ndarray, mask: np.ndarray, voxel_size: Sequence[float]
+                    ) -> dict[str, float]:
+  """``bias_p95_p5``: :func:`field_ratio` of the N4 log field inside ``mask``
+  (``pseudo_labels.n4_log_bias_field``: the settings of the ``mouse_epi`` pseudo-labels)."""
+  from rodent_gbp.datasets import pseudo_labels
+  return {"bias_p95_p5": field_ratio(
+      pseudo_labels.n4_log_bias_field(image, mask, voxel_size), mask)}
 
 
 # --- the table -----------------------------------------------------------------------
