@@ -83,9 +83,8 @@ def main(argv):
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
 
   def run_fold(split, fold_dir):
-    reproduce.reproduce(config, fold_dir, dataset=_DATASET.value, data_root=_DATA_ROOT.value,
-                        data_cache=_DATA_CACHE.value, resolution=_RESOLUTION.value,
-                        split=split, figures=_FIGURES.value, log=_log)
+    reproduce.reproduce(config, fold_dir, data_dir=folder, split=split,
+                        figures=_FIGURES.value, log=_log)
 
   workdir = pathlib.Path(_WORKDIR.value)
   crossval.run(folds, workdir, run_fold=run_fold, only=only, log=_log)

@@ -459,3 +459,42 @@ def test_committed_fold_files_cover_the_local_copies(name):
   else:
     present = {p.name[:-len(".nii.gz")] for p in (copy / "label").glob("*.nii.gz")}
   assert set(folds["animals"]) == present
+
+
+def test_cross_validation_resumes_fold_by_fold_and_pools_folds(tmp_path):
+  from rodent_gbp import fileio
+  from rodent_gbp.studies import crossval
+  folds = {"folds": [{"train": ["a"], "val": [], "test": ["b"]},
+                     {"train": ["b"], "val": [], "test": ["a"]}]}
+  ran = []
+
+  def run_fold(split, fold_dir, dsc={"b": 0.8, "a": 0.6}):
+    ran.append(split["test"][0])
+    a = split["test"][0]
+    fileio.write_json(fold_dir / "results.json", {
+        "tables": {"manual": {"wm": {"dsc": dsc[a]}}}, "brain": {"gbp": {"dsc": dsc[a] / 2}},
+        "per_animal": {a: {}}, "training": {"epochs_completed": 1, "history": [{"loss": 0.5}]}})
+
+  (tmp_path / "fold0").mkdir()
+  (tmp_path / "fold1").mkdir()
+  crossval.run(folds, tmp_path, run_fold=run_fold, only=[1], log=lambda _: None)
+  crossval.run(folds, tmp_path, run_fold=run_fold, log=lambda _: None)
+  assert ran == ["a", "b"]   # fold 1 once, then only the missing fold 0
+  cv = crossval.summarise([fileio.read_json(tmp_path / f"fold{i}" / "results.json")
+                           for i in (0, 1)])
+  wm = cv["tables"]["manual"]["wm"]["dsc"]
+  assert wm["mean"] == pytest.approx(0.7) and wm["sd"] == pytest.approx(np.std([0.8, 0.6],
+                                                                              ddof=1))
+  assert cv["brain"]["gbp"]["dsc"]["mean"] == pytest.approx(0.35)
+  assert cv["test_animals"] == ["a", "b"] and cv["training"][0]["losses_finite"]
+  assert "70.0 +- 14.1" in crossval.markdown(cv)
+
+
+def test_cross_validate_binary_refuses_another_sets_fold_file(epi, tmp_path, binary, capsys):
+  folder, copy, _ = epi
+  with pytest.raises(SystemExit) as e:
+    binary("cross_validate", ["--dataset", "mouse_epi", "--data_root", str(copy),
+                              "--data_cache", str(folder.parent), "--workdir", str(tmp_path),
+                              "--folds", str(REPO / "experiments" / "folds" /
+                                             "mouse_t2_atlas.json")])
+  assert e.value.code == 2 and "mouse_t2_atlas.json" in capsys.readouterr().err

@@ -300,12 +300,14 @@ def resolve_data(workdir: pathlib.Path, config: configs_lib.Config, *, data_dir=
     raise UsageError("give either --dataset (a public set) or --data_dir (a folder in "
                      "the project's layout), not both")
   if dataset is not None:
-    if parallel.is_lead():
-      datasets.prepare(dataset, data_root=data_root, cache_dir=data_cache,
-                       resolution=resolution, log=log)
+    folder = (datasets.prepare(dataset, data_root=data_root, cache_dir=data_cache,
+                               resolution=resolution, log=log)
+              if parallel.is_lead() else None)
     parallel.barrier("rodent_gbp:dataset")
-    return datasets.prepare(dataset, data_root=data_root, cache_dir=data_cache,
-                            resolution=resolution, log=None), False
+    if folder is None:  # the other processes find the lead's conversion in the cache
+      folder = datasets.prepare(dataset, data_root=data_root, cache_dir=data_cache,
+                                resolution=resolution, log=None)
+    return folder, False
   if data_root is not None:
     raise UsageError("--data_root names a local copy of a public set: give --dataset too")
   if data_dir is not None:
