@@ -11,8 +11,11 @@ A bundle folder holds:
   reference's raw-slice appearance).
 
 It can hold more than one named network: ``tissue`` (the segmentation U-Net
-whose saliency places the mask) and, when trained, others such as a brain
-extraction network. Training checkpoints (Orbax, ``rodent_gbp.checkpoint``)
+whose saliency places the mask) and, when trained, others such as the brain
+extraction network ``extractor`` (``rodent_gbp.supervised``). A bundle of an
+``extractor`` alone (``experiments/train_extractor.py`` without ``--bundle``)
+has no ``tissue`` network and no template bank; its ``bundle.json`` records
+the slice shape (``info["slice_shape"]``) instead. Training checkpoints (Orbax, ``rodent_gbp.checkpoint``)
 are the training run's state; the bundle is what is handed to users.
 
 Example::
@@ -72,9 +75,10 @@ class Bundle:
   """A trained model as users get it (see the module doc).
 
   Attributes:
-    networks: name -> :class:`Network`; ``tissue`` is always there.
+    networks: name -> :class:`Network`; ``tissue`` is there unless the
+      bundle holds an ``extractor`` alone.
     normalisation: the intensity rule (``data.apply_normalisation`` params).
-    bank: the template bank.
+    bank: the template bank (None in an extractor-only bundle).
     voxel_size: (3,) RAS voxel size in mm that slices are resampled to.
     voxel_size_source: where ``voxel_size`` came from.
     split: the training split (train / val / test animal ids), if known.
@@ -85,7 +89,7 @@ class Bundle:
 
   networks: dict[str, Network]
   normalisation: dict
-  bank: bank_lib.TemplateBank
+  bank: bank_lib.TemplateBank | None
   voxel_size: np.ndarray
   voxel_size_source: str
   split: dict | None = None
@@ -106,7 +110,9 @@ class Bundle:
 
   @property
   def slice_shape(self) -> tuple[int, int]:
-    """(H, W) of the model grid (the bank's slices)."""
+    """(H, W) of the model grid (the bank's slices, else ``info["slice_shape"]``)."""
+    if self.bank is None:
+      return tuple(int(n) for n in self.info["slice_shape"])
     return tuple(int(n) for n in self.bank.masks.shape[2:])
 
 
@@ -149,12 +155,14 @@ def save_bundle(folder: os.PathLike | str, bundle: Bundle) -> pathlib.Path:
       fileio.atomic_write_bytes(folder / f"{name}.msgpack", flax.serialization.to_bytes(host))
       nets[name] = {"config": net.config.to_dict(), "params": f"{name}.msgpack",
                     "info": net.info}
-    bundle.bank.save(folder / TEMPLATES_FILE)
+    if bundle.bank is not None:
+      bundle.bank.save(folder / TEMPLATES_FILE)
     fileio.write_json(folder / BUNDLE_FILE, {
         "format": FORMAT, "networks": nets, "normalisation": bundle.normalisation,
         "voxel_size": np.asarray(bundle.voxel_size, np.float64),
         "voxel_size_source": bundle.voxel_size_source, "split": bundle.split,
-        "templates": TEMPLATES_FILE, "info": bundle.info})
+        "templates": TEMPLATES_FILE if bundle.bank is not None else None,
+        "info": bundle.info})
   parallel.barrier("rodent_gbp:bundle")
   return folder
 
@@ -203,16 +211,25 @@ def load_bundle(folder: os.PathLike | str) -> Bundle:
     raise CheckpointError(f"{where}: unknown bundle format "
                           f"{meta.get('format') if isinstance(meta, dict) else meta!r}")
   entries = meta.get("networks") or {}
-  if "tissue" not in entries:
+  if "tissue" not in entries and "extractor" not in entries:
     raise CheckpointError(f"{where}: no 'tissue' network")
   networks = {name: _read_network(folder, name, e) for name, e in entries.items()}
   rule = normalisation_rule(meta.get("normalisation"), where)
-  path = folder / meta.get("templates", TEMPLATES_FILE)
-  if not path.is_file():
-    raise CheckpointError(f"{path}: template bank not found")
-  bank = bank_lib.TemplateBank.load(path)
-  factor = 2**networks["tissue"].config.depth
-  if bank.masks.shape[2] % factor or bank.masks.shape[3] % factor:
+  info = dict(meta.get("info") or {})
+  if "tissue" not in networks:  # an extractor alone: no template bank
+    shape = info.get("slice_shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(
+        isinstance(n, int) and n > 0 for n in shape)):
+      raise CheckpointError(f"{where}: an extractor-only bundle needs info.slice_shape "
+                            f"[H, W], got {shape!r}")
+    bank = None
+  else:
+    path = folder / (meta.get("templates") or TEMPLATES_FILE)
+    if not path.is_file():
+      raise CheckpointError(f"{path}: template bank not found")
+    bank = bank_lib.TemplateBank.load(path)
+  factor = 2**networks["tissue"].config.depth if bank is not None else 1
+  if bank is not None and (bank.masks.shape[2] % factor or bank.masks.shape[3] % factor):
     raise CheckpointError(
         f"{path}: template slices {bank.masks.shape[2:]} do not fit the U-Net of depth "
         f"{networks['tissue'].config.depth} (need multiples of {factor})")
@@ -222,4 +239,4 @@ def load_bundle(folder: os.PathLike | str) -> Bundle:
                           f"{meta.get('voxel_size')!r}")
   return Bundle(networks=networks, normalisation=rule, bank=bank, voxel_size=vs,
                 voxel_size_source=str(meta.get("voxel_size_source", "bundle.json")),
-                split=meta.get("split"), info=dict(meta.get("info") or {}), folder=folder)
+                split=meta.get("split"), info=info, folder=folder)
