@@ -334,10 +334,18 @@ def intensity(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
   return place_search(slices, bundle=bundle, options=INTENSITY, slice_index=slice_index)
 
 
+def supervised(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
+  """The bundle's ``extractor`` network's brain mask (``rodent_gbp.supervised``); no saliency."""
+  from rodent_gbp import supervised as supervised_lib
+  out = supervised_lib.extract(_check(slices, bundle, slice_index)[0], bundle=bundle)
+  return Placement(mask=out["mask"], details={"probability": out["probability"]})
+
+
 #: Placer name (the ``--placement`` value and the ``results.json`` key under
 #: ``brain``) -> placer.
 PLACERS: Mapping[str, Callable[..., Placement]] = {
-    "gbp": gbp, "gbp_improved": gbp_improved, "intensity": intensity}
+    "gbp": gbp, "gbp_improved": gbp_improved, "intensity": intensity,
+    "supervised": supervised}
 
 
 def check_placer(name: str, bundle) -> None:
@@ -349,6 +357,9 @@ def check_placer(name: str, bundle) -> None:
   """
   if name not in PLACERS:
     raise UsageError(f"unknown placement {name!r}; one of {', '.join(PLACERS)}")
+  if name == "supervised":
+    from rodent_gbp import supervised as supervised_lib
+    supervised_lib.check_bundle(bundle)
   if name == "gbp_improved" and bundle.bank.appearance is None:
     raise CheckpointError(f"{bundle.where('templates.npz')}: the template bank has no "
                           "raw-slice appearance, which gbp_improved needs; rebuild the "
