@@ -27,7 +27,11 @@ from rodent_gbp import pipeline
 from rodent_gbp import placement as placement_lib
 from rodent_gbp.errors import DataError
 
-PLACERS = tuple(placement_lib.PLACERS)
+# The placers the main job evaluates (its tables' rows and results.json keys):
+# those a tissue bundle alone can serve. Placers that need another network
+# (``supervised``: an extraction network) are evaluated by their own studies.
+PLACERS = ("gbp", "gbp_improved", "intensity")
+assert set(PLACERS) <= set(placement_lib.PLACERS)
 SEARCH_PLACERS = ("gbp_improved", "intensity")
 
 
