@@ -21,6 +21,8 @@ prediction; ``placement.PLACERS["supervised"]`` calls :func:`extract`.
 * Model selection: after every epoch the validation animals' evaluated
   session is extracted (with the post-processing) and the epoch of the best
   mean 3D brain Dice is kept (the earliest on a tie).
+* Prediction: the brain probability averaged over the 8 in-plane
+  orientations (test-time augmentation, :func:`brain_probability`).
 * Post-processing (``scipy.ndimage``): threshold the brain probability at
   0.5, keep the largest 3D connected component (face connectivity), fill
   holes in every slice and then in 3D.
@@ -93,11 +95,27 @@ def postprocess(mask: np.ndarray) -> np.ndarray:
 # --- prediction ----------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def brain_probability(params, images: jax.Array, *, model: model_lib.UNet) -> jax.Array:
-  """(B, H, W) softmax probability of brain of (B, H, W) raw normalised slices."""
-  logits = model.apply({"params": params}, images[..., None])
-  return jax.nn.softmax(logits, axis=-1)[..., BRAIN]
+@functools.partial(jax.jit, static_argnames=("model", "tta"))
+def brain_probability(params, images: jax.Array, *, model: model_lib.UNet,
+                      tta: bool = True) -> jax.Array:
+  """(B, H, W) softmax probability of brain of (B, H, W) raw normalised slices.
+
+  ``tta``: the mean over the 8 in-plane orientations (flips and quarter turns,
+  each mapped back), which training made equally likely; for square slices
+  only (otherwise the plain prediction).
+  """
+  def prob(x):
+    return jax.nn.softmax(model.apply({"params": params}, x[..., None]), axis=-1)[..., BRAIN]
+
+  if not tta or images.shape[1] != images.shape[2]:
+    return prob(images)
+  total = jnp.zeros(images.shape, jnp.float32)
+  for flip in (False, True):
+    x = images[:, ::-1] if flip else images
+    for k in range(4):
+      p = jnp.rot90(prob(jnp.rot90(x, k, axes=(1, 2))), -k, axes=(1, 2))
+      total = total + (p[:, ::-1] if flip else p)
+  return total / 8.0
 
 
 def predict_probability(params, slices: np.ndarray, *, model: model_lib.UNet,
@@ -290,3 +308,83 @@ def train_extractor(train_volumes: Sequence[Any], val_volumes: Sequence[Any],
         f"val brain Dice {val:.4f}, {history[-1]['seconds']:.1f} s")
   return ExtractorResult(config=config, params=best_params, history=history,
                          kept_epoch=kept, best_val_dice=best if val_volumes else float("nan"))
+
+
+# --- data and bundle -------------------------------------------------------------------
+
+
+def load_split(data_dir, split, *, log: Callable[[str], None] = print
+               ) -> dict[str, list[Any]]:
+  """Volumes of a converted data folder by split part.
+
+  ``train``: every session of each training animal (``data.other_sessions``);
+  ``val`` and ``test``: each animal's evaluated session only.
+
+  Raises:
+    DataError: the folder or an animal is missing, or the split does not fit it.
+  """
+  import pathlib
+  from rodent_gbp import data
+  root = pathlib.Path(data_dir)
+  if not root.is_dir():
+    raise DataError(f"{root}: data folder not found")
+  ids = sorted(p.name for p in root.iterdir() if p.is_dir() and (
+      (p / "image.nii.gz").is_file() or (p / "image.nii").is_file()))
+  split = data.check_split(split, ids, source=str(root))
+  out: dict[str, list[Any]] = {"train": [], "val": [], "test": []}
+  for part in out:
+    for a in split[part]:
+      v = data.load_animal(root / a)
+      out[part].append(v)
+      if part == "train":
+        out[part] += data.other_sessions(v)
+  log(f"{len(out['train'])} training volumes ({len(split['train'])} animals), "
+      f"{len(out['val'])} validation, {len(out['test'])} test")
+  return out
+
+
+def make_bundle(result: ExtractorResult, train_volumes: Sequence[Any], split: dict | None,
+                **info: Any) -> bundle_lib.Bundle:
+  """An extractor-only bundle (no tissue network, no template bank) of ``result``.
+
+  Normalisation: the training volumes' rule (``train.normalisation_record``);
+  voxel size: theirs (refused when they differ).
+  """
+  from rodent_gbp import bank as bank_lib
+  rule = bundle_lib.normalisation_rule(train_lib.normalisation_record(train_volumes),
+                                       "training volumes")
+  vs = bank_lib.common_voxel_size(train_volumes)
+  if vs is None:
+    raise DataError("the training volumes have no common voxel size")
+  shape = [int(n) for n in train_volumes[0].image.shape[1:]]
+  return bundle_lib.Bundle(
+      networks={NETWORK: result.network()}, normalisation=rule, bank=None, voxel_size=vs,
+      voxel_size_source="training volumes", split=split,
+      info={"slice_shape": shape, **info})
+
+
+def add_to_bundle(folder, result: ExtractorResult, train_volumes: Sequence[Any],
+                  split: dict | None, **info: Any) -> bundle_lib.Bundle:
+  """Adds (or replaces) the ``extractor`` of an existing bundle folder and saves it.
+
+  Raises:
+    CheckpointError: the bundle's voxel size, slice shape or normalisation
+      rule differ from the training volumes' (the extractor would see other
+      slices than it was trained on).
+  """
+  existing = bundle_lib.load_bundle(folder)
+  mine = make_bundle(result, train_volumes, split, **info)
+  where = existing.where(bundle_lib.BUNDLE_FILE)
+  if not np.allclose(existing.voxel_size, mine.voxel_size, rtol=1e-4):
+    raise CheckpointError(f"{where}: voxel size {existing.voxel_size.tolist()} differs from "
+                          f"the extractor's training volumes' {mine.voxel_size.tolist()}")
+  if existing.slice_shape != mine.slice_shape:
+    raise CheckpointError(f"{where}: slice shape {existing.slice_shape} differs from the "
+                          f"extractor's {mine.slice_shape}")
+  if existing.normalisation != mine.normalisation:
+    raise CheckpointError(f"{where}: normalisation {existing.normalisation} differs from "
+                          f"the extractor's {mine.normalisation}")
+  existing.networks[NETWORK] = mine.networks[NETWORK]
+  existing.info[f"{NETWORK}_split"] = split
+  bundle_lib.save_bundle(folder, existing)
+  return existing

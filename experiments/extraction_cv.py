@@ -1,0 +1,98 @@
+"""Cross-validation by animal of the supervised brain extractor, paired with the placers.
+
+  python experiments/extraction_cv.py \\
+      --data_dir /work/cache/mouse_epi-native-c103-m0afe45e3e55f-f5d2a5c4b \\
+      --workdir runs/extraction_cv
+
+For each fold of the fold file (default ``experiments/folds/mouse_epi.json``):
+train the extractor on the training animals (every session), keep the epoch
+best on the validation animals, extract session 1 of the test animals; brain
+Dice, HD95, Dice by slice position, QC and GBP saliency figures
+(``rodent_gbp.studies.extraction_cv``). A fold whose ``results.json`` exists is
+skipped (resumable). When every fold is done, writes ``cv.json``, ``cv.md`` and
+``per_animal.csv`` paired with the committed per-animal brain Dice of the other
+placers (``--baseline_dir``).
+"""
+
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+from rodent_gbp import augment
+from rodent_gbp import cli
+from rodent_gbp import datasets
+from rodent_gbp import fileio
+from rodent_gbp import supervised
+from rodent_gbp.errors import UsageError
+from rodent_gbp.studies import crossval
+from rodent_gbp.studies import extraction_cv
+
+_HERE = pathlib.Path(__file__).resolve().parent
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "A converted mouse_epi folder (e.g. "
+                                "/work/cache/mouse_epi-native-*); default: --data_root "
+                                "converted through --data_cache.")
+_DATA_ROOT = flags.DEFINE_string("data_root", None, "A local copy of mouse-epi in the "
+                                 "source's layout, when --data_dir is not given.")
+_DATA_CACHE = flags.DEFINE_string("data_cache", None, "Where converted sets are kept.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
+_FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "Fold file.")
+_BASELINE_DIR = flags.DEFINE_string("baseline_dir", str(_HERE / "results" / "cv_mouse_epi"),
+                                    "Folder of the placers' committed fold<k>/per_animal.csv.")
+_ONLY = flags.DEFINE_list("only", None, "Run only these fold numbers (e.g. 0,1).")
+_FEATURES = flags.DEFINE_integer("features", 16, "U-Net channels at the first level.")
+_DEPTH = flags.DEFINE_integer("depth", 3, "U-Net depth.")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "Training epochs per fold (fixed).")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Training batch size.")
+_LR = flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate lr0.")
+_DECAY = flags.DEFINE_float("decay", 1e-3, "Time-based decay of the learning rate per update.")
+_SEED = flags.DEFINE_integer("seed", 0, "Init, batch order and augmentation seed.")
+_RESOLUTION = flags.DEFINE_float("resolution_jitter", 1.5, "Content rescaled by a factor "
+                                 "in [1/x, x].")
+_FIGURES = flags.DEFINE_bool("figures", True, "Write QC and saliency figures.")
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+@cli.run_main
+def main(argv):
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  folder = _DATA_DIR.value or datasets.prepare(
+      "mouse_epi", data_root=_DATA_ROOT.value, cache_dir=_DATA_CACHE.value, log=_log)
+  folds = crossval.read_fold_file(_FOLDS.value)
+  config = supervised.extractor_config(
+      features=_FEATURES.value, depth=_DEPTH.value, epochs=_EPOCHS.value,
+      batch_size=_BATCH.value, learning_rate=_LR.value, decay=_DECAY.value, seed=_SEED.value)
+  options = augment.AugmentOptions(resolution=_RESOLUTION.value)
+  only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
+  workdir = pathlib.Path(_WORKDIR.value)
+
+  def run_fold(split, fold_dir):
+    extraction_cv.run_fold(split, fold_dir, data_dir=folder, config=config, options=options,
+                           figures=_FIGURES.value, log=_log)
+
+  crossval.run(folds, workdir, run_fold=run_fold, only=only, log=_log)
+  dirs = [workdir / f"fold{i}" for i in range(len(folds["folds"]))]
+  if not all((d / "results.json").is_file() for d in dirs):
+    _log("not every fold is done; run again without --only to finish")
+    return
+  baselines = extraction_cv.read_baselines(pathlib.Path(_BASELINE_DIR.value), len(dirs))
+  cv = extraction_cv.summarise(dirs, baselines)
+  cv["fold_file"] = _FOLDS.value
+  cv["data_dir"] = str(folder)
+  fileio.write_json(workdir / "cv.json", cv)
+  extraction_cv.write_csv(workdir / "per_animal.csv",
+                          [{"animal": a, **m} for a, m in cv["per_animal"].items()])
+  text = extraction_cv.markdown(cv, command="python experiments/extraction_cv.py "
+                                + " ".join(sys.argv[1:]))
+  fileio.atomic_write_text(workdir / "cv.md", text)
+  _log(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
