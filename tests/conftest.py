@@ -131,6 +131,19 @@ def model_dir(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_reproduce(tmp_path_factory, phantom_dir, smoke_run):
+  """``experiments/reproduce.py`` run once from the smoke checkpoint, with figures.
+
+  Returns (workdir, results.json as a dict); read-only.
+  """
+  import json
+  workdir = tmp_path_factory.mktemp("reproduce")
+  run_binary("reproduce", [f"--workdir={workdir}", f"--data_dir={phantom_dir}",
+                           f"--checkpoint={smoke_run.checkpoint_dir}", "--config=smoke"])
+  return workdir, json.loads((workdir / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
 def smoke_bundle(model_dir):
   """``bundle.load_bundle(model_dir)``: the smoke model as a user gets it; read-only."""
   from rodent_gbp import bundle as bundle_lib

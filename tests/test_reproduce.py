@@ -1,7 +1,7 @@
 """The main job on the smoke model: files written, the config it runs, predictions of every placer.
 
-One run of ``experiments/reproduce.py`` in-process (module fixture) from the
-session's smoke checkpoint, with ``--config=smoke`` given explicitly (it
+One run of ``experiments/reproduce.py`` in-process (the session fixture
+``smoke_reproduce`` of conftest) from the session's smoke checkpoint, with ``--config=smoke`` given explicitly (it
 matches the checkpoint's, so it is accepted); the tests read what it wrote.
 """
 
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from conftest import imported_binary
-from conftest import run_binary
 from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import metrics
@@ -23,14 +22,6 @@ from rodent_gbp.errors import UsageError
 PLACERS = ("gbp", "gbp_improved", "intensity")
 FIGURES = ("fig2_outputs", "fig3_translation", "fig4_no_removal", "fig5_histograms",
            "fig6_enhanced", "fig7_alignment", "fig8_csf", "placement")
-
-
-@pytest.fixture(scope="module")
-def smoke_reproduce(tmp_path_factory, phantom_dir, smoke_run):
-  workdir = tmp_path_factory.mktemp("reproduce")
-  run_binary("reproduce", [f"--workdir={workdir}", f"--data_dir={phantom_dir}",
-                       f"--checkpoint={smoke_run.checkpoint_dir}", "--config=smoke"])
-  return workdir, json.loads((workdir / "results.json").read_text())
 
 
 def test_reproduce_writes_every_output(smoke_reproduce):
