@@ -313,12 +313,13 @@ def train_extractor(train_volumes: Sequence[Any], val_volumes: Sequence[Any],
 # --- data and bundle -------------------------------------------------------------------
 
 
-def load_split(data_dir, split, *, log: Callable[[str], None] = print
-               ) -> dict[str, list[Any]]:
+def load_split(data_dir, split, *, log: Callable[[str], None] = print,
+               source: str | None = None) -> dict[str, list[Any]]:
   """Volumes of a converted data folder by split part.
 
   ``train``: every session of each training animal (``data.other_sessions``);
-  ``val`` and ``test``: each animal's evaluated session only.
+  ``val`` and ``test``: each animal's evaluated session only. ``source``
+  names the split in errors (default: the folder).
 
   Raises:
     DataError: the folder or an animal is missing, or the split does not fit it.
@@ -330,7 +331,7 @@ def load_split(data_dir, split, *, log: Callable[[str], None] = print
     raise DataError(f"{root}: data folder not found")
   ids = sorted(p.name for p in root.iterdir() if p.is_dir() and (
       (p / "image.nii.gz").is_file() or (p / "image.nii").is_file()))
-  split = data.check_split(split, ids, source=str(root))
+  split = data.check_split(split, ids, source=source or str(root))
   out: dict[str, list[Any]] = {"train": [], "val": [], "test": []}
   for part in out:
     for a in split[part]:
@@ -386,5 +387,7 @@ def add_to_bundle(folder, result: ExtractorResult, train_volumes: Sequence[Any],
                           f"the extractor's {mine.normalisation}")
   existing.networks[NETWORK] = mine.networks[NETWORK]
   existing.info[f"{NETWORK}_split"] = split
+  if "tissue" not in existing.networks:  # the split is the extractor's alone
+    existing.split = split
   bundle_lib.save_bundle(folder, existing)
   return existing

@@ -1,0 +1,112 @@
+"""Trains the supervised brain extractor and writes it into a model bundle.
+
+  python experiments/train_extractor.py \\
+      --data_dir /work/cache/mouse_epi-native-c103-m0afe45e3e55f-f5d2a5c4b \\
+      --fold 0 --out runs/extractor            # a new extractor-only bundle
+  python experiments/train_extractor.py --data_dir DIR --split_file split.json \\
+      --bundle runs/main/model                  # adds 'extractor' to an existing bundle
+
+The U-Net (2 classes) is trained on raw normalised slices of every session of
+the training animals against their brain masks, with the on-device
+augmentation of ``rodent_gbp.augment``, for a fixed number of epochs; the
+epoch with the best brain Dice on the validation animals (session 1) is kept
+(``rodent_gbp.supervised``). The split comes from ``--split_file`` (JSON
+``{"train", "val", "test"}``) or fold ``--fold`` of ``--folds``. Writes the
+bundle folder (``--out``: new, extractor only; or ``--bundle``: an existing
+bundle, whose voxel size, slice shape and normalisation must match) and
+``extractor_history.json`` beside ``bundle.json``.
+"""
+
+import pathlib
+
+from absl import app
+from absl import flags
+
+from rodent_gbp import augment
+from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import cli
+from rodent_gbp import fileio
+from rodent_gbp import supervised
+from rodent_gbp.errors import DataError, UsageError
+from rodent_gbp.studies import crossval
+from rodent_gbp.studies import report
+
+_HERE = pathlib.Path(__file__).resolve().parent
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "A converted data folder "
+                                "(<animal>/image.nii.gz, brainmask.nii.gz, ...).",
+                                required=True)
+_SPLIT_FILE = flags.DEFINE_string("split_file", None, "JSON {train, val, test} animal ids.")
+_FOLD = flags.DEFINE_integer("fold", None, "Use fold k of --folds as the split.")
+_FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "Fold file "
+                             "of --fold.")
+_OUT = flags.DEFINE_string("out", None, "New bundle folder (extractor only).")
+_BUNDLE = flags.DEFINE_string("bundle", None, "Existing bundle folder to add the "
+                              "extractor to.")
+_FEATURES = flags.DEFINE_integer("features", 16, "U-Net channels at the first level.")
+_DEPTH = flags.DEFINE_integer("depth", 3, "U-Net depth.")
+_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs (fixed).")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Training batch size.")
+_LR = flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate lr0.")
+_DECAY = flags.DEFINE_float("decay", 1e-3, "Time-based decay of the learning rate per update.")
+_SEED = flags.DEFINE_integer("seed", 0, "Init, batch order and augmentation seed.")
+_RESOLUTION = flags.DEFINE_float("resolution_jitter", 1.5, "Content rescaled by a factor "
+                                 "in [1/x, x].")
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _split() -> dict:
+  if (_SPLIT_FILE.value is None) == (_FOLD.value is None):
+    raise UsageError("give exactly one of --split_file and --fold")
+  if _SPLIT_FILE.value is not None:
+    path = pathlib.Path(_SPLIT_FILE.value)
+    if not path.is_file():
+      raise DataError(f"{path}: split file not found")
+    try:
+      return fileio.read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+      raise DataError(f"{path}: not a JSON split file ({e})") from None
+  folds = crossval.read_fold_file(_FOLDS.value)["folds"]
+  if not 0 <= _FOLD.value < len(folds):
+    raise UsageError(f"--fold {_FOLD.value}: {_FOLDS.value} has folds 0..{len(folds) - 1}")
+  return folds[_FOLD.value]
+
+
+@cli.run_main
+def main(argv):
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  if (_OUT.value is None) == (_BUNDLE.value is None):
+    raise UsageError("give exactly one of --out (a new bundle) and --bundle (an existing one)")
+  if _OUT.value is not None and (pathlib.Path(_OUT.value) / bundle_lib.BUNDLE_FILE).exists():
+    raise UsageError(f"{_OUT.value} holds a bundle already; use --bundle {_OUT.value} to "
+                     "replace its extractor")
+  split = _split()
+  config = supervised.extractor_config(
+      features=_FEATURES.value, depth=_DEPTH.value, epochs=_EPOCHS.value,
+      batch_size=_BATCH.value, learning_rate=_LR.value, decay=_DECAY.value, seed=_SEED.value)
+  options = augment.AugmentOptions(resolution=_RESOLUTION.value)
+  vols = supervised.load_split(_DATA_DIR.value, split, log=_log,
+                              source=_SPLIT_FILE.value or f"{_FOLDS.value} fold {_FOLD.value}")
+  result = supervised.train_extractor(vols["train"], vols["val"], config, options=options,
+                                      log=_log)
+  info = {"data_dir": str(_DATA_DIR.value), "augment": dict(options.__dict__),
+          "provenance": report.provenance(config.seed)}
+  if _OUT.value is not None:
+    folder = bundle_lib.save_bundle(_OUT.value, supervised.make_bundle(
+        result, vols["train"], split, **info))
+  else:
+    folder = pathlib.Path(_BUNDLE.value)
+    supervised.add_to_bundle(folder, result, vols["train"], split, **info)
+  fileio.write_json(folder / "extractor_history.json", {
+      "split": split, "config": config.to_dict(), "history": result.history,
+      "kept_epoch": result.kept_epoch, "val_brain_dsc": result.best_val_dice})
+  _log(f"wrote {folder} (extractor kept at epoch {result.kept_epoch}, validation brain "
+       f"Dice {result.best_val_dice:.4f})")
+
+
+if __name__ == "__main__":
+  app.run(main)
