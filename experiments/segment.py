@@ -2,19 +2,26 @@
 
   python experiments/segment.py --input scan.nii.gz --checkpoint runs/main/model \
       --out_dir out/
-  python experiments/segment.py --input dwi.nii.gz --average ...   # 4D series
+  python experiments/segment.py --input scan.nii.gz --out_dir out/   # shipped model
+  python experiments/segment.py --input dwi.nii.gz ...   # 4D: masked on the mean
+  python experiments/segment.py --plane=2 --voxel_scale=0.1 ...   # override the header
+  python experiments/segment.py --truth=mask.nii.gz ...   # Dice and HD95 in the report
   python experiments/segment.py --placement=gbp ...   # the paper's placement
 
 The model folder is the main job's ``<workdir>/model`` (networks,
-normalisation, template bank, voxel size; ``rodent_gbp/bundle.py``). The brain
-mask is placed by ``--placement``: ``gbp_improved`` (default; one displacement
-for the scan from its GBP image, then the template animal, slice and scale
-chosen on the intensity), ``gbp`` (the paper's per-slice correlation) or
-``intensity`` (the same search as gbp_improved without saliency).
+normalisation, template bank, voxel size; ``rodent_gbp/bundle.py``); without
+``--checkpoint`` the folder installed with the package
+(``rodent_gbp/models/mouse_epi``). The slice axis is the header's
+anterior-posterior axis unless one voxel axis is >= 2x thicker than both
+others (then that one, with a warning); voxel sizes stored x10 are found by
+the field of view (widest >= 150 mm with its tenth 10-80 mm). The brain mask
+is placed by ``--placement`` (``rodent_gbp/placement.py``'s placers).
 
 Writes <name>_brainmask.nii.gz (the mask that was applied), <name>_labels.nii.gz
-(inside that mask), <name>_saliency.nii.gz (the input's shape, affine and
-header), <name>_qc.png and <name>_slices.csv. Expected errors end with one line
+(inside that mask), <name>_saliency.nii.gz, <name>_brain.nii.gz (the input zero
+outside the mask), all in the input's shape, affine and header;
+<name>_qc.png, <name>_slices.csv and <name>_report.json (every decision and
+why, resolution, brain volume, CPU seconds). Expected errors end with one line
 "error: ..." and exit code 2.
 """
 

@@ -10,8 +10,9 @@ a traceback; the message names the file and the problem. Any other exception
 (a ValueError from JAX or numpy included) is a bug and keeps its traceback. ``RODENT_GBP_TRACEBACK=1``
 shows tracebacks for expected errors too.
 
-  rodent-gbp-segment --input scan.nii.gz --checkpoint runs/main/model \\
-      --out_dir out/ [--placement=gbp_improved|gbp|intensity]
+  rodent-gbp-segment --input scan.nii.gz [--checkpoint runs/main/model] \\
+      --out_dir out/ [--placement=gbp_improved|gbp|intensity] [--plane auto|0|1|2]
+      [--voxel_scale 0.1] [--truth mask.nii.gz]
 """
 
 from __future__ import annotations
@@ -96,35 +97,68 @@ def start_distributed(fv: flags.FlagValues = flags.FLAGS) -> None:
 # --- rodent-gbp-segment ---------------------------------------------------------------
 
 
+_PLACER_HELP = {
+    "gbp_improved": "one displacement for the scan from its log GBP image against the "
+                    "reference's raw-slice appearance, then the template animal, "
+                    "neighbouring slice and scale chosen on the intensity",
+    "gbp": "the paper's per-slice correlation of the reference template with the "
+           "enhanced GBP image (misplaces the mask on the phantom, README)",
+    "intensity": "the same search as gbp_improved located by the plain intensity, no "
+                 "saliency"}
+
+
+def _placer_help(name: str, fn: Callable[..., Any]) -> str:
+  """A placer's line in --help: the text above, else its docstring's first line."""
+  text = _PLACER_HELP.get(name) or (fn.__doc__ or "").strip().split("\n")[0].rstrip(".")
+  return f"{name}: {text}" if text else name
+
+
 def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  """Defines the flags of ``rodent-gbp-segment`` on ``fv``."""
+  """Defines the flags of ``rodent-gbp-segment`` on ``fv``.
+
+  The ``--placement`` choices are the keys of ``placement.PLACERS``, so a
+  placer registered there is offered here without a change.
+  """
+  from rodent_gbp import placement
+  from rodent_gbp import scan
   flags.DEFINE_string("input", None, "The scan to segment (NIfTI .nii or .nii.gz).",
                       flag_values=fv)
   flags.DEFINE_string("checkpoint", None, "A model folder (bundle), e.g. the main job's "
                       "<workdir>/model (networks, normalisation, template bank, voxel "
-                      "size).", flag_values=fv)
+                      "size). Default: the model folder installed with the package "
+                      "(rodent_gbp/models/mouse_epi).", flag_values=fv)
   flags.DEFINE_string("out_dir", None, "Output folder (created if needed).",
                       flag_values=fv)
-  flags.DEFINE_string("plane", "coronal", "Slicing plane: coronal, axial or sagittal.",
+  # A string, checked by segment_scan: a bad value ends in the one-line error.
+  flags.DEFINE_string(
+      "plane", "auto",
+      f"Slicing plane, one of {', '.join(scan.PLANE_CHOICES)}. auto (default): across the header's anterior-posterior axis, "
+      f"unless one voxel axis is >= {scan.THICK_RATIO:g}x thicker than both others: "
+      "then across that axis, with a warning. coronal, axial, sagittal: by the "
+      "header's RAS orientation. 0, 1, 2: across that voxel axis of the file.",
+      flag_values=fv)
+  flags.DEFINE_float(
+      "voxel_scale", None,
+      "Factor for the header's voxel sizes, e.g. 0.1 for sizes stored x10. Default: "
+      f"auto, 0.1 when the widest field of view is >= {scan.X10_MIN_FOV_MM:g} mm and "
+      f"its tenth is {scan.HEAD_FOV_MM[0]:g}-{scan.HEAD_FOV_MM[1]:g} mm (a rodent head "
+      "is about 20-35 mm across), else 1.", flag_values=fv)
+  flags.DEFINE_string("truth", None, "A brain mask on the input's grid (nonzero = "
+                      "brain): the report gives Dice and HD95 (mm) against it.",
                       flag_values=fv)
-  flags.DEFINE_integer("volume", None, "For a 4D series: the volume to segment (0-based).",
-                       flag_values=fv)
-  flags.DEFINE_bool("average", False, "For a 4D series: segment the mean of its volumes.",
-                    flag_values=fv)
+  flags.DEFINE_integer("volume", None, "For a 4D series: segment this volume (0-based) "
+                       "instead of the mean.", flag_values=fv)
+  flags.DEFINE_bool("average", False, "For a 4D series: segment the mean of its volumes "
+                    "(what a 4D series gets without --volume).", flag_values=fv)
   flags.DEFINE_string("name", None, "Output file prefix; default: the input's file name "
                       "without .nii[.gz].", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace existing outputs of the same name.",
                     flag_values=fv)
   flags.DEFINE_bool("qc", True, "Write the QC figure <name>_qc.png.", flag_values=fv)
-  flags.DEFINE_enum("placement", "gbp_improved", ["gbp_improved", "gbp", "intensity"],
+  flags.DEFINE_enum("placement", "gbp_improved", list(placement.PLACERS),
                     "How the brain mask is placed (rodent_gbp/placement.py). "
-                    "gbp_improved (default): one displacement for the scan from its log "
-                    "GBP image against the reference's raw-slice appearance, then the "
-                    "template animal, neighbouring slice and scale chosen on the "
-                    "intensity. gbp: the paper's per-slice correlation of the reference "
-                    "template with the enhanced GBP image (misplaces the mask on the "
-                    "phantom, README). intensity: the same search as gbp_improved "
-                    "located by the plain intensity, no saliency.", flag_values=fv)
+                    + ". ".join(_placer_help(k, f) for k, f in placement.PLACERS.items())
+                    + ".", flag_values=fv)
 
 
 def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]], None]:
@@ -139,6 +173,7 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
     inference.segment_scan(
         fv["input"].value, fv["checkpoint"].value, fv["out_dir"].value,
         plane=fv["plane"].value, volume=fv["volume"].value, average=fv["average"].value,
+        voxel_scale=fv["voxel_scale"].value, truth=fv["truth"].value,
         name=fv["name"].value, overwrite=fv["overwrite"].value, qc=fv["qc"].value,
         placement=fv["placement"].value, log=lambda msg: print(msg, flush=True))
 
@@ -151,7 +186,7 @@ def segment_main(argv: list[str] | None = None) -> None:
   fv = flags.FlagValues()
   define_segment_flags(fv)
   if any(a in ("-h", "--help", "-help") for a in argv[1:]):
-    print(f"usage: rodent-gbp-segment --input SCAN --checkpoint FOLDER --out_dir OUT\n\n"
+    print(f"usage: rodent-gbp-segment --input SCAN [--checkpoint FOLDER] --out_dir OUT\n\n"
           f"{fv.get_help()}")
     raise SystemExit(0)
   try:

@@ -3,26 +3,45 @@
 :func:`segment_scan` takes one NIfTI scan through the same stages as the main
 job's test animals:
 
-1. read and validate the file, reorient to RAS+, slice the chosen plane,
-   normalise by the bundle's rule (``rodent_gbp.scan``);
+1. read and validate the file (``rodent_gbp.scan``); a 4D series is
+   segmented on the mean of its volumes (or ``volume``); decide from the
+   header, printing each decision and writing it to the report:
+
+   * voxel scale: voxel sizes stored x10 are recognised by the field of view
+     (the widest >= ``scan.X10_MIN_FOV_MM`` = 150 mm whose tenth lies in
+     ``scan.HEAD_FOV_MM`` = 10-80 mm; a rodent head is about 20-35 mm
+     across) and divided by 10; ``voxel_scale`` sets the factor;
+   * slice axis: the header's anterior-posterior axis, unless one voxel axis
+     is >= ``scan.THICK_RATIO`` = 2x thicker than both others: then that
+     axis, with a warning; ``plane`` overrides (a plane name or a voxel axis);
+   * intensity: an offset (minimum negative or above 5% of the robust
+     maximum) is subtracted; the bundle's rule (a division by a robust
+     maximum) then removes any scanner scale;
+
+   reorient to RAS+, slice the chosen plane, normalise;
 2. resample in-plane to the model's voxel size and pad / crop, centred, to
    the bank's slice shape; match each slice to a bank slice by relative
    anterior-posterior position (identity when the slice counts agree);
-3. the pipeline with one placer (``placement=``, flag ``--placement``):
-   ``gbp_improved`` (default), ``gbp`` (the paper) or ``intensity``
-   (``rodent_gbp.placement``); one raw pass gives the saliency map and the
-   placer's input, the mask the placer returns is applied and the network
-   segments again;
+3. the pipeline with one placer (``placement=``, flag ``--placement``, the
+   keys of ``placement.PLACERS``); one raw pass gives the saliency map and
+   the placer's input, the mask the placer returns is applied and the
+   network segments again;
 4. undo the padding and the resampling (nearest neighbour for the brain mask
    and labels, linear for the saliency map) and the reorientation, and write
    ``<name>_brainmask.nii.gz`` (the mask that was applied),
-   ``<name>_labels.nii.gz`` and ``<name>_saliency.nii.gz`` with the input's
-   shape, affine and header, a QC figure ``<name>_qc.png`` and
-   ``<name>_slices.csv`` (per slice: displacement and placement confidence;
-   for the search placers also the volume's displacement and the chosen
-   template animal, slice offset and scale). Displacements are in model
-   voxels, relative to the reference animal's acquisition.
+   ``<name>_labels.nii.gz``, ``<name>_saliency.nii.gz`` and
+   ``<name>_brain.nii.gz`` (the stored values zero outside the mask, every
+   volume of a series) with the input's shape, affine and header; a QC
+   figure ``<name>_qc.png`` (mask contours over up to 16 slices, brain area
+   per slice); ``<name>_slices.csv`` (per slice: displacement and placement
+   confidence; for the search placers also the volume's displacement and
+   the chosen template animal, slice offset and scale; displacements in
+   model voxels, relative to the reference animal's acquisition); and
+   ``<name>_report.json`` (the decisions, resolution in and out, brain volume
+   with a warning outside ``scan.BRAIN_VOLUME_MM3`` = 200-4000 mm^3, the
+   placer, CPU seconds, and with ``truth`` Dice and HD95 in mm).
 
+Without a model folder the shipped default (``rodent_gbp.models``) is used.
 Outputs appear all together or not at all: they are written into a hidden
 temporary folder inside the output folder and renamed into place at the end;
 on any error the temporary folder is removed.
@@ -34,6 +53,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Any, Callable
 
 import nibabel as nib
@@ -42,6 +62,8 @@ import numpy as np
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import data
 from rodent_gbp import fileio
+from rodent_gbp import metrics
+from rodent_gbp import models
 from rodent_gbp import pipeline
 from rodent_gbp import placement as placement_lib
 from rodent_gbp import scan
@@ -53,8 +75,10 @@ DEFAULT_PLACEMENT = "gbp_improved"
 
 def output_paths(out_dir: pathlib.Path, name: str) -> dict[str, pathlib.Path]:
   paths = {k: out_dir / f"{name}_{k}.nii.gz" for k in OUTPUTS}
+  paths["brain"] = out_dir / f"{name}_brain.nii.gz"
   paths["qc"] = out_dir / f"{name}_qc.png"
   paths["csv"] = out_dir / f"{name}_slices.csv"
+  paths["report"] = out_dir / f"{name}_report.json"
   return paths
 
 
@@ -106,21 +130,65 @@ def _slice_rows(placed: placement_lib.Placement, native_mask: np.ndarray,
   return rows
 
 
-def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLike,
-                 out_dir: str | os.PathLike, *, plane: str = "coronal",
+def _read_truth(path: pathlib.Path, shape, affine: np.ndarray) -> np.ndarray:
+  """A truth brain mask on the input's grid (nonzero = brain), checked."""
+  series, img = scan.read_series(path)
+  if series.ndim == 4 and series.shape[3] == 1:
+    series = series[..., 0]
+  if series.shape != tuple(shape):
+    raise DataError(f"{path}: --truth has shape {series.shape}, the input {tuple(shape)}; "
+                    "it must be a mask on the input's grid")
+  if not np.allclose(img.affine, affine, rtol=1e-4, atol=1e-4):
+    raise DataError(f"{path}: --truth has another affine than the input; it must be a "
+                    "mask on the input's grid")
+  return series > 0
+
+
+def _brain_volume(mm3: float) -> tuple[str | None, dict[str, Any]]:
+  lo, hi = scan.BRAIN_VOLUME_MM3
+  warning = None
+  if not lo <= mm3 <= hi:
+    warning = (f"brain volume {mm3:.0f} mm^3 ({mm3 / 1000:.3g} cm^3) is outside the "
+               f"plausible {lo:g}-{hi:g} mm^3 of a rodent brain (mouse ~400-600, rat "
+               "~1500-2500): check the voxel sizes (--voxel_scale), the plane and the "
+               "QC figure")
+  return warning, {"mm3": mm3, "cm3": mm3 / 1000, "plausible_mm3": [lo, hi],
+                   "warning": warning,
+                   "note": "voxels of the written (applied, dilated) mask x voxel volume"}
+
+
+def segment_scan(input_path: str | os.PathLike,
+                 checkpoint_dir: str | os.PathLike | None,
+                 out_dir: str | os.PathLike, *, plane: str | int = "auto",
                  volume: int | None = None, average: bool = False,
+                 voxel_scale: float | None = None,
+                 truth: str | os.PathLike | None = None,
                  name: str | None = None, overwrite: bool = False, qc: bool = True,
                  batch_size: int | None = None, placement: str = DEFAULT_PLACEMENT,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Segments one scan with a model bundle; writes the outputs.
+  """Segments one scan with a model bundle; writes the outputs and a report.
+
+  Every decision taken from the header is printed (``log``) and written to
+  ``<name>_report.json``: the slice axis and why (:func:`scan.choose_plane`),
+  the voxel scale and why (:func:`scan.voxel_scale`), an intensity offset
+  removed (:func:`scan.remove_offset`), the in-plane resolution in and out,
+  the brain volume with a warning outside :data:`scan.BRAIN_VOLUME_MM3`, the
+  placer, CPU seconds, and with ``truth`` the Dice and HD95 against it.
 
   Args:
-    input_path: a NIfTI scan (3D, or 4D with ``volume`` or ``average``).
-    checkpoint_dir: a model bundle folder (``<workdir>/model`` of the main job).
+    input_path: a NIfTI scan (3D, or a 4D series: segmented on its mean, or on
+      ``volume``; the skull-stripped output masks every volume).
+    checkpoint_dir: a model bundle folder (``<workdir>/model`` of the main
+      job); None: the shipped default (``rodent_gbp.models``).
     out_dir: output folder (created if needed).
-    plane: slicing plane, "coronal" (default), "axial" or "sagittal".
+    plane: "auto" (default: the header's anterior-posterior axis unless one
+      voxel axis is much thicker), "coronal", "axial", "sagittal", or a voxel
+      axis 0, 1, 2.
     volume: volume index of a 4D series.
-    average: mean over the volumes of a 4D series.
+    average: mean over the volumes of a 4D series (also the default for 4D).
+    voxel_scale: factor for the header's voxel sizes (0.1 for sizes stored
+      x10); None: decided by the field of view.
+    truth: a brain mask on the input's grid to score the result against.
     name: output file prefix; default the input file's name without ``.nii[.gz]``.
     overwrite: replace existing outputs of the same name.
     qc: write the QC figure.
@@ -129,22 +197,22 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
     log: progress sink.
 
   Returns:
-    dict with ``paths`` (output files), ``slices`` (CSV rows), the model-grid
-    arrays ``mask`` (the removal mask), ``labels``, ``image``, and ``placement``.
+    dict with ``paths`` (output files), ``slices`` (CSV rows), ``report`` (the
+    report's content), the model-grid arrays ``mask`` (the removal mask),
+    ``labels``, ``image``, and ``placement``.
 
   Raises:
     UsageError, InferenceError, DataError, CheckpointError: one line naming
     the file or flag and the problem.
   """
+  cpu0, wall0 = time.process_time(), time.perf_counter()
   # --- arguments and outputs, before anything expensive ---
   if not input_path:
     raise UsageError("--input is required (a NIfTI scan)")
-  if not checkpoint_dir:
-    raise UsageError("--checkpoint is required (a model folder)")
   if not out_dir:
     raise UsageError("--out_dir is required")
-  if plane not in data.PLANES:
-    raise UsageError(f"--plane {plane!r}: must be one of {', '.join(data.PLANES)}")
+  if str(plane) not in scan.PLANE_CHOICES:
+    raise UsageError(f"--plane {plane!r}: must be one of {', '.join(scan.PLANE_CHOICES)}")
   if placement not in placement_lib.PLACERS:
     raise UsageError(f"--placement {placement!r}: must be one of "
                      f"{', '.join(placement_lib.PLACERS)}")
@@ -152,34 +220,56 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
     raise UsageError("--volume and --average exclude each other; pass one")
   if volume is not None and volume < 0:
     raise UsageError(f"--volume {volume}: must be >= 0")
+  if voxel_scale is not None and not (np.isfinite(voxel_scale) and voxel_scale > 0):
+    raise UsageError(f"--voxel_scale {voxel_scale}: must be a positive number (0.1 reads "
+                     "voxel sizes stored x10)")
   input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
   name = scan.stem(input_path) if name is None else name
   paths = _check_outputs(input_path, out_dir, name, overwrite)
+  if checkpoint_dir:
+    checkpoint_source = "--checkpoint"
+  else:
+    checkpoint_dir, checkpoint_source = models.default_model_dir(), "default (shipped)"
 
-  # --- inputs ---
-  image, img = scan.read_scan(input_path, volume=volume, average=average)
+  # --- inputs and the header decisions ---
+  series, img = scan.read_series(input_path)
+  image, taken = scan.collapse(series, input_path, volume=volume, average=average)
+  truth_mask = None if truth is None else _read_truth(pathlib.Path(truth), image.shape,
+                                                      img.affine)
   bundle = bundle_lib.load_bundle(checkpoint_dir)
   placement_lib.check_placer(placement, bundle)
   config = bundle.network("tissue").config
-  vol = scan.to_volume(image, img.affine, plane=plane, name=name,
+  warnings: list[str] = []
+  factor, scale_reason, scale_warning = scan.voxel_scale(image.shape, img.affine,
+                                                         voxel_scale)
+  affine = scan.scale_affine(img.affine, factor)
+  plane, slice_axis, plane_reason, plane_warning = scan.choose_plane(affine, plane)
+  image, offset, offset_reason = scan.remove_offset(image)
+  warnings += [w for w in (scale_warning, plane_warning) if w]
+  vol = scan.to_volume(image, affine, plane=plane, name=name,
                        normalisation=bundle.normalisation)
   axes = scan.INPLANE_AXES[plane]
-  vs_scan = data.voxel_sizes_ras(img.affine)[axes]
+  vs_scan = data.voxel_sizes_ras(affine)[axes]
   vs_model = bundle.voxel_size[axes]
   n_slices, h, w = vol.image.shape
   grid = tuple(max(1, int(round(n * a / b))) for n, a, b in zip((h, w), vs_scan, vs_model))
-  factor = 2**config.depth
-  if min(grid) < factor:
+  factor_net = 2**config.depth
+  if min(grid) < factor_net:
     raise DataError(
         f"{input_path}: too small for the network: {h} x {w} voxels of "
         f"{vs_scan[0]:g} x {vs_scan[1]:g} mm in the {plane} plane are {grid[0]} x "
         f"{grid[1]} at the model's {vs_model[0]:g} x {vs_model[1]:g} mm; need at "
-        f"least {factor} x {factor}")
+        f"least {factor_net} x {factor_net}")
   bank_hw = bundle.slice_shape
-  log(f"{input_path}: {img.shape} -> {n_slices} {plane} slices of {h} x {w} at "
-      f"{vs_scan[0]:g} x {vs_scan[1]:g} mm; model grid {grid[0]} x {grid[1]} at "
-      f"{vs_model[0]:g} x {vs_model[1]:g} mm ({bundle.voxel_size_source}), "
-      f"fitted to {bank_hw[0]} x {bank_hw[1]}")
+  log(f"{input_path}: {img.shape}, segmenting {taken}")
+  log(f"voxel scale {factor:g}: {scale_reason}")
+  log(f"slice axis {slice_axis} ({plane}): {plane_reason}")
+  log(f"intensity: {offset_reason}")
+  log(f"{n_slices} {plane} slices of {h} x {w} at {vs_scan[0]:g} x {vs_scan[1]:g} mm; "
+      f"model grid {grid[0]} x {grid[1]} at {vs_model[0]:g} x {vs_model[1]:g} mm "
+      f"({bundle.voxel_size_source}), fitted to {bank_hw[0]} x {bank_hw[1]}")
+  for warning in warnings:
+    log(f"warning: {warning}")
 
   # --- the pipeline on the model grid ---
   model_slices = scan.fit_to(scan.resample_inplane(vol.image, vs_scan, vs_model, grid,
@@ -201,8 +291,28 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
   # nearest-neighbour resampling keeps that true on the input grid too.
   native["labels"] = native["labels"] * (native["brainmask"] > 0)
   dtypes = {"brainmask": np.uint8, "labels": np.uint8, "saliency": np.float32}
+  arrays = {key: np.asanyarray(data.to_nifti(native[key], vol).dataobj) for key in OUTPUTS}
+  mask_file = arrays["brainmask"] > 0                    # (X, Y, Z), the file's axes
+  # The skull-stripped image: the stored values (every volume of a series)
+  # zero outside the mask.
+  arrays["brain"] = series * (mask_file if series.ndim == 3 else mask_file[..., None])
+  dtypes["brain"] = np.float32
   rows = _slice_rows(placed, native["brainmask"], bank_index, vs_model, bundle.bank,
                      placement)
+  vs_file = scan.voxel_sizes(affine)
+  brain_warning, brain_volume = _brain_volume(float(mask_file.sum() * np.prod(vs_file)))
+  if brain_warning:
+    warnings.append(brain_warning)
+    log(f"warning: {brain_warning}")
+  log(f"brain volume {brain_volume['mm3']:.1f} mm^3 ({brain_volume['cm3']:.3g} cm^3)")
+  scores = None
+  if truth_mask is not None:
+    scores = {"path": str(truth), "dice": float(metrics.mask_dice(mask_file, truth_mask)),
+              "hd95_mm": metrics.hd95(mask_file, truth_mask, vs_file),
+              "truth_volume_mm3": float(truth_mask.sum() * np.prod(vs_file)),
+              "note": "on the input's voxel grid and (scaled) voxel sizes; HD95 pools "
+                      "both directions' boundary distances"}
+    log(f"against {truth}: Dice {scores['dice']:.4f}, HD95 {scores['hd95_mm']:.3f} mm")
 
   # --- write everything into a temporary folder, then rename into place ---
   created = not out_dir.exists()
@@ -212,13 +322,42 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
     raise InferenceError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
   try:
-    for key in OUTPUTS:
-      arr = np.asanyarray(data.to_nifti(native[key], vol).dataobj)
-      nib.save(scan.like_input(arr, img, dtypes[key]), tmp / paths[key].name)
+    for key in (*OUTPUTS, "brain"):
+      nib.save(scan.like_input(arrays[key], img, dtypes[key]), tmp / paths[key].name)
     fileio.write_csv(tmp / paths["csv"].name, rows)
     if qc:
       from rodent_gbp import qc as qc_lib
-      qc_lib.scan_figure(tmp / paths["qc"].name, model_slices, placed.mask, labels)
+      qc_lib.segment_figure(
+          tmp / paths["qc"].name, vol.image, native["brainmask"], tuple(vs_scan),
+          title=(f"{name}: {plane} slices across voxel axis {slice_axis}, {placement}; "
+                 f"brain {brain_volume['mm3']:.0f} mm$^3$"
+                 + ("" if scores is None else
+                    f"; Dice {scores['dice']:.3f}, HD95 {scores['hd95_mm']:.2f} mm")))
+    report = {
+        "input": str(input_path), "shape": [int(n) for n in series.shape],
+        "segmented": taken,
+        "checkpoint": str(checkpoint_dir), "checkpoint_source": checkpoint_source,
+        "voxel_scale": {"factor": factor, "mode": "auto" if voxel_scale is None else "given",
+                        "reason": scale_reason,
+                        "header_voxel_size_mm": scan.voxel_sizes(img.affine).tolist(),
+                        "voxel_size_mm": vs_file.tolist()},
+        "slice_axis": {"axis": slice_axis, "plane": plane, "reason": plane_reason,
+                       "slices": n_slices},
+        "intensity": {"offset": offset, "reason": offset_reason,
+                      "normalisation": bundle.normalisation},
+        "resolution": {"input_inplane_mm": [float(v) for v in vs_scan],
+                       "model_inplane_mm": [float(v) for v in vs_model],
+                       "input_grid": [h, w], "model_grid": list(grid),
+                       "fitted_to": list(bank_hw),
+                       "resampled": bool(grid != (h, w) or not np.allclose(vs_scan, vs_model)),
+                       "slice_thickness_mm": float(data.voxel_sizes_ras(affine)[
+                           data.plane_axes(plane)[0]])},
+        "brain_volume": brain_volume, "placement": placement,
+        "truth": scores, "warnings": warnings,
+        "outputs": {k: p.name for k, p in paths.items() if qc or k != "qc"},
+        "cpu_seconds": time.process_time() - cpu0,
+        "wall_seconds": time.perf_counter() - wall0}
+    fileio.write_json(tmp / paths["report"].name, report)
     for key, p in paths.items():
       if (tmp / p.name).exists():
         os.replace(tmp / p.name, p)
@@ -233,7 +372,8 @@ def segment_scan(input_path: str | os.PathLike, checkpoint_dir: str | os.PathLik
   if "volume_displacement" in placed.details:
     d = placed.details["volume_displacement"]
     log(f"{placement}: volume displacement ({d[0]}, {d[1]}) model voxels")
+  log(f"cpu {report['cpu_seconds']:.1f} s, wall {report['wall_seconds']:.1f} s")
   log(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
   return {"paths": paths, "slices": rows, "mask": placed.mask, "labels": labels,
           "image": model_slices, "grid": grid, "bank_index": bank_index,
-          "placement": placed}
+          "placement": placed, "report": report}

@@ -246,3 +246,76 @@ def class_table(counts_per_animal: Sequence[ArrayLike]) -> dict[str, dict[str, f
 def binary_row(counts_per_animal: Sequence[ArrayLike]) -> dict[str, float]:
   """A brain row from per-animal pooled (4,) counts (mean over animals)."""
   return scalar_row(mean_over_animals(dict(enumerate(counts_per_animal)))["mean"])
+
+
+# --- boundary distances (rodent-gbp-segment --truth) -------------------------
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+  """The voxels of ``mask`` with a face neighbour outside it (the image edge is outside).
+
+  Args:
+    mask: boolean array of any rank.
+
+  Returns:
+    bool array of ``mask``'s shape.
+  """
+  from scipy import ndimage
+  mask = np.asarray(mask, bool)
+  inner = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(
+      mask.ndim, 1), border_value=0)
+  return mask & ~inner
+
+
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
+                      ) -> np.ndarray:
+  """Distances (mm) from each boundary voxel of ``a`` to the nearest of ``b``'s.
+
+  Args:
+    a, b: boolean masks of one shape, both non-empty.
+    spacing: voxel size per axis (mm), the grid's own geometry.
+
+  Returns:
+    (number of boundary voxels of a,) float64.
+  """
+  from scipy import ndimage
+  edge_a, edge_b = boundary(a), boundary(b)
+  # Euclidean distance of every voxel to the nearest boundary voxel of b.
+  to_b = ndimage.distance_transform_edt(~edge_b, sampling=np.asarray(spacing, np.float64))
+  return to_b[edge_a]
+
+
+def mask_dice(pred: ArrayLike, truth: ArrayLike) -> float:
+  """Dice of two boolean masks of one shape (NaN when both are empty)."""
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  total = int(pred.sum()) + int(truth.sum())
+  return 2 * int((pred & truth).sum()) / total if total else float("nan")
+
+
+def hd95(pred: ArrayLike, truth: ArrayLike, spacing: Sequence[float]) -> float:
+  """95th-percentile symmetric boundary distance (mm) of two masks.
+
+  The distances from every boundary voxel of ``pred`` to ``truth``'s boundary
+  and from every boundary voxel of ``truth`` to ``pred``'s are pooled, and
+  their 95th percentile (numpy's linear interpolation) is returned. A
+  boundary voxel is a mask voxel with a face neighbour outside the mask.
+
+  Args:
+    pred, truth: boolean masks of one shape (any rank).
+    spacing: voxel size per axis (mm).
+
+  Returns:
+    The distance in mm; 0.0 when both are empty, inf when exactly one is.
+  """
+  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+  if pred.shape != truth.shape:
+    raise ValueError(f"masks of shapes {pred.shape} and {truth.shape}")
+  if len(spacing) != pred.ndim:
+    raise ValueError(f"spacing {tuple(spacing)} for a rank-{pred.ndim} mask")
+  if not pred.any() and not truth.any():
+    return 0.0
+  if not pred.any() or not truth.any():
+    return float("inf")
+  pooled = np.concatenate([surface_distances(pred, truth, spacing),
+                           surface_distances(truth, pred, spacing)])
+  return float(np.percentile(pooled, 95))

@@ -56,3 +56,75 @@ def scan_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
   with fileio.atomic_path(path, suffix=".png") as tmp:
     fig.savefig(tmp, dpi=90)
   plt.close(fig)
+
+
+MAX_GRID_SLICES = 16
+
+
+def grid_slices(n: int, count: int = MAX_GRID_SLICES) -> np.ndarray:
+  """All of ``n`` slices when ``n <= count``, else ``count`` spread evenly, first and last included."""
+  if n <= count:
+    return np.arange(n)
+  return np.unique(np.linspace(0, n - 1, count).round().astype(int))
+
+
+def segment_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
+                   voxel_size: tuple[float, float], *, title: str = "",
+                   count: int = MAX_GRID_SLICES, dpi: int = 60) -> np.ndarray:
+  """QC of one segmented scan: mask contours over a grid of slices, area per slice.
+
+  Drawn on the input's own in-plane grid (after reorientation to RAS+ and
+  slicing), with the pixel aspect of its voxel size; a small plot gives the
+  brain area of every slice. Written atomically; a few hundred pixels wide
+  per row, so the PNG stays small (well under 300 kB for 16 slices).
+
+  Args:
+    path: the PNG to write.
+    image: (S, H, W) slices of the scan (normalised intensities).
+    mask: (S, H, W) the brain mask written.
+    voxel_size: in-plane (H, W) voxel size in mm.
+    title: the figure's title.
+    count: at most this many slices in the grid.
+    dpi: resolution of the PNG.
+
+  Returns:
+    (S,) brain area per slice in mm^2.
+  """
+  image, mask = np.asarray(image, np.float32), np.asarray(mask, bool)
+  area = mask.reshape(len(mask), -1).sum(-1) * float(voxel_size[0] * voxel_size[1])
+  picks = grid_slices(len(image), count)
+  cols = int(np.ceil(np.sqrt(len(picks))))
+  rows = int(np.ceil(len(picks) / cols))
+  # Display range from the brain when there is one (bright fat or vessels outside
+  # would otherwise darken it).
+  inside = image[mask] if mask.any() else image.ravel()
+  vmax = float(np.percentile(inside, 99.5)) or float(image.max()) or 1.0
+  h, w = image.shape[1:]
+  # Transposed display: columns are H (width h * vs_h), rows are W.
+  aspect = float(voxel_size[1] / voxel_size[0])
+  panel_w = 1.9
+  panel_h = panel_w * (w * voxel_size[1]) / (h * voxel_size[0])
+  panel_h = float(np.clip(panel_h, 0.8, 3.0))
+  fig = plt.figure(figsize=(panel_w * cols, panel_h * rows + 1.6))
+  grid = fig.add_gridspec(rows + 1, cols, height_ratios=[panel_h] * rows + [1.3])
+  for i, s in enumerate(picks):
+    ax = fig.add_subplot(grid[i // cols, i % cols])
+    show(ax, image[s], f"slice {s}: {area[s]:.3g} mm$^2$", vmin=0.0, vmax=vmax,
+         aspect=aspect)
+    if mask[s].any():
+      ax.contour(mask[s].T.astype(float), levels=[0.5], colors="r", linewidths=0.7,
+                 origin="lower")
+  ax = fig.add_subplot(grid[rows, :])
+  ax.plot(np.arange(len(area)), area, "o-", color="r", markersize=2.5, linewidth=1)
+  ax.set_xlabel("slice", fontsize=8)
+  ax.set_ylabel("brain area (mm$^2$)", fontsize=8)
+  ax.tick_params(labelsize=7)
+  ax.set_xlim(-0.5, len(area) - 0.5)
+  ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  with fileio.atomic_path(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=dpi)
+  plt.close(fig)
+  return area

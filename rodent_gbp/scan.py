@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from rodent_gbp import data
-from rodent_gbp.errors import DataError
+from rodent_gbp.errors import DataError, UsageError
 
 _RAS = nib.orientations.axcodes2ornt("RAS")
 # In-plane RAS axes of the slices of each plane.
@@ -34,18 +34,15 @@ def stem(path: pathlib.Path) -> str:
   return path.stem
 
 
-def read_scan(path: str | os.PathLike, *, volume: int | None = None,
-              average: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
-  """Reads a NIfTI scan as one 3D float32 volume, validated.
+def read_series(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
+  """Reads a NIfTI scan as it is stored (3D, or a 4D series), validated.
 
   Args:
     path: a ``.nii`` or ``.nii.gz`` file.
-    volume: index of the volume to take from a 4D series.
-    average: take the mean over the 4th axis of a 4D series (the paper averaged
-      its b0 images).
 
   Returns:
-    (data (X, Y, Z) float32 in the file's axis order, the nibabel image).
+    (data (X, Y, Z) or (X, Y, Z, T) float32 in the file's axis order, with
+    trailing singleton axes beyond the 4th dropped; the nibabel image).
 
   Raises:
     DataError: naming the file and the problem.
@@ -80,30 +77,234 @@ def read_scan(path: str | os.PathLike, *, volume: int | None = None,
                          f"{raw.shape}")
   if 0 in raw.shape:
     raise DataError(f"{path}: an axis of shape {raw.shape} is empty")
-  n_vol = raw.shape[3] if raw.ndim == 4 else 1
-  if volume is not None and not 0 <= volume < n_vol:
-    raise DataError(f"{path}: --volume {volume} out of range; the file has "
-                         f"{n_vol} volume(s), 0..{n_vol - 1}")
-  if raw.ndim == 4 and n_vol > 1:
-    if volume is None and not average:
-      raise DataError(f"{path}: a 4D series of {n_vol} volumes; pass --volume N "
-                           f"(0..{n_vol - 1}) or --average")
-  if raw.ndim == 4:
-    raw = raw[..., volume] if volume is not None else raw.mean(axis=3, dtype=np.float64)
-  image = np.asarray(raw, np.float32)
   affine = img.affine
   if affine is None or not np.all(np.isfinite(affine)) or abs(
       np.linalg.det(affine[:3, :3])) < 1e-12:
     raise DataError(f"{path}: singular or invalid affine (voxel axes have no "
                          "extent or are not independent)")
-  bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+  series = np.asarray(raw, np.float32)
+  bad = int(np.size(series) - np.count_nonzero(np.isfinite(series)))
   if bad:
     raise DataError(f"{path}: {bad} voxels are NaN or inf")
+  return series, img
+
+
+def collapse(series: np.ndarray, path: str | os.PathLike, *, volume: int | None = None,
+             average: bool = False) -> tuple[np.ndarray, str]:
+  """The one 3D volume of a series that is segmented.
+
+  A 4D series is segmented on the mean of its volumes unless ``volume`` picks
+  one (the mean has the best signal to noise and the brain does not move
+  between the volumes of a motion-corrected series); ``average`` asks for the
+  mean explicitly.
+
+  Args:
+    series: (X, Y, Z) or (X, Y, Z, T) from :func:`read_series`.
+    path: the file, for messages.
+    volume: index of the volume to take from a 4D series.
+    average: take the mean over the 4th axis.
+
+  Returns:
+    (image (X, Y, Z) float32, what was taken, e.g. "mean of 3 volumes").
+
+  Raises:
+    DataError: ``volume`` out of range, or a constant image.
+  """
+  n_vol = series.shape[3] if series.ndim == 4 else 1
+  if volume is not None and not 0 <= volume < n_vol:
+    raise DataError(f"{path}: --volume {volume} out of range; the file has "
+                         f"{n_vol} volume(s), 0..{n_vol - 1}")
+  if series.ndim == 3:
+    image, what = series, "the 3D volume"
+  elif volume is not None:
+    image, what = series[..., volume], f"volume {volume} of {n_vol}"
+  elif n_vol == 1:
+    image, what = series[..., 0], "the only volume"
+  else:
+    image = series.mean(axis=3, dtype=np.float64)
+    what = f"mean of {n_vol} volumes" + ("" if average else " (a 4D series; --volume N "
+                                         "segments one volume)")
+  image = np.asarray(image, np.float32)
   lo, hi = float(image.min()), float(image.max())
   if lo == hi:
     raise DataError(f"{path}: the image is constant ({lo:g}); nothing to segment")
-  return image, img
+  return image, what
 
+
+def read_scan(path: str | os.PathLike, *, volume: int | None = None,
+              average: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
+  """Reads a NIfTI scan as one 3D float32 volume, validated.
+
+  Args:
+    path: a ``.nii`` or ``.nii.gz`` file.
+    volume: index of the volume to take from a 4D series.
+    average: take the mean over the 4th axis of a 4D series (the paper averaged
+      its b0 images); a 4D series without ``volume`` is averaged anyway.
+
+  Returns:
+    (data (X, Y, Z) float32 in the file's axis order, the nibabel image).
+
+  Raises:
+    DataError: naming the file and the problem.
+  """
+  series, img = read_series(path)
+  return collapse(series, path, volume=volume, average=average)[0], img
+
+
+# --- header heuristics ----------------------------------------------------------
+#
+# Slice axis: the header's anterior-posterior voxel axis, unless one voxel axis
+# is THICK_RATIO times thicker than both others (a stack of thick slices): then
+# that axis, with a warning when the two disagree (a header whose orientation
+# is wrong, a common result of scanning an animal with a human protocol).
+THICK_RATIO = 2.0
+# Voxel sizes stored x10 (lets human tools accept rodent data): a rodent head is
+# about 20-35 mm across (mouse ~20, rat ~35), so a field of view (voxels x
+# voxel size along an axis, the largest of the three) of X10_MIN_FOV_MM or
+# more whose tenth lies within HEAD_FOV_MM is read as x10. Outside HEAD_FOV_MM
+# after scaling the scan is used as it is, with a warning.
+X10_MIN_FOV_MM = 150.0
+HEAD_FOV_MM = (10.0, 80.0)
+# Plausible brain volumes (mm^3): mouse ~400-600, rat ~1500-2500.
+BRAIN_VOLUME_MM3 = (200.0, 4000.0)
+# An intensity offset (the scanner's range or a DC shift) is removed when the
+# image minimum is negative or above OFFSET_FRACTION of its robust maximum
+# (data.normalise_intensity's scale): the background of a magnitude image is
+# near zero, and the training rule (a division) does not undo an offset.
+OFFSET_FRACTION = 0.05
+_PLANE_OF_RAS_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
+PLANE_CHOICES = ("auto", *data.PLANES, "0", "1", "2")
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+  """Voxel edge lengths (3,) in mm along the file's own voxel axes."""
+  return np.sqrt(np.sum(np.asarray(affine, np.float64)[:3, :3] ** 2, axis=0))
+
+
+def scale_affine(affine: np.ndarray, factor: float) -> np.ndarray:
+  """The affine with its voxel sizes and origin multiplied by ``factor``."""
+  out = np.array(affine, np.float64)
+  out[:3, :] *= factor
+  return out
+
+
+def voxel_scale(shape, affine: np.ndarray, factor: float | None = None
+                ) -> tuple[float, str, str | None]:
+  """The factor the header's voxel sizes are multiplied by, and why.
+
+  Args:
+    shape: the scan's 3D shape (file axes).
+    affine: its header affine.
+    factor: a factor given by the user (``--voxel_scale``); None: decide by
+      the field of view (:data:`X10_MIN_FOV_MM`, :data:`HEAD_FOV_MM`).
+
+  Returns:
+    (factor, reason, warning or None).
+
+  Raises:
+    UsageError: a given factor that is not a positive finite number.
+  """
+  fov = np.asarray(shape[:3], np.float64) * voxel_sizes(affine)
+  widest = float(fov.max())
+  text = "x".join(f"{f:.4g}" for f in fov)
+  if factor is not None:
+    if not np.isfinite(factor) or factor <= 0:
+      raise UsageError(f"--voxel_scale {factor}: must be a positive number (0.1 reads "
+                       "voxel sizes stored x10)")
+    factor, reason = float(factor), f"--voxel_scale {factor:g} given"
+  elif widest >= X10_MIN_FOV_MM and HEAD_FOV_MM[0] <= widest / 10 <= HEAD_FOV_MM[1]:
+    factor = 0.1
+    reason = (f"field of view {text} mm: the widest ({widest:.4g} mm) is >= "
+              f"{X10_MIN_FOV_MM:g} mm and its tenth lies in the rodent head range "
+              f"{HEAD_FOV_MM[0]:g}-{HEAD_FOV_MM[1]:g} mm: voxel sizes stored x10, "
+              "divided by 10 (--voxel_scale 1 keeps them)")
+  else:
+    factor = 1.0
+    reason = (f"field of view {text} mm: the widest ({widest:.4g} mm) is below "
+              f"{X10_MIN_FOV_MM:g} mm or not ten times a rodent head; header sizes used "
+              "as they are")
+  scaled = widest * factor
+  warning = None
+  if not HEAD_FOV_MM[0] <= scaled <= HEAD_FOV_MM[1]:
+    warning = (f"the widest field of view is {scaled:.4g} mm after scaling, outside the "
+               f"{HEAD_FOV_MM[0]:g}-{HEAD_FOV_MM[1]:g} mm of a rodent head scan; check "
+               "the voxel sizes (--voxel_scale)")
+  return factor, reason, warning
+
+
+def choose_plane(affine: np.ndarray, plane: str | int = "auto"
+                 ) -> tuple[str, int, str, str | None]:
+  """The slicing plane and voxel axis of a scan, and why.
+
+  Args:
+    affine: the scan's affine (any voxel scale; only ratios and directions count).
+    plane: "auto" (the header's anterior-posterior axis unless one axis is
+      :data:`THICK_RATIO` times thicker than the others), a plane name
+      ("coronal", "axial", "sagittal": RAS+ by the header) or a voxel axis
+      (0, 1, 2 or "0", "1", "2": slices across that axis of the file).
+
+  Returns:
+    (plane name, voxel axis the slices are cut across, reason, warning or None).
+    A voxel axis is taken as the plane whose RAS axis the header gives it.
+
+  Raises:
+    UsageError: any other ``plane``.
+  """
+  plane = str(plane)
+  if plane not in PLANE_CHOICES:
+    raise UsageError(f"--plane {plane!r}: must be one of {', '.join(PLANE_CHOICES)}")
+  ornt = nib.orientations.io_orientation(affine)
+  ras_of_axis = ornt[:, 0].astype(int)        # voxel axis k lies along RAS axis ras_of_axis[k]
+  codes = "".join(nib.orientations.aff2axcodes(affine))
+  vs = voxel_sizes(affine)
+  ap_axis = int(np.flatnonzero(ras_of_axis == 1)[0])
+  thick = [k for k in range(3)
+           if vs[k] >= THICK_RATIO * max(vs[j] for j in range(3) if j != k)]
+  sizes = "x".join(f"{v:.4g}" for v in vs)
+  warning = None
+  if plane in data.PLANES:
+    axis = int(np.flatnonzero(ras_of_axis == data.plane_axes(plane)[0])[0])
+    reason = f"--plane {plane}: slices across voxel axis {axis} (header {codes})"
+  elif plane in ("0", "1", "2"):
+    axis = int(plane)
+    reason = (f"--plane {axis}: slices across voxel axis {axis}, the header's "
+              f"{codes[axis]} axis ({_PLANE_OF_RAS_AXIS[ras_of_axis[axis]]} slices)")
+  elif thick and thick[0] != ap_axis:
+    axis = thick[0]
+    reason = (f"voxel axis {axis} is >= {THICK_RATIO:g}x thicker than the others "
+              f"({sizes} mm): the slice axis, against the header's anterior-posterior "
+              f"axis {ap_axis} ({codes})")
+    warning = (f"slicing across the thick voxel axis {axis} ({vs[axis]:.4g} mm), not "
+               f"the header's anterior-posterior axis {ap_axis}: the header's "
+               "orientation may be wrong; --plane 0|1|2 or coronal|axial|sagittal "
+               "overrides")
+  else:
+    axis = ap_axis
+    reason = (f"the header's anterior-posterior axis ({codes}, voxel axis {axis})"
+              + (f", also the thick one ({sizes} mm)" if thick else
+                 f"; no axis >= {THICK_RATIO:g}x thicker than the others ({sizes} mm)"))
+  return _PLANE_OF_RAS_AXIS[ras_of_axis[axis]], axis, reason, warning
+
+
+def remove_offset(image: np.ndarray) -> tuple[np.ndarray, float, str]:
+  """Removes an intensity offset (see :data:`OFFSET_FRACTION`).
+
+  Args:
+    image: (X, Y, Z) float32.
+
+  Returns:
+    (image - offset, offset (0.0 when none), reason).
+  """
+  lo = float(image.min())
+  _, params = data.normalise_intensity(image)
+  robust = params["scale"]
+  if lo < 0 or lo > OFFSET_FRACTION * robust:
+    reason = (f"minimum {lo:.4g} is {'negative' if lo < 0 else 'above'}"
+              f"{'' if lo < 0 else f' {OFFSET_FRACTION:g} x the robust maximum {robust:.4g}'}"
+              ": subtracted, so that the background is 0 as in training")
+    return (image - np.float32(lo)).astype(np.float32), lo, reason
+  return image, 0.0, (f"minimum {lo:.4g} within [0, {OFFSET_FRACTION:g} x robust maximum "
+                      f"{robust:.4g}]: no offset")
 
 
 def to_volume(image: np.ndarray, affine: np.ndarray, *, plane: str, name: str,

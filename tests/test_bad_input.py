@@ -17,7 +17,7 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | 7  | segment | another image format (FreeSurfer .mgz)      | not a NIfTI file                  |
 | 8  | segment | 2D image                                    | expected a 3D volume              |
 | 9  | segment | 5D image                                    | expected a 3D volume              |
-| 10 | segment | 4D series without --volume / --average      | pass --volume N                   |
+| 10 | segment | --truth mask on another grid                | must be a mask on the input's grid |
 | 11 | segment | --volume out of range                       | out of range                      |
 | 12 | segment | both --volume and --average                 | exclude each other                |
 | 13 | segment | negative --volume                           | must be >= 0                      |
@@ -29,7 +29,7 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | 19 | segment | RGB voxel type                              | unsupported voxel type            |
 | 20 | segment | unknown --plane                             | must be one of                    |
 | 21 | segment | --input not given                           | --input is required               |
-| 22 | segment | --checkpoint not given                      | --checkpoint is required          |
+| 22 | segment | no --checkpoint, no default model installed | pass --checkpoint                 |
 | 23 | segment | model folder missing                        | model folder not found            |
 | 24 | segment | bundle.json missing                         | a model folder comes from         |
 | 25 | segment | a training checkpoint folder, not a model   | <workdir>/model                   |
@@ -68,7 +68,7 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | 58 | train   | NaN voxels in a training image              | NaN or inf                        |
 | 59 | train   | 2D training image                           | expected a 3D volume              |
 
-Subprocesses: 1 (experiments/segment.py), 6 and 10 (``python -m
+Subprocesses: 1 (experiments/segment.py), 6 and 11 (``python -m
 rodent_gbp.cli``, the console script's function) and 47 (experiments/train.py).
 """
 
@@ -160,8 +160,9 @@ def _series(t):
   return _save(t / "dwi.nii.gz", np.stack([x, x, x], -1))
 
 
-def _case_4d(t, scan, m):
-  return _in(_series(t))
+def _case_truth_grid(t, scan, m):
+  truth = _save(t / "truth.nii.gz", (_vol((8, 8, 8)) > 0.5).astype(np.uint8))
+  return {"truth": str(truth)}, str(truth)
 
 
 def _case_volume_range(t, scan, m):
@@ -219,6 +220,9 @@ def _case_no_input(t, scan, m):
 
 
 def _case_no_checkpoint(t, scan, m):
+  from rodent_gbp import models
+  if (models.model_dir() / "bundle.json").is_file():
+    pytest.skip("a default model folder is installed (test_headers plants one)")
   return {"checkpoint": None}, "--checkpoint"
 
 
@@ -377,7 +381,7 @@ SEGMENT_CASES = {
     "mgz_format": (_case_mgz, "not a NIfTI file"),
     "image_2d": (_case_2d, "expected a 3D volume"),
     "image_5d": (_case_5d, "expected a 3D volume"),
-    "series_4d_no_flags": (_case_4d, "pass --volume N"),
+    "truth_other_grid": (_case_truth_grid, "must be a mask on the input's grid"),
     "volume_out_of_range": (_case_volume_range, "out of range"),
     "volume_and_average": (_case_volume_and_average, "exclude each other"),
     "negative_volume": (_case_negative_volume, "must be >= 0"),
@@ -389,7 +393,7 @@ SEGMENT_CASES = {
     "rgb_voxels": (_case_rgb, "unsupported voxel type"),
     "unknown_plane": (_case_plane, "must be one of"),
     "no_input_flag": (_case_no_input, "--input is required"),
-    "no_checkpoint_flag": (_case_no_checkpoint, "--checkpoint is required"),
+    "no_checkpoint_flag": (_case_no_checkpoint, "pass --checkpoint"),
     "model_folder_missing": (_case_model_missing, "model folder not found"),
     "bundle_json_missing": (_case_bundle_missing, "a model folder comes from"),
     "training_checkpoint_folder": (_case_training_checkpoints, "<workdir>/model"),
@@ -615,7 +619,8 @@ def test_subprocess_exit_codes(tmp_path, scan, model_dir):
       (["-m", "rodent_gbp.cli", f"--input={tmp_path / 'cut.nii.gz'}",
         f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o2'}"], "truncated or corrupt"),
       (["-m", "rodent_gbp.cli", f"--input={tmp_path / 'dwi.nii.gz'}",
-        f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o3'}"], "pass --volume N"),
+        f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o3'}", "--volume=2"],
+       "out of range"),
       (["experiments/train.py", f"--workdir={tmp_path / 'w'}",
         f"--data_dir={tmp_path / 'empty'}", "--config=smoke"], "dataset folder not found"),
   ]

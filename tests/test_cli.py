@@ -144,7 +144,7 @@ def test_outputs_written_with_the_input_grid(native, scan):
   paths = native["paths"]
   assert sorted(p.name for p in paths.values()) == sorted(
       ["image_brainmask.nii.gz", "image_labels.nii.gz", "image_saliency.nii.gz",
-       "image_qc.png", "image_slices.csv"])
+       "image_brain.nii.gz", "image_qc.png", "image_slices.csv", "image_report.json"])
   for key in inference.OUTPUTS:
     out = nib.load(str(paths[key]))
     assert out.shape == img.shape

@@ -44,8 +44,12 @@ def test_read_scan_4d_volume_average_and_trailing_axes(tmp_path):
   np.testing.assert_array_equal(scan.read_scan(path, volume=2)[0], series[..., 2])
   np.testing.assert_allclose(scan.read_scan(path, average=True)[0], series.mean(-1),
                              rtol=1e-6)
-  with pytest.raises(DataError, match="pass --volume N"):
-    scan.read_scan(path)
+  # Without --volume a series is segmented on its mean.
+  np.testing.assert_allclose(scan.read_scan(path)[0], series.mean(-1), rtol=1e-6)
+  full, _ = scan.read_series(path)
+  np.testing.assert_array_equal(full, series)
+  assert scan.collapse(full, path)[1].startswith("mean of 3 volumes")
+  assert scan.collapse(full, path, volume=0)[1] == "volume 0 of 3"
   with pytest.raises(DataError, match="out of range"):
     scan.read_scan(path, volume=3)
   # One volume in 4D, and a 5D file with singleton trailing axes, read as 3D.
