@@ -91,6 +91,8 @@ def main(argv):
   text = extraction_cv.markdown(cv, command="python experiments/extraction_cv.py "
                                 + " ".join(sys.argv[1:]))
   fileio.atomic_write_text(workdir / "cv.md", text)
+  if _FIGURES.value:
+    extraction_cv.summary_figure(workdir / "summary.png", cv)
   _log(text)
 
 

@@ -200,6 +200,37 @@ def saliency_figure(path: pathlib.Path, volume, extraction: dict, *, model, para
   plt.close(fig)
 
 
+def summary_figure(path: pathlib.Path, cv: dict[str, Any]) -> None:
+  """Per-animal brain Dice against the placers', and Dice by relative slice position."""
+  from rodent_gbp.studies import figures
+  plt = figures.plt
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.0, 3.4))
+  ys = np.array([m["brain_dsc"] for m in cv["per_animal"].values()])
+  for b, colour in (("gbp", "tab:gray"), ("gbp_improved", "tab:blue"), ("oracle", "tab:green")):
+    xs = np.array([m.get(f"{b}_brain_dsc") or np.nan for m in cv["per_animal"].values()])
+    ax.scatter(100 * xs, 100 * ys, s=12, color=colour, label=b)
+  lo = 100 * np.nanmin([ys.min(), 0.85])
+  ax.plot([lo, 100], [lo, 100], "k:", lw=0.8)
+  ax.set_xlabel("placer brain DSC (%)", fontsize=8)
+  ax.set_ylabel("supervised brain DSC (%)", fontsize=8)
+  ax.set_title("per test animal (above the line: supervised better)", fontsize=8)
+  ax.legend(fontsize=7)
+  ax.tick_params(labelsize=7)
+  keys = list(cv["dice_by_position"])
+  means = [100 * cv["dice_by_position"][k]["mean"] for k in keys]
+  sds = [100 * cv["dice_by_position"][k]["sd"] for k in keys]
+  bx.bar(range(len(keys)), means, yerr=sds, color="tab:red", alpha=0.7)
+  bx.set_xticks(range(len(keys)), keys, fontsize=7)
+  bx.set_ylim(max(0.0, min(means) - 15), 100)
+  bx.set_xlabel("relative slice position (0: first slice)", fontsize=8)
+  bx.set_ylabel("slice brain DSC (%), mean +- sd", fontsize=8)
+  bx.tick_params(labelsize=7)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
 def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   """Rows of dicts (one key set) as CSV."""
   path.parent.mkdir(parents=True, exist_ok=True)
