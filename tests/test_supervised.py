@@ -10,10 +10,10 @@ import pytest
 
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import data
+from rodent_gbp import metrics
 from rodent_gbp import placement
 from rodent_gbp import supervised
 from rodent_gbp.errors import CheckpointError
-from rodent_gbp.studies import extraction_cv
 
 N = 32
 
@@ -83,22 +83,22 @@ def test_hd95_known_answers():
   a, b = np.zeros((1, 9), bool), np.zeros((1, 9), bool)
   a[0, 0], b[0, 4] = True, True
   # Single voxels 4 columns apart at 0.25 mm: every distance is 1 mm.
-  assert extraction_cv.hd95(a, b, (1.0, 0.25)) == pytest.approx(1.0)
+  assert metrics.hd95(a, b, (1.0, 0.25)) == pytest.approx(1.0)
   disk = _disk(10, 31.5, 31.5, 64)
-  assert extraction_cv.hd95(disk, disk, (1.0, 1.0)) == 0.0
+  assert metrics.hd95(disk, disk, (1.0, 1.0)) == 0.0
   # Concentric disks of radii 10 and 14: every boundary distance is about 4.
-  assert extraction_cv.hd95(_disk(14, 31.5, 31.5, 64), disk, (1.0, 1.0)) == pytest.approx(
+  assert metrics.hd95(_disk(14, 31.5, 31.5, 64), disk, (1.0, 1.0)) == pytest.approx(
       4.0, abs=1.0)
   # Concentric squares 20 and 30 wide: inner boundary 5 from the outer everywhere;
   # outer corners up to 5 sqrt(2): brute-force oracle of the pooled percentile.
   big, small = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
   big[5:35, 5:35], small[10:30, 10:30] = True, True
-  eb, es = extraction_cv.boundary(big), extraction_cv.boundary(small)
+  eb, es = metrics.boundary(big), metrics.boundary(small)
   pb, ps = np.argwhere(eb) * [1.0, 0.5], np.argwhere(es) * [1.0, 0.5]
   d = np.sqrt(((pb[:, None] - ps[None]) ** 2).sum(-1))
   oracle = np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
-  assert extraction_cv.hd95(big, small, (1.0, 0.5)) == pytest.approx(oracle)
-  assert extraction_cv.hd95(big, np.zeros_like(big), (1, 1)) == float("inf")
+  assert metrics.hd95(big, small, (1.0, 0.5)) == pytest.approx(oracle)
+  assert metrics.hd95(big, np.zeros_like(big), (1, 1)) == float("inf")
 
 
 def test_placer_refuses_a_bundle_without_an_extractor(tmp_path, trained):

@@ -4,8 +4,8 @@ For each fold of a fold file (``experiments/folds/<set>.json``): train the
 extractor (``rodent_gbp.supervised``) on the training animals (every
 session), keep the epoch best on the validation animals, extract the test
 animals' evaluated session (session 1) and score it against the manual brain
-mask: 3D brain Dice, HD95 (95th percentile of the pooled symmetric boundary
-distances, mm, in the volume's own voxel geometry) and Dice by relative slice
+mask: 3D brain Dice, HD95 (``metrics.hd95``: 95th percentile of the pooled
+symmetric boundary distances, mm, in the volume's own voxel geometry) and Dice by relative slice
 position. Each fold writes ``<workdir>/fold<k>/`` (``results.json`` last, so
 a stopped run resumes at the first unfinished fold): the extractor-only
 bundle (``model/``), ``per_animal.csv``, ``per_slice.csv`` and QC figures
@@ -25,13 +25,12 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
-
 from rodent_gbp import augment as augment_lib
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import fileio
+from rodent_gbp import metrics
 from rodent_gbp import supervised
 from rodent_gbp.errors import DataError
 
@@ -42,39 +41,6 @@ POSITION_BINS = 5
 
 
 # --- metrics ----------------------------------------------------------------------------
-
-
-def boundary(mask: np.ndarray) -> np.ndarray:
-  """Voxels of ``mask`` with a face neighbour outside it (outside the array counts)."""
-  mask = np.asarray(mask, bool)
-  inner = ndimage.binary_erosion(
-      mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
-  return mask & ~inner
-
-
-def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
-  """95th percentile (numpy linear) of the pooled symmetric boundary distances, mm.
-
-  Distances from every boundary voxel of ``pred`` to the nearest boundary
-  voxel of ``truth`` and the other way round, pooled. 0 when both are empty,
-  inf when exactly one is.
-
-  Args:
-    pred, truth: boolean masks of one shape (any rank).
-    spacing: voxel size per axis in mm.
-  """
-  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-  if pred.shape != truth.shape or len(spacing) != pred.ndim:
-    raise ValueError(f"masks {pred.shape}, {truth.shape} with spacing {tuple(spacing)}")
-  if not pred.any() and not truth.any():
-    return 0.0
-  if not pred.any() or not truth.any():
-    return float("inf")
-  ea, eb = boundary(pred), boundary(truth)
-  sampling = np.asarray(spacing, np.float64)
-  to_b = ndimage.distance_transform_edt(~eb, sampling=sampling)[ea]
-  to_a = ndimage.distance_transform_edt(~ea, sampling=sampling)[eb]
-  return float(np.percentile(np.concatenate([to_b, to_a]), 95))
 
 
 def slice_spacing(volume) -> tuple[float, float, float]:
@@ -110,7 +76,7 @@ def run_fold(split: dict, fold_dir: pathlib.Path, *, data_dir, config: configs.C
     spacing = slice_spacing(v)
     animals[v.animal_id] = {
         "brain_dsc": supervised.brain_dice(out["mask"], v.brainmask),
-        "brain_hd95_mm": hd95(out["mask"], v.brainmask, spacing),
+        "brain_hd95_mm": metrics.hd95(out["mask"], v.brainmask, spacing),
         "raw_brain_dsc": supervised.brain_dice(out["raw_mask"], v.brainmask),
         "slices": int(len(v.image))}
     n = len(v.image)
