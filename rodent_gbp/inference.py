@@ -71,6 +71,7 @@ from rodent_gbp.errors import DataError, InferenceError, UsageError
 
 OUTPUTS = ("brainmask", "labels", "saliency")
 DEFAULT_PLACEMENT = "gbp_improved"
+MODEL_PLANE = "coronal"
 
 
 def output_paths(out_dir: pathlib.Path, name: str) -> dict[str, pathlib.Path]:
@@ -250,7 +251,9 @@ def segment_scan(input_path: str | os.PathLike,
                        normalisation=bundle.normalisation)
   axes = scan.INPLANE_AXES[plane]
   vs_scan = data.voxel_sizes_ras(affine)[axes]
-  vs_model = bundle.voxel_size[axes]
+  # The networks and the bank are trained on coronal slices: whatever plane the
+  # scan is cut in, its slices go to the model's coronal in-plane voxel size.
+  vs_model = bundle.voxel_size[scan.INPLANE_AXES[MODEL_PLANE]]
   n_slices, h, w = vol.image.shape
   grid = tuple(max(1, int(round(n * a / b))) for n, a, b in zip((h, w), vs_scan, vs_model))
   factor_net = 2**config.depth
@@ -329,6 +332,7 @@ def segment_scan(input_path: str | os.PathLike,
       from rodent_gbp import qc as qc_lib
       qc_lib.segment_figure(
           tmp / paths["qc"].name, vol.image, native["brainmask"], tuple(vs_scan),
+          truth=None if truth_mask is None else scan.file_to_slices(truth_mask, vol),
           title=(f"{name}: {plane} slices across voxel axis {slice_axis}, {placement}; "
                  f"brain {brain_volume['mm3']:.0f} mm$^3$"
                  + ("" if scores is None else

@@ -69,8 +69,9 @@ def grid_slices(n: int, count: int = MAX_GRID_SLICES) -> np.ndarray:
 
 
 def segment_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
-                   voxel_size: tuple[float, float], *, title: str = "",
-                   count: int = MAX_GRID_SLICES, dpi: int = 60) -> np.ndarray:
+                   voxel_size: tuple[float, float], *, truth: np.ndarray | None = None,
+                   title: str = "", count: int = MAX_GRID_SLICES,
+                   dpi: int = 60) -> np.ndarray:
   """QC of one segmented scan: mask contours over a grid of slices, area per slice.
 
   Drawn on the input's own in-plane grid (after reorientation to RAS+ and
@@ -83,6 +84,7 @@ def segment_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
     image: (S, H, W) slices of the scan (normalised intensities).
     mask: (S, H, W) the brain mask written.
     voxel_size: in-plane (H, W) voxel size in mm.
+    truth: (S, H, W) a reference mask, drawn in green (its area dashed).
     title: the figure's title.
     count: at most this many slices in the grid.
     dpi: resolution of the PNG.
@@ -111,11 +113,20 @@ def segment_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
     ax = fig.add_subplot(grid[i // cols, i % cols])
     show(ax, image[s], f"slice {s}: {area[s]:.3g} mm$^2$", vmin=0.0, vmax=vmax,
          aspect=aspect)
+    if truth is not None and truth[s].any():
+      ax.contour(truth[s].T.astype(float), levels=[0.5], colors="lime", linewidths=0.6,
+                 origin="lower")
     if mask[s].any():
       ax.contour(mask[s].T.astype(float), levels=[0.5], colors="r", linewidths=0.7,
                  origin="lower")
   ax = fig.add_subplot(grid[rows, :])
-  ax.plot(np.arange(len(area)), area, "o-", color="r", markersize=2.5, linewidth=1)
+  ax.plot(np.arange(len(area)), area, "o-", color="r", markersize=2.5, linewidth=1,
+          label="mask")
+  if truth is not None:
+    truth_area = np.asarray(truth, bool).reshape(len(truth), -1).sum(-1) * float(
+        voxel_size[0] * voxel_size[1])
+    ax.plot(np.arange(len(area)), truth_area, "--", color="g", linewidth=1, label="truth")
+    ax.legend(fontsize=7, loc="upper right")
   ax.set_xlabel("slice", fontsize=8)
   ax.set_ylabel("brain area (mm$^2$)", fontsize=8)
   ax.tick_params(labelsize=7)

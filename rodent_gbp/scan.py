@@ -321,6 +321,12 @@ def to_volume(image: np.ndarray, affine: np.ndarray, *, plane: str, name: str,
 
 
 
+def file_to_slices(array: np.ndarray, volume: data.Volume) -> np.ndarray:
+  """An array on the input's grid (file axes) as ``volume``'s slices (S, H, W)."""
+  ras = nib.orientations.apply_orientation(np.asarray(array), volume.orientation)
+  return data.to_slices(ras, volume.plane)
+
+
 def _axis_map(n_from: int, vs_from: float, n_to: int, vs_to: float) -> tuple[float, float]:
   """(scale, offset): source index = scale * target index + offset.
 

@@ -169,3 +169,14 @@ def test_like_input_keeps_affine_and_header(tmp_path):
   nib.save(out, tmp_path / "o.nii.gz")
   back = nib.load(tmp_path / "o.nii.gz")
   np.testing.assert_array_equal(np.asanyarray(back.dataobj), 1)   # no scaling applied
+
+
+def test_file_to_slices_inverts_to_nifti():
+  stored = _volume((4, 3, 5))
+  affine = np.array([[0, 0, -0.3, 0], [0.5, 0, 0, 0], [0, 0.25, 0, 0], [0, 0, 0, 1.0]])
+  for plane in data.PLANES:
+    vol = scan.to_volume(stored, affine, plane=plane, name="a",
+                         normalisation={"method": "fixed", "scale": 1.0})
+    slices = scan.file_to_slices(stored, vol)
+    np.testing.assert_array_equal(slices, vol.image)
+    np.testing.assert_array_equal(np.asanyarray(data.to_nifti(slices, vol).dataobj), stored)
