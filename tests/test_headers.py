@@ -356,3 +356,26 @@ def test_twice_the_model_resolution_goes_there_and_back(plain, scan, model_dir, 
   assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.98
   assert report["brain_volume"]["mm3"] == pytest.approx(plain[0]["brain_volume"]["mm3"],
                                                         rel=0.03)
+
+
+def test_thick_axis_against_the_header_end_to_end(plain, scan, model_dir, tmp_path, capsys):
+  """A header that calls the thick A-P axis S: sliced across it, with the plain mask.
+
+  The phantom stored (R, S, A) under an RAS header with 1 mm voxels on axis 2:
+  the header's A is really S. The thick-axis rule slices across axis 2 (the
+  header's "axial" plane), whose in-plane arrays (R, S) and slice order are
+  the plain scan's coronal slices; they go to the model's coronal in-plane
+  size, so nothing is resampled and the mask is the plain one.
+  """
+  x = np.asanyarray(nib.load(str(scan)).dataobj)
+  stored = np.ascontiguousarray(np.transpose(x, (0, 2, 1)))
+  nib.save(nib.Nifti1Image(stored, np.diag([0.375, 0.375, 1.0, 1.0])),
+           tmp_path / "thick.nii.gz")
+  report, arrays = _segment(tmp_path / "thick.nii.gz", tmp_path / "o",
+                            f"--checkpoint={model_dir}", "--noqc")
+  assert report["slice_axis"]["axis"] == 2 and report["slice_axis"]["plane"] == "axial"
+  assert any("thick voxel axis 2" in w for w in report["warnings"])
+  assert "warning: slicing across the thick voxel axis 2" in capsys.readouterr().out
+  assert report["resolution"]["resampled"] is False
+  np.testing.assert_array_equal(np.transpose(arrays["brainmask"], (0, 2, 1)),
+                                plain[1]["brainmask"])
