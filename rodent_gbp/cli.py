@@ -110,6 +110,7 @@ _PLACER_HELP = {
 def _placer_help(name: str, fn: Callable[..., Any]) -> str:
   """A placer's line in --help: the text above, else its docstring's first line."""
   text = _PLACER_HELP.get(name) or (fn.__doc__ or "").strip().split("\n")[0].rstrip(".")
+  text = text.replace("``", "")            # reST literals read badly in --help
   return f"{name}: {text}" if text else name
 
 
