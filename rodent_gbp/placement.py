@@ -341,11 +341,17 @@ def supervised(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
   return Placement(mask=out["mask"], details={"probability": out["probability"]})
 
 
+def gbp_refined(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
+  """``gbp_improved``'s chosen mask moved onto the GBP image's brain edge (``refine``)."""
+  from rodent_gbp import refine
+  return refine.place_refined(slices, bundle=bundle, slice_index=slice_index, gradient=gradient)
+
+
 #: Placer name (the ``--placement`` value and the ``results.json`` key under
 #: ``brain``) -> placer.
 PLACERS: Mapping[str, Callable[..., Placement]] = {
     "gbp": gbp, "gbp_improved": gbp_improved, "intensity": intensity,
-    "supervised": supervised}
+    "supervised": supervised, "gbp_refined": gbp_refined}
 
 
 def check_placer(name: str, bundle) -> None:
@@ -360,7 +366,7 @@ def check_placer(name: str, bundle) -> None:
   if name == "supervised":
     from rodent_gbp import supervised as supervised_lib
     supervised_lib.check_bundle(bundle)
-  if name == "gbp_improved" and bundle.bank.appearance is None:
+  if name in ("gbp_improved", "gbp_refined") and bundle.bank.appearance is None:
     raise CheckpointError(f"{bundle.where('templates.npz')}: the template bank has no "
                           "raw-slice appearance, which gbp_improved needs; rebuild the "
                           "model with experiments/reproduce.py or use --placement=gbp")
