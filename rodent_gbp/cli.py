@@ -156,8 +156,10 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("overwrite", False, "Replace existing outputs of the same name.",
                     flag_values=fv)
   flags.DEFINE_bool("qc", True, "Write the QC figure <name>_qc.png.", flag_values=fv)
-  flags.DEFINE_enum("placement", "gbp_improved", list(placement.PLACERS),
-                    "How the brain mask is placed (rodent_gbp/placement.py). "
+  flags.DEFINE_enum("placement", "auto", ["auto", *placement.PLACERS],
+                    "How the brain mask is placed (rodent_gbp/placement.py). auto "
+                    "(default): supervised where the model folder has an extractor "
+                    "network (the shipped one has), else gbp_improved. "
                     + ". ".join(_placer_help(k, f) for k, f in placement.PLACERS.items())
                     + ".", flag_values=fv)
 

@@ -70,7 +70,17 @@ from rodent_gbp import scan
 from rodent_gbp.errors import DataError, InferenceError, UsageError
 
 OUTPUTS = ("brainmask", "labels", "saliency")
-DEFAULT_PLACEMENT = "gbp_improved"
+#: ``placement="auto"``: the bundle's supervised extractor where it has one
+#: (the best placer measured on held-out mouse-epi animals, README), else
+#: ``gbp_improved`` (the best placer a tissue network alone serves).
+DEFAULT_PLACEMENT = "auto"
+
+
+def choose_placement(placement: str, bundle) -> str:
+  """Resolves ``"auto"`` for ``bundle`` (see :data:`DEFAULT_PLACEMENT`); other names pass."""
+  if placement != "auto":
+    return placement
+  return "supervised" if "extractor" in bundle.networks else "gbp_improved"
 MODEL_PLANE = "coronal"
 
 
@@ -214,8 +224,8 @@ def segment_scan(input_path: str | os.PathLike,
     raise UsageError("--out_dir is required")
   if str(plane) not in scan.PLANE_CHOICES:
     raise UsageError(f"--plane {plane!r}: must be one of {', '.join(scan.PLANE_CHOICES)}")
-  if placement not in placement_lib.PLACERS:
-    raise UsageError(f"--placement {placement!r}: must be one of "
+  if placement != "auto" and placement not in placement_lib.PLACERS:
+    raise UsageError(f"--placement {placement!r}: must be auto or one of "
                      f"{', '.join(placement_lib.PLACERS)}")
   if volume is not None and average:
     raise UsageError("--volume and --average exclude each other; pass one")
@@ -238,6 +248,7 @@ def segment_scan(input_path: str | os.PathLike,
   truth_mask = None if truth is None else _read_truth(pathlib.Path(truth), image.shape,
                                                       img.affine)
   bundle = bundle_lib.load_bundle(checkpoint_dir)
+  placement = choose_placement(placement, bundle)
   placement_lib.check_placer(placement, bundle)
   config = bundle.network("tissue").config
   warnings: list[str] = []

@@ -8,6 +8,8 @@ voxel size). Planted-answer tests of the placement are in ``test_segment``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 
 import nibabel as nib
@@ -262,14 +264,20 @@ def test_binary_segments_with_fewer_slices(scan, model_dir, tmp_path, binary):
 
 
 def test_improved_placement_is_the_default(native, scan, smoke_bundle):
-  """Default: gbp_improved; per-slice displacements near the one volume displacement."""
+  """Default auto: gbp_improved for a bundle without an extractor (supervised with one);
+  per-slice displacements near the one volume displacement."""
   import inspect
   from absl import flags
-  assert inspect.signature(inference.segment_scan).parameters["placement"].default == \
-      "gbp_improved"
+  assert inspect.signature(inference.segment_scan).parameters["placement"].default == "auto"
   fv = flags.FlagValues()
   cli.define_segment_flags(fv)
-  assert fv["placement"].default == "gbp_improved"
+  assert fv["placement"].default == "auto"
+  assert "extractor" not in smoke_bundle.networks
+  assert inference.choose_placement("auto", smoke_bundle) == "gbp_improved"
+  with_extractor = dataclasses.replace(smoke_bundle, networks={
+      **smoke_bundle.networks, "extractor": smoke_bundle.networks["tissue"]})
+  assert inference.choose_placement("auto", with_extractor) == "supervised"
+  assert inference.choose_placement("gbp", with_extractor) == "gbp"
   rows = _rows(native["paths"]["csv"])
   assert {r["placement"] for r in rows} == {"gbp_improved"}
   assert {"volume_dy_vox", "volume_dx_vox", "template_animal", "slice_offset",
