@@ -8,9 +8,8 @@ voxel size). Planted-answer tests of the placement are in ``test_segment``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import csv
+import dataclasses
 
 import nibabel as nib
 import numpy as np
