@@ -15,8 +15,11 @@ Method (per slice, one jitted call per volume; :func:`refine_masks`):
    ``-reach..reach`` by ``step`` pixels. Each candidate boundary point's
    evidence is the evidence image sampled (bilinear) at the radius
    ``r0 + o - bias`` (``bias`` > 0: the evidence peaks that far inside the
-   brain's edge) as its value (``feature="value"``) or its outward drop
-   ``E(r - 1) - E(r + 1)`` (``feature="drop"``: high inside, low outside).
+   brain's edge) as its value (``feature="value"``: a ridge on the edge, e.g.
+   a gradient magnitude; bilinear samples of a ridge peak at pixel centres,
+   so its position is good to half a pixel) or its outward drop
+   ``E(r - 1) - E(r + 1)`` (``feature="drop"``: an image high inside and low
+   outside, e.g. GBP, whose steepest fall is found to a quarter pixel).
    The slice's evidence is divided by its largest magnitude over the
    candidates, so the penalties below mean the same on every slice and
    image.
@@ -130,7 +133,11 @@ class RefineOptions:
 #: The shipped reading of ``gbp_refined`` (chosen on mouse_epi fold 0's
 #: validation animals 07, 10, 22 by ``experiments/refine_study.py``;
 #: ``experiments/results/refine/mouse_epi_fold0/``).
-REFINED = RefineOptions()
+#: GBP has its strongest response 2-3 pixels inside the brain's edge and
+#: falls off across it, so the boundary is placed where the GBP image drops
+#: fastest outward, 1 pixel outside the probe.
+REFINED = RefineOptions(source="gbp", feature="drop", bias=1.0, smoothness=0.3, prior=0.0,
+                        reach=3.0, iterations=1)
 
 
 # --- evidence ------------------------------------------------------------------------
@@ -221,6 +228,8 @@ def circular_viterbi(unary: jax.Array, pair: jax.Array) -> jax.Array:
     (R,) int32 state per position; ties go to the lowest state index reached
     first (``argmin``).
   """
+  unary = jnp.asarray(unary, jnp.float32)
+  pair = jnp.asarray(pair, jnp.float32)
   num_rays, n = unary.shape
 
   def from_start(s):
@@ -250,8 +259,13 @@ def circular_viterbi(unary: jax.Array, pair: jax.Array) -> jax.Array:
   return paths[best].astype(jnp.int32)
 
 
-def _refine_slice(mask: jax.Array, evidence: jax.Array, options: RefineOptions
-                  ) -> dict[str, jax.Array]:
+#: Fields of :class:`RefineOptions` passed to the jitted search as data (one
+#: compilation serves every value); the others fix shapes or branches.
+TRACED = ("smoothness", "prior", "bias", "min_area", "dilate")
+
+
+def _refine_slice(mask: jax.Array, evidence: jax.Array, values: dict[str, jax.Array],
+                  options: RefineOptions) -> dict[str, jax.Array]:
   """One pass of steps 1-4 on one (H, W) slice; see the module doc."""
   h, w = mask.shape
   m = mask.astype(jnp.float32)
@@ -270,15 +284,15 @@ def _refine_slice(mask: jax.Array, evidence: jax.Array, options: RefineOptions
     return _sample(evidence, centre[0] + directions[:, :1] * r,
                    centre[1] + directions[:, 1:] * r)
 
-  probe = radius - options.bias
+  probe = radius - values["bias"]
   if options.feature == "value":
     e = at(probe)
   else:
     e = at(probe - 1.0) - at(probe + 1.0)
   scale = jnp.max(jnp.abs(e))
   e = e / jnp.where(scale > 0, scale, 1.0)
-  unary = -e + options.prior * jnp.abs(offs)[None, :]
-  pair = options.smoothness * jnp.abs(offs[:, None] - offs[None, :])
+  unary = -e + values["prior"] * jnp.abs(offs)[None, :]
+  pair = values["smoothness"] * jnp.abs(offs[:, None] - offs[None, :])
   states = circular_viterbi(unary, pair)
   chosen = offs[states]                                                   # (R,)
   r_new = jnp.maximum(r0 + chosen, 0.0)
@@ -297,30 +311,41 @@ def _refine_slice(mask: jax.Array, evidence: jax.Array, options: RefineOptions
   moved_in = r_px < r0_px - 1e-4
   out = jnp.where(moved_out, placed | (rho <= r_px),
                   jnp.where(moved_in, placed & (rho <= r_px), placed))
-  keep = area < options.min_area
+  keep = area < values["min_area"]
   out = jnp.where(keep, placed, out)
   return {"mask": out, "offset": jnp.where(keep, 0.0, chosen), "radius": r0,
           "centre": centre}
 
 
 @functools.partial(jax.jit, static_argnames=("options",))
+def _refine_jit(masks: jax.Array, evidence: jax.Array, values: dict[str, jax.Array], *,
+                options: RefineOptions) -> dict[str, jax.Array]:
+  cur = masks
+  out: dict[str, jax.Array] = {}
+  for _ in range(options.iterations):
+    out = jax.vmap(lambda m, e: _refine_slice(m, e, values, options))(cur, evidence)
+    cur = out["mask"]
+  out["mask"] = candidates_lib.dilate(cur, values["dilate"])
+  return out
+
+
 def refine_masks(masks: jax.Array, evidence: jax.Array, options: RefineOptions
                  ) -> dict[str, jax.Array]:
   """Refines placed masks (S, H, W) with evidence images (S, H, W); see the module doc.
+
+  Jitted; the fields :data:`TRACED` are data, so settings that differ only
+  in them share one compilation.
 
   Returns:
     ``mask`` (S, H, W) bool (dilated by ``options.dilate``), ``offset``
     (S, R) chosen offsets of the last pass (pixels), ``radius`` (S, R) the
     placed contour's radii of the last pass and ``centre`` (S, 2).
   """
-  ev = jnp.asarray(evidence, jnp.float32)
-  cur = jnp.asarray(masks, bool)
-  out: dict[str, jax.Array] = {}
-  for _ in range(options.iterations):
-    out = jax.vmap(lambda m, e: _refine_slice(m, e, options))(cur, ev)
-    cur = out["mask"]
-  out["mask"] = candidates_lib.dilate(cur, jnp.asarray(options.dilate, jnp.int32))
-  return out
+  values = {k: jnp.asarray(getattr(options, k),
+                           jnp.int32 if k == "dilate" else jnp.float32) for k in TRACED}
+  static = dataclasses.replace(options, **{k: getattr(RefineOptions, k) for k in TRACED})
+  return _refine_jit(jnp.asarray(masks, bool), jnp.asarray(evidence, jnp.float32), values,
+                     options=static)
 
 
 def refine(masks: np.ndarray, evidence: np.ndarray, options: RefineOptions = REFINED
