@@ -217,3 +217,18 @@ def test_placer_refines_gbp_improved_and_checks_shapes(bundle_and_brain):
   np.testing.assert_allclose(alt.details["evidence"], refine.gradient_magnitude(images),
                              rtol=1e-6)
   np.testing.assert_array_equal(out.details["evidence"], gradient)
+
+
+def test_study_split_and_grid():
+  from rodent_gbp.studies import refine_study
+  trained = {"train": ["01", "02"], "val": ["03"], "test": ["04"]}
+  ok = refine_study.check_split({"train": ["01"], "val": ["03"], "test": ["04", "05"]}, trained,
+                                "split.json")
+  assert ok["val"] == ["03"] and ok["test"] == ["04", "05"]
+  with pytest.raises(UsageError, match=r"split.json: animals \['02'\]"):
+    refine_study.check_split({"val": ["03"], "test": ["02"]}, trained, "split.json")
+  with pytest.raises(UsageError, match="validation and test"):
+    refine_study.check_split({"val": [], "test": ["04"]}, trained, "split.json")
+  grid = refine_study.grid_options({"bias": (0.0, 1.0), "smoothness": (0.1, 0.3, 1.0)},
+                                   feature="drop")
+  assert len(grid) == 6 and len(set(grid)) == 6 and all(o.feature == "drop" for o in grid)
