@@ -90,7 +90,11 @@ def run_case(case: dict, out_root: pathlib.Path, *, extra: Sequence[str] = ()) -
       f"--input={case['input']}", f"--out_dir={out}", f"--name={case['case']}", *extra]
   if case.get("truth"):
     cmd.append(f"--truth={case['truth']}")
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+  # A persistent compile cache shared by the cases: the same model on the same
+  # slice grid compiles once instead of once per subprocess.
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(out_root / ".jax_cache"))
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   (out_root / f"{case['case']}.log").write_text(proc.stdout + proc.stderr)
   row = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in case.items()}
   row["returncode"] = proc.returncode
