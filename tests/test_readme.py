@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pathlib
 import re
 import shlex
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -51,27 +53,43 @@ def test_readme_binary_example_runs(tmp_path, binary):
   assert meta["step"] == 3 * meta["history"][0]["step"]
 
 
-def test_readme_segment_example_runs(tmp_path, scan, model_dir):
-  """``rodent-gbp-segment`` as README shows it, with the main job's <workdir>/model."""
+def test_readme_segment_example_runs(tmp_path):
+  """``rodent-gbp-segment`` exactly as README shows it, with the shipped model, on a
+  held-out mouse-epi scan written as a lab hands it over (x10 voxel sizes, RSP)."""
+  import nibabel as nib
+  import numpy as np
   from absl import flags
   from rodent_gbp import cli
+  from rodent_gbp import metrics
+  from rodent_gbp import models
+  from rodent_gbp.studies import handover
+  epi = REPO.parent / "shared" / "data" / "mouse-epi"
+  if not epi.is_dir():
+    pytest.skip(f"no local copy of mouse-epi at {epi}")
   text = (REPO / "README.md").read_text()
   (line,) = [l for b in _blocks("bash") for l in b.splitlines()
              if l.startswith("rodent-gbp-segment ")]
   argv = shlex.split(line)
-  assert "--checkpoint" in line and "runs/main/model" in argv[argv.index("--checkpoint") + 1]
-  (tmp_path / "scan.nii.gz").write_bytes(scan.read_bytes())
-  subst = {"scan.nii.gz": str(tmp_path / "scan.nii.gz"), "runs/main/model": str(model_dir),
-           "out/": str(tmp_path / "out")}
+  assert "--checkpoint" not in line  # the installed model
+  assert (models.default_model_dir() / "MODEL_CARD.md").is_file()
+  case = handover.epi_case(epi, "20", tmp_path)[0]   # 20: held out of the shipped model
+  (tmp_path / "scan.nii.gz").write_bytes(pathlib.Path(case["input"]).read_bytes())
+  subst = {"scan.nii.gz": str(tmp_path / "scan.nii.gz"), "out/": str(tmp_path / "out")}
   cli.segment_main([subst.get(a, a) for a in argv])
-  for name in ("scan_brainmask.nii.gz", "scan_labels.nii.gz", "scan_saliency.nii.gz"):
-    assert f"`{name}`" in text and (tmp_path / "out" / name).is_file()
-  # Every --placement value README names is one the command takes; the default too.
+  for name in ("scan_brainmask.nii.gz", "scan_brain.nii.gz", "scan_labels.nii.gz",
+               "scan_saliency.nii.gz", "scan_report.json"):
+    assert f"`<name>{name[4:]}`" in text and (tmp_path / "out" / name).is_file(), name
+  mask = np.asarray(nib.load(str(tmp_path / "out" / "scan_brainmask.nii.gz")).dataobj) > 0
+  truth = np.asarray(nib.load(str(case["truth"])).dataobj) > 0
+  assert metrics.mask_dice(mask, truth) > 0.95
+  # The placers README names for --placement are exactly those the command takes.
   fv = flags.FlagValues()
   cli.define_segment_flags(fv)
-  named = set(re.findall(r"--placement=(\w+)", text))
-  assert named and named <= set(fv["placement"].parser.enum_values)
-  assert re.search(rf"--placement={fv['placement'].default}`,\s+the default", text)
+  sentence = text[text.index("`--placement` picks the placer:"):]
+  sentence = sentence[:sentence.index(".\n")]
+  named = set(re.findall(r"`(\w+)`", sentence)) - {"placement"}
+  assert named == set(fv["placement"].parser.enum_values)
+  assert f"`{fv['placement'].default}` (default" in sentence
 
 
 def _lower_bounds() -> dict[str, tuple[int, ...]]:
