@@ -256,26 +256,138 @@ def study_model(tmp_path_factory):
   return build_study_model(tmp_path_factory.getbasetemp() / "study_model")
 
 
-def test_run_experiment_on_a_bundle(tmp_path, study_model):
+def test_binary_both_quantities_and_scores_on_a_bundle(tmp_path, study_model):
+  from conftest import run_binary
   ctx = context.load_context(study_model, animals="test")
-  report = lognormal.run_experiment(
-      study_model, tmp_path, max_pixels=2000, slice_max_pixels=300, figures=False,
-      log=lambda _: None)
-  assert (tmp_path / "lognormal.md").is_file()
+  run_binary("lognormal", [f"--checkpoint={study_model}", f"--out_dir={tmp_path}",
+                           "--quantity=both", "--score=both", "--max_pixels=500",
+                           "--slice_max_pixels=60", "--bootstrap=9",
+                           "--bootstrap_samples=200", "--nofigures"])
+  assert "quantity `eq1_log`, score `logit`" in (tmp_path / "lognormal.md").read_text()
   saved = json.loads((tmp_path / "lognormal.json").read_text(),
                      parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-  assert set(saved["networks"]) == {"trained", "random"}
-  assert saved["inputs"]["test_animals"] == ctx.split["test"]
+  assert saved["inputs"]["animals"] == ctx.split["test"]
   n = sum(v.image.shape[0] for v in ctx.test)
   assert saved["inputs"]["n_slices"] == n
-  for net in ("trained", "random"):
-    assert set(saved["networks"][net]) == {"sum", "wm", "gm", "csf"}
-    s = saved["networks"][net]["sum"]
-    assert s["shape"] == [n, *ctx.bundle.slice_shape] and len(s["per_slice"]) == n
-    assert s["zero_pixels"]["count"] == sum(s["zero_pixels"]["per_slice"])
-    assert s["pooled"]["n_fitted"] == min(2000, s["pooled"]["n_positive"])
-    assert s["pooled"]["n_positive"] + s["pooled"]["n_zero"] == n * 64 * 64
-  assert report["verdict"]["trained"]["sum"]["pooled_winner"] in lognormal.FAMILIES
+  assert set(saved["studies"]) == {"magnitude", "eq1_log"}
+  for quantity, by_score in saved["studies"].items():
+    assert set(by_score) == {"probability", "logit"}
+    for study in by_score.values():
+      assert study["quantity"] == quantity and set(study["networks"]) == {"trained", "random"}
+      for net in ("trained", "random"):
+        assert set(study["networks"][net]) == {"sum", "wm", "gm", "csf"}
+        s = study["networks"][net]["sum"]
+        assert s["shape"] == [n, *ctx.bundle.slice_shape] and len(s["per_slice"]) == n
+        assert s["zero_pixels"]["count"] == sum(s["zero_pixels"]["per_slice"])
+        if quantity == "magnitude":
+          assert s["pooled"]["n_positive"] + s["pooled"]["n_zero"] == n * 64 * 64
+        else:  # every pixel is fitted, zeros (q = 0) included
+          assert s["pooled"]["n_zero"] == 0 and s["pooled"]["n_input"] == n * 64 * 64
+          assert s["pooled"]["n_zero_q"] == s["zero_pixels"]["count"]
+        assert s["pooled"]["families"]["lognormal"]["ks_bootstrap"]["n_boot"] == 9
+  # The two scores give different gradient images.
+  pz = saved["studies"]["magnitude"]
+  assert (pz["probability"]["networks"]["trained"]["sum"]["pooled"]["families"]["lognormal"]
+          != pz["logit"]["networks"]["trained"]["sum"]["pooled"]["families"]["lognormal"])
+
+
+def test_flags_parse():
+  from absl import flags
+  from conftest import imported_binary
+  with imported_binary("lognormal"):
+    f = flags.FLAGS
+    f(["lognormal", "--checkpoint=x", "--out_dir=y", "--quantity=eq1_log", "--score=logit"])
+    assert (f.quantity, f.score, f.bootstrap) == ("eq1_log", "logit", 99)
+    f.unparse_flags()
+    f(["lognormal", "--checkpoint=x", "--out_dir=y"])
+    assert (f.quantity, f.score) == ("both", "both")
+    f.unparse_flags()
+    with pytest.raises(flags.IllegalFlagValueError):
+      f(["lognormal", "--checkpoint=x", "--out_dir=y", "--quantity=log"])
+    f.unparse_flags()
+
+
+def _eq1_exact_slice(q: np.ndarray) -> np.ndarray:
+  """G (H, W) whose Eq. 1 value is exactly ``q``: ``G~ = (e^q - 1) / 255``.
+
+  ``q`` must hold one 0 and one ln 256 so that the min-max scaling of Eq. 1
+  leaves ``G~ = G`` (G's min 0 and max 1).
+  """
+  return (np.exp(q) - 1.0) / 255.0
+
+
+def test_eq1_log_normal_q_is_judged_normal():
+  rng = np.random.default_rng(40)
+  q = rng.normal(2.8, 0.55, size=(100, 100))
+  q = np.clip(q, 1e-3, math.log(256) - 1e-3)
+  q[0, 0], q[0, 1] = 0.0, math.log(256.0)
+  g = _eq1_exact_slice(q)
+  y = lognormal.eq1_values(g)
+  np.testing.assert_allclose(np.log(y), q, atol=1e-12)
+  r = lognormal.study_target(g[None], quantity="eq1_log", max_pixels=None)
+  v = r["pooled"]
+  assert v["n_fitted"] == 10000 and r["zero_pixels"]["per_slice"] == [1]
+  # q normal = y log-normal; the skew-normal of q nests it (a = 0): within 2 + noise.
+  assert v["winner"] in ("lognormal", "logskewnormal")
+  assert v["delta_aic"]["lognormal"] <= 2.0
+  for other in ("normal", "gamma", "weibull", "exponential"):
+    assert v["delta_aic"][other] > 20, v["delta_aic"]
+  p = v["families"]["lognormal"]["params"]
+  assert p["mu"] == pytest.approx(2.8, abs=0.02) and p["sigma"] == pytest.approx(0.55, rel=0.03)
+  assert not v["anderson_log"]["reject_5pct"]  # AD of q against the normal
+
+
+def test_eq1_log_skewed_q_is_not_called_normal():
+  rng = np.random.default_rng(41)
+  q = math.log(256.0) * rng.beta(1.5, 6.0, size=(100, 100))  # right-skewed on [0, ln 256]
+  q[0, 0], q[0, 1] = 0.0, math.log(256.0)
+  v = lognormal.study_target(_eq1_exact_slice(q)[None], quantity="eq1_log",
+                             max_pixels=None)["pooled"]
+  assert v["winner"] != "lognormal" and v["delta_aic"]["lognormal"] > 50
+  assert v["anderson_log"]["reject_5pct"]
+
+
+def test_eq1_log_zeros_included_and_counted():
+  rng = np.random.default_rng(42)
+  g = rng.lognormal(-3.0, 1.0, size=(2, 32, 32))
+  g[0, :5, :] = 0.0                # 160 zeros: G~ = 0, q = 0, y = 1
+  g[1] += 0.5                      # no zero: the min pixel maps to q = 0
+  rm = lognormal.study_target(g, quantity="magnitude", max_pixels=None)
+  rq = lognormal.study_target(g, quantity="eq1_log", max_pixels=None)
+  assert rm["zero_pixels"]["per_slice"] == [160, 0]
+  assert rq["zero_pixels"]["per_slice"] == [160, 1]
+  assert rm["pooled"]["n_fitted"] == 2 * 1024 - 160  # dropped
+  assert rq["pooled"]["n_fitted"] == 2 * 1024 and rq["pooled"]["n_zero_q"] == 161  # kept
+  assert rq["per_slice"][0]["n_zero"] == 160
+  y0 = lognormal.eq1_values(g[0])
+  assert y0.min() == 1.0 and y0.max() == 256.0 and np.sum(y0 == 1.0) == 160
+  # A constant slice has no G~: skipped, counted as all-zero.
+  rc = lognormal.study_target(np.zeros((1, 8, 8)), quantity="eq1_log")
+  assert rc["per_slice"][0]["skipped"] and rc["zero_pixels"]["count"] == 64
+  with pytest.raises(UsageError, match="quantity"):
+    lognormal.study_target(g, quantity="log")
+
+
+def test_magnitude_of_lognormal_slices_with_zeros_is_lognormal():
+  rng = np.random.default_rng(43)
+  g = rng.lognormal(-4.0, 0.9, size=(4, 40, 40))
+  g[:, :3] = 0.0
+  r = lognormal.lognormal_study({"trained": {"sum": g}}, quantity="magnitude",
+                                max_pixels=None, bootstrap=19, bootstrap_samples=500)
+  v = r["verdict"]["trained"]["sum"]
+  assert v["pooled_winner"] == "lognormal" and v["slice_win_fraction"]["lognormal"] == 1.0
+  assert v["pooled_anderson_log_statistic"] < v["pooled_anderson_log_critical_5pct"]
+  assert v["pooled_lognormal_ks_bootstrap"]["pvalue"] > 0.05
+  assert v["sentence"].startswith("G (magnitudes > 0): the pooled AIC favours G log-normal")
+  assert "logskewnormal" not in r["families"]
+
+
+def test_plot_slice_fits(tmp_path):
+  rng = np.random.default_rng(44)
+  g = rng.lognormal(-3.0, 1.0, size=(32, 32))
+  g[:4] = 0.0
+  p = lognormal.plot_slice_fits(g, tmp_path / "s.png", label="test")
+  assert 1000 < p.stat().st_size < 300_000
 
 
 def test_binary_bad_input_ends_in_one_error_line(tmp_path, study_model, capsys):

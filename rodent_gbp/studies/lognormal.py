@@ -21,6 +21,37 @@ alternatives by maximum likelihood:
 * :func:`run_experiment` wires a model bundle, its test slices and the
   saliency module into the study (used by ``experiments/lognormal.py``).
 
+Two quantities, named in every report (:data:`QUANTITIES`):
+
+* ``magnitude``: the gradient magnitudes ``G > 0`` of a slice, exact zeros
+  dropped and counted. The families are fitted to ``G``; "log-normal wins"
+  means "G is log-normal".
+* ``eq1_log``: what Eq. 1 z-scores, ``q = ln(1 + 255 G~)`` of the *whole*
+  slice with ``G~ = (G - min G) / (max G - min G)`` per slice (the pipeline's
+  ``enhance.enhancement_steps``; equal to ``G / max G`` whenever the slice has
+  a zero pixel, which they all do here). The z-score presumes ``q`` normal,
+  i.e. ``y = 1 + 255 G~`` log-normal. Zeros of ``G~`` are *not* dropped:
+  they are ``y = 1`` (``q = 0``) exactly, an atom of the empirical law, and
+  their fraction is reported. All families are fitted to ``y >= 1`` (> 0, so
+  every positive family takes every pixel, zeros included, with location 0):
+  log-normal on ``y`` is exactly normal on ``q``, and one more family,
+  ``logskewnormal`` (``q`` skew-normal, 3 parameters), asks whether a skewed
+  law of ``q`` does better. Likelihoods are all densities of ``y``, so the
+  AIC ranking is coherent (for ``q``-laws the Jacobian ``-sum ln y`` is the
+  same for every family). No continuous law has an atom; with a large zero
+  fraction every family is rejected by the goodness-of-fit tests, and that
+  is the honest answer for Eq. 1's premise (the atom is part of what the
+  z-score sees).
+
+Goodness of fit with a stated critical value: the Anderson-Darling
+statistic of ``ln x`` against the normal with mean and variance estimated
+(critical values of Stephens 1974 for that case, 5 % level 0.752 /
+(1 + 0.75/n + 2.25/n^2)); on ``magnitude`` that tests "G log-normal", on
+``eq1_log`` "q normal". With 10^4 pixels it rejects nearly any real law, so
+the parametric-bootstrap KS p-value of the log-normal (refit per resample,
+``bootstrap`` resamples on a ``bootstrap_samples`` subsample, pooled fits
+only) is reported beside it.
+
 Everything except :func:`run_experiment` is host-side numpy / scipy.
 
 Why no plain KS p-values: the KS null distribution assumes a *fully specified*
@@ -47,6 +78,16 @@ from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import context
 
 FAMILIES = ("lognormal", "normal", "gamma", "weibull", "exponential")
+QUANTITIES = ("magnitude", "eq1_log")
+# eq1_log adds a skewed law of q = ln y to the families.
+EQ1_FAMILIES = FAMILIES + ("logskewnormal",)
+# What "family f wins" says, per quantity (for the reports).
+MEANING = {
+    "magnitude": "families fitted to G > 0 (zeros dropped); lognormal = G log-normal",
+    "eq1_log": ("families fitted to y = 1 + 255 G~ of the whole slice (zeros included, "
+                "y = 1); lognormal on y = q = ln y normal (what the Eq. 1 z-score presumes); "
+                "logskewnormal = q skew-normal"),
+}
 
 # scipy distribution and number of free parameters (loc is fixed at 0 for the
 # positive families, so it is not counted there).
@@ -56,6 +97,7 @@ _DISTS = {
     "gamma": (stats.gamma, 2),
     "weibull": (stats.weibull_min, 2),
     "exponential": (stats.expon, 1),
+    "logskewnormal": (stats.skewnorm, 3),
 }
 
 # Anderson-Darling critical values for normality with estimated mean and
@@ -71,7 +113,7 @@ def _check_families(families: Sequence[str]) -> tuple[str, ...]:
   families = tuple(families)
   unknown = [f for f in families if f not in _DISTS]
   if unknown:
-    raise UsageError(f"unknown families {unknown}; choose from {FAMILIES}")
+    raise UsageError(f"unknown families {unknown}; choose from {EQ1_FAMILIES}")
   if len(families) < 1 or len(set(families)) != len(families):
     raise UsageError(f"families must be distinct and non-empty, got {families}")
   return families
@@ -125,6 +167,23 @@ def _subsample(x: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
   return x[rng.choice(x.size, size=max_samples, replace=False)]
 
 
+class _LogLaw:
+  """The law of ``x = exp(q)`` for a frozen scipy law of ``q`` (x > 0)."""
+
+  def __init__(self, law):
+    self.law = law
+
+  def logpdf(self, x):
+    x = np.asarray(x, dtype=np.float64)
+    return self.law.logpdf(np.log(x)) - np.log(x)  # Jacobian dq/dx = 1/x
+
+  def cdf(self, x):
+    return self.law.cdf(np.log(np.asarray(x, dtype=np.float64)))
+
+  def rvs(self, size, random_state):
+    return np.exp(self.law.rvs(size=size, random_state=random_state))
+
+
 def _fit_one(family: str, x: np.ndarray, scale: float):
   """MLE fit of one family; returns the frozen scipy law in x's units.
 
@@ -133,6 +192,9 @@ def _fit_one(family: str, x: np.ndarray, scale: float):
   (which can be ~1e-8); scale families map back exactly.
   """
   dist, _ = _DISTS[family]
+  if family == "logskewnormal":
+    a, loc, sc = dist.fit(np.log(x))
+    return _LogLaw(dist(a, loc=loc, scale=sc)), {"a": a, "loc": loc, "scale": sc}
   y = x / scale
   if family == "normal":
     loc, sd = dist.fit(y)
@@ -212,6 +274,7 @@ def bootstrap_ks_pvalue(x: np.ndarray, family: str, *, n_boot: int = 200,
 def fit_families(samples: Any, *, families: Sequence[str] = FAMILIES,
                  zeros: str = "error", max_samples: int | None = 20000,
                  seed: int = 0, bootstrap: int = 0, bootstrap_samples: int = 1000,
+                 bootstrap_families: Sequence[str] | None = None,
                  min_samples: int = MIN_SAMPLES) -> dict[str, Any]:
   """Fits each family by maximum likelihood and ranks them by AIC.
 
@@ -234,6 +297,8 @@ def fit_families(samples: Any, *, families: Sequence[str] = FAMILIES,
     seed: subsample and bootstrap seed.
     bootstrap: number of parametric-bootstrap resamples for KS p-values (0 =
       off); run per family on a further subsample of ``bootstrap_samples``.
+    bootstrap_samples: size of that subsample.
+    bootstrap_families: the families bootstrapped (``None``: all fitted).
     min_samples: fewer positive samples raise ``DataError``.
 
   Returns:
@@ -266,7 +331,7 @@ def fit_families(samples: Any, *, families: Sequence[str] = FAMILIES,
     }
   if bootstrap:
     xb = _subsample(x, bootstrap_samples, seed + 1)
-    for fam in families:
+    for fam in (families if bootstrap_families is None else bootstrap_families):
       fits[fam]["ks_bootstrap"] = bootstrap_ks_pvalue(xb, fam, n_boot=bootstrap, seed=seed)
   # A -inf loglik (e.g. a sample outside a support) gives AIC inf: ranks last.
   ranking = sorted(families, key=lambda f: (fits[f]["aic"], families.index(f)))
@@ -350,22 +415,54 @@ def _slice_row(index: int, n_zero: int, n_pixels: int,
   return row
 
 
-def study_target(stack: Any, *, families: Sequence[str] = FAMILIES,
+def eq1_values(g_slice: Any) -> np.ndarray | None:
+  """``y = 1 + 255 G~`` of one slice (H, W), ``G~`` min-max scaled as in Eq. 1.
+
+  ``q = ln y`` is what Eq. 1 z-scores. Returns ``None`` for a constant slice
+  (no expansion defined; the pipeline maps it to a constant).
+  """
+  g = np.asarray(g_slice, dtype=np.float64)
+  lo, hi = float(g.min()), float(g.max())
+  if not hi > lo:
+    return None
+  return 1.0 + 255.0 * (g - lo) / (hi - lo)
+
+
+def study_target(stack: Any, *, families: Sequence[str] | None = None,
+                 quantity: str = "magnitude",
                  max_pixels: int | None = 20000, slice_max_pixels: int | None = None,
-                 seed: int = 0, bootstrap: int = 0) -> dict[str, Any]:
+                 seed: int = 0, bootstrap: int = 0,
+                 bootstrap_samples: int = 1000) -> dict[str, Any]:
   """Per-slice and pooled verdicts for one stack of gradient images (S, H, W).
 
-  Zero pixels are excluded from every fit and counted (per slice and in
-  total); slices with too few positive pixels are skipped with a reason.
+  ``quantity="magnitude"``: zero pixels are excluded from every fit and
+  counted (per slice and in total). ``quantity="eq1_log"``: every pixel of a
+  slice is fitted as ``y = 1 + 255 G~`` (:func:`eq1_values`); the "zero"
+  count is the pixels with ``G~ = 0`` (``q = 0``), which stay in the fits.
+  Slices that cannot be fitted are skipped with a reason.
   """
+  if quantity not in QUANTITIES:
+    raise UsageError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
+  if families is None:
+    families = FAMILIES if quantity == "magnitude" else EQ1_FAMILIES
   g = np.asarray(stack, dtype=np.float64)
   if g.ndim != 3:
     raise DataError(f"expected gradient images (S, H, W), got shape {g.shape}")
-  zeros_per_slice = [int(z) for z in np.sum(g == 0, axis=(1, 2))]
+  if quantity == "magnitude":
+    zeros_per_slice = [int(z) for z in np.sum(g == 0, axis=(1, 2))]
+    values = list(g)
+    zeros = "exclude"
+  else:
+    values = [eq1_values(s) for s in g]
+    zeros_per_slice = [int(s.size) if y is None else int(np.sum(y == 1.0))
+                       for s, y in zip(g, values)]
+    zeros = "error"  # y >= 1: a zero here would be a bug
   rows, verdicts = [], []
   for i in range(g.shape[0]):
     try:
-      v = fit_families(g[i], families=families, zeros="exclude",
+      if values[i] is None:
+        raise DataError("constant slice: G~ undefined")
+      v = fit_families(values[i], families=families, zeros=zeros,
                        max_samples=slice_max_pixels, seed=seed + i)
       reason = None
     except DataError as e:
@@ -373,16 +470,28 @@ def study_target(stack: Any, *, families: Sequence[str] = FAMILIES,
     verdicts.append(v)
     rows.append(_slice_row(i, zeros_per_slice[i], int(g[i].size), v, reason))
   try:
-    pooled = fit_families(g, families=families, zeros="exclude",
-                          max_samples=max_pixels, seed=seed, bootstrap=bootstrap)
+    fitted = [y for y in values if y is not None]
+    if not fitted:
+      raise DataError("no slice with a defined G~")
+    pooled = fit_families(np.concatenate([np.ravel(y) for y in fitted]), families=families,
+                          zeros=zeros, max_samples=max_pixels, seed=seed, bootstrap=bootstrap,
+                          bootstrap_samples=bootstrap_samples,
+                          bootstrap_families=("lognormal",) if "lognormal" in families
+                          else None)
+    if quantity == "eq1_log":
+      # The pooled fit took every pixel: report the q = 0 atom it contained.
+      pooled["n_zero_q"] = int(sum(z for z, y in zip(zeros_per_slice, values) if y is not None))
   except DataError as e:
     pooled = {"skipped": str(e)}
   total = int(g.size)
   n_zero = int(sum(zeros_per_slice))
   return {
+      "quantity": quantity,
       "shape": list(g.shape),
       "zero_pixels": {"count": n_zero, "total": total, "fraction": n_zero / total,
-                      "per_slice": zeros_per_slice},
+                      "per_slice": zeros_per_slice,
+                      "meaning": ("G == 0, excluded from the fits" if quantity == "magnitude"
+                                  else "G~ == 0 (q = 0, y = 1), included in the fits")},
       "pooled": pooled,
       "slices": summarise(verdicts),
       "per_slice": rows,
@@ -390,58 +499,110 @@ def study_target(stack: Any, *, families: Sequence[str] = FAMILIES,
 
 
 def lognormal_study(gradients: Mapping[str, Mapping[str, Any]], *,
-                    families: Sequence[str] = FAMILIES, max_pixels: int | None = 20000,
+                    families: Sequence[str] | None = None, quantity: str = "magnitude",
+                    max_pixels: int | None = 20000,
                     slice_max_pixels: int | None = None, seed: int = 0,
-                    bootstrap: int = 0) -> dict[str, Any]:
+                    bootstrap: int = 0, bootstrap_samples: int = 1000) -> dict[str, Any]:
   """The log-normal study over gradient images (paper section 4.3, Fig. 5).
 
   Args:
     gradients: ``{network: {target: (S, H, W) magnitudes}}``, e.g.
       ``{"trained": {"sum": G, "wm": ..., "gm": ..., "csf": ...},
       "random": {...}}`` for the test slices; magnitudes >= 0.
-    families: families to compare.
-    max_pixels: pooled fits use a seeded subsample of this many positive
-      pixels (``None``: all).
+    families: families to compare (default :data:`FAMILIES` for
+      ``magnitude``, :data:`EQ1_FAMILIES` for ``eq1_log``).
+    quantity: ``"magnitude"`` or ``"eq1_log"`` (module docstring).
+    max_pixels: pooled fits use a seeded subsample of this many pixels
+      (``None``: all).
     slice_max_pixels: same per slice (``None``: every pixel of the slice).
     seed: subsample seed.
-    bootstrap: parametric-bootstrap resamples for pooled KS p-values (0 off).
+    bootstrap: parametric-bootstrap resamples for the pooled log-normal KS
+      p-value (0 off), on ``bootstrap_samples`` pixels.
+    bootstrap_samples: subsample size of the bootstrap.
 
   Returns:
-    JSON-able ``{"families", "settings", "networks": {network: {target:
-    {"shape", "zero_pixels", "pooled", "slices", "per_slice"}}}, "verdict":
-    {network: {target: {...}}}}``: ``pooled`` is a :func:`fit_families`
-    verdict, ``slices`` a :func:`summarise` of the per-slice verdicts,
-    ``per_slice`` a compact row per slice, ``verdict`` the headline numbers.
+    JSON-able ``{"quantity", "meaning", "families", "settings", "networks":
+    {network: {target: {"shape", "zero_pixels", "pooled", "slices",
+    "per_slice"}}}, "verdict": {network: {target: {...}}}}``: ``pooled`` is a
+    :func:`fit_families` verdict, ``slices`` a :func:`summarise` of the
+    per-slice verdicts, ``per_slice`` a compact row per slice, ``verdict``
+    the headline numbers.
   """
-  families = _check_families(families)
+  if quantity not in QUANTITIES:
+    raise UsageError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
+  families = _check_families(
+      (FAMILIES if quantity == "magnitude" else EQ1_FAMILIES) if families is None
+      else families)
   networks: dict[str, Any] = {}
   verdict: dict[str, Any] = {}
   for net, targets in gradients.items():
     networks[net], verdict[net] = {}, {}
     for target, stack in targets.items():
-      r = study_target(stack, families=families, max_pixels=max_pixels,
-                       slice_max_pixels=slice_max_pixels, seed=seed, bootstrap=bootstrap)
+      r = study_target(stack, families=families, quantity=quantity, max_pixels=max_pixels,
+                       slice_max_pixels=slice_max_pixels, seed=seed, bootstrap=bootstrap,
+                       bootstrap_samples=bootstrap_samples)
       networks[net][target] = r
       pooled, sl = r["pooled"], r["slices"]
+      ad = pooled.get("anderson_log", {})
+      crit5 = [c for c, lv in zip(ad.get("critical_values", []),
+                                   ad.get("significance_levels", [])) if lv == 5.0]
+      boot = pooled.get("families", {}).get("lognormal", {}).get("ks_bootstrap")
       verdict[net][target] = {
+          "quantity": quantity,
           "pooled_winner": pooled.get("winner"),
           "pooled_runner_up": pooled.get("runner_up"),
           "pooled_aic_margin": pooled.get("aic_margin"),
           "pooled_delta_aic": pooled.get("delta_aic"),
-          "pooled_anderson_log_statistic": pooled.get("anderson_log", {}).get("statistic"),
+          "pooled_anderson_log_statistic": ad.get("statistic"),
+          "pooled_anderson_log_critical_5pct": crit5[0] if crit5 else None,
+          "pooled_anderson_log_n": pooled.get("n_fitted"),
+          "pooled_lognormal_ks_bootstrap": boot,
           "slice_win_fraction": sl.get("win_fraction"),
           "slice_median_aic_margin": sl.get("median_aic_margin"),
           "slice_median_aic_vs_lognormal": sl.get("median_aic_vs_lognormal"),
+          "slice_anderson_log_reject_5pct_fraction": sl.get(
+              "anderson_log_reject_5pct_fraction"),
+          "slice_median_anderson_log_statistic": sl.get("median_anderson_log_statistic"),
           "n_slices_fitted": sl.get("n"),
           "zero_pixel_fraction": r["zero_pixels"]["fraction"],
       }
+      verdict[net][target]["sentence"] = verdict_sentence(verdict[net][target])
   return {
+      "quantity": quantity,
+      "meaning": MEANING[quantity],
       "families": list(families),
       "settings": {"max_pixels": max_pixels, "slice_max_pixels": slice_max_pixels,
-                   "seed": seed, "bootstrap": bootstrap, "zeros": "exclude (counted)"},
+                   "seed": seed, "bootstrap": bootstrap,
+                   "bootstrap_samples": bootstrap_samples,
+                   "zeros": ("exclude (counted)" if quantity == "magnitude"
+                             else "included as y = 1 (q = 0), counted")},
       "networks": networks,
       "verdict": verdict,
   }
+
+
+def verdict_sentence(v: Mapping[str, Any]) -> str:
+  """One sentence on a verdict row, naming the quantity it is about."""
+  subject = ("G (magnitudes > 0)" if v["quantity"] == "magnitude"
+             else "q = ln(1 + 255 G~) (Eq. 1, zeros included)")
+  hyp = "G log-normal" if v["quantity"] == "magnitude" else "q normal"
+  if v.get("pooled_winner") is None:
+    return f"{subject}: not fitted."
+  wf = v.get("slice_win_fraction") or {}
+  ln_frac = wf.get("lognormal", 0.0)
+  ad, crit = v.get("pooled_anderson_log_statistic"), v.get("pooled_anderson_log_critical_5pct")
+  ad_txt = ("" if ad is None or crit is None else
+            f"; Anderson-Darling {ad:.1f} vs 5 % critical {crit:.3f}: "
+            + ("rejected" if ad > crit else "not rejected"))
+  boot = v.get("pooled_lognormal_ks_bootstrap")
+  boot_txt = "" if not boot else f", bootstrap KS p = {boot['pvalue']:.3f}"
+  best = v["pooled_winner"]
+  if best == "lognormal":
+    rank = f"the pooled AIC favours {hyp} (margin {v['pooled_aic_margin']:.0f})"
+  else:
+    rank = (f"the pooled AIC prefers {best} over {hyp} "
+            f"(dAIC {v['pooled_delta_aic']['lognormal']:.0f})")
+  return (f"{subject}: {rank}, it wins {100 * ln_frac:.0f} % of slices{ad_txt}{boot_txt}.")
 
 
 def _fmt(v: Any, nd: int = 1) -> str:
@@ -452,44 +613,53 @@ def _fmt(v: Any, nd: int = 1) -> str:
   return str(v)
 
 
-def report_markdown(report: Mapping[str, Any]) -> str:
+def report_markdown(report: Mapping[str, Any], *, title: str | None = None) -> str:
   """A Markdown summary of a :func:`lognormal_study` report."""
   fams = report["families"]
+  quantity = report.get("quantity", "magnitude")
   lines = [
-      "# Is the GBP gradient image log-normal?",
+      title or f"# Is the GBP gradient image log-normal? quantity `{quantity}`",
       "",
+      f"Quantity `{quantity}`: {report.get('meaning', MEANING[quantity])}. "
       "Maximum-likelihood fits (location 0 for the positive families); AIC = 2k - 2 logL. "
-      "Zero-gradient pixels are excluded from the fits and counted. KS is a distance "
-      "(no p-value: the parameters are fitted on the same pixels).",
+      f"Zero pixels: {report['settings']['zeros']}. KS is a distance "
+      "(no plain p-value: the parameters are fitted on the same pixels). "
+      "AD = Anderson-Darling of ln x against the normal, mean and variance estimated "
+      "(Stephens' critical values); boot p = parametric-bootstrap KS p-value of the "
+      f"log-normal ({report['settings'].get('bootstrap', 0)} resamples on "
+      f"{report['settings'].get('bootstrap_samples', '-')} pixels, refit on each).",
       "",
       "## Pooled over test slices",
       "",
       "| network | target | zero px | winner | runner-up | AIC margin | "
-      + " | ".join(f"dAIC {f}" for f in fams) + " | AD(log x) |",
-      "|---|---|---|---|---|---|" + "---|" * len(fams) + "---|",
+      + " | ".join(f"dAIC {f}" for f in fams) + " | AD(ln x) | AD crit 5% | boot p |",
+      "|---|---|---|---|---|---|" + "---|" * len(fams) + "---|---|---|",
   ]
   for net, targets in report["verdict"].items():
     for target, v in targets.items():
       d = v["pooled_delta_aic"] or {}
+      boot = v.get("pooled_lognormal_ks_bootstrap")
       lines.append(
           f"| {net} | {target} | {100 * v['zero_pixel_fraction']:.2f}% | "
           f"{_fmt(v['pooled_winner'])} | {_fmt(v['pooled_runner_up'])} | "
           f"{_fmt(v['pooled_aic_margin'])} | "
           + " | ".join(_fmt(d.get(f)) for f in fams)
-          + f" | {_fmt(v['pooled_anderson_log_statistic'], 2)} |")
+          + f" | {_fmt(v['pooled_anderson_log_statistic'], 2)}"
+          f" | {_fmt(v.get('pooled_anderson_log_critical_5pct'), 3)}"
+          f" | {_fmt(boot['pvalue'], 3) if boot else '-'} |")
   lines += [
       "",
       "## Per slice",
       "",
       "| network | target | slices | " + " | ".join(f"wins {f}" for f in fams)
-      + " | median margin | median AIC(f) - AIC(lognormal) |",
-      "|---|---|---|" + "---|" * len(fams) + "---|---|",
+      + " | median margin | median AIC(f) - AIC(lognormal) | AD rejects at 5% |",
+      "|---|---|---|" + "---|" * len(fams) + "---|---|---|",
   ]
   for net, targets in report["verdict"].items():
     for target, v in targets.items():
       if not v["n_slices_fitted"]:
         lines.append(f"| {net} | {target} | 0 | " + " | ".join("-" for _ in fams)
-                     + " | - | - |")
+                     + " | - | - | - |")
         continue
       wf = v["slice_win_fraction"] or {}
       vs = v["slice_median_aic_vs_lognormal"] or {}
@@ -497,7 +667,12 @@ def report_markdown(report: Mapping[str, Any]) -> str:
       lines.append(
           f"| {net} | {target} | {v['n_slices_fitted']} | "
           + " | ".join(f"{100 * wf.get(f, 0.0):.0f}%" for f in fams)
-          + f" | {_fmt(v['slice_median_aic_margin'])} | {vs_txt or '-'} |")
+          + f" | {_fmt(v['slice_median_aic_margin'])} | {vs_txt or '-'} | "
+          + f"{100 * (v.get('slice_anderson_log_reject_5pct_fraction') or 0.0):.0f}% |")
+  lines += ["", "## Verdicts", ""]
+  for net, targets in report["verdict"].items():
+    for target, v in targets.items():
+      lines.append(f"- {net}, {target}: {v.get('sentence') or verdict_sentence(v)}")
   lines.append("")
   return "\n".join(lines)
 
@@ -567,7 +742,7 @@ def plot_lognormal(gradients: Mapping[str, Any], out_dir: str | pathlib.Path, *,
     fig.tight_layout()
     p = out_dir / f"{prefix}_fig5_{label}.png"
     with fileio.atomic_path(p, suffix=".png") as tmp:
-      fig.savefig(tmp, dpi=110)
+      fig.savefig(tmp, dpi=100)
     plt.close(fig)
     paths.append(p)
     pos = _pooled_values(g, max_points, seed)
@@ -590,10 +765,95 @@ def plot_lognormal(gradients: Mapping[str, Any], out_dir: str | pathlib.Path, *,
   fig.tight_layout()
   p = out_dir / f"{prefix}_qq.png"
   with fileio.atomic_path(p, suffix=".png") as tmp:
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=100)
   plt.close(fig)
   paths.append(p)
   return paths
+
+
+def plot_slice_fits(g_slice: Any, path: str | pathlib.Path, *, label: str = "",
+                    seed: int = 0) -> pathlib.Path:
+  """One slice, both quantities: histograms with the fitted laws, and Q-Q plots.
+
+  Panels: (a) density histogram of ``G > 0`` with the five families fitted to
+  it (``magnitude``; x on a log axis, densities per unit ln G so the
+  log-normal is a Gaussian bump); (b) density histogram of
+  ``q = ln(1 + 255 G~)`` over the whole slice (the ``q = 0`` atom is the
+  first bar) with the normal and skew-normal of ``q`` fitted by maximum
+  likelihood on every pixel (``eq1_log``); (c) Q-Q plots of standardised
+  ``ln G`` (positive pixels) and of standardised ``q`` (all pixels) against
+  the standard normal.
+
+  Args:
+    g_slice: one gradient image (H, W), >= 0.
+    path: the PNG (dpi 100).
+    label: title text (data set, slice, network, score).
+    seed: unused by the fits (all pixels are used); kept for a seeded future
+      subsample.
+
+  Returns:
+    ``path``.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  del seed
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  g = np.asarray(g_slice, dtype=np.float64)
+  pos, _ = clean_samples(g, zeros="exclude")
+  y = eq1_values(g)
+  if y is None:
+    raise DataError("constant gradient slice: nothing to plot")
+  y = y.ravel()
+  q = np.log(y)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  # (a) magnitude: histogram of ln G, each law's density of ln G = f(x) x.
+  lx = np.log(pos)
+  ax = axes[0]
+  ax.hist(lx, bins=60, density=True, color="0.75", label=f"ln G, {pos.size} px > 0")
+  grid = np.linspace(lx.min(), lx.max(), 300)
+  scale = float(np.exp(np.mean(lx)))
+  for fam, style in zip(FAMILIES, ("r-", "b--", "g-.", "m:", "c-")):
+    frozen, _ = _fit_one(fam, pos, scale)
+    xs = np.exp(grid)
+    ax.plot(grid, np.exp(frozen.logpdf(xs)) * xs, style, lw=1.2, label=fam)
+  ax.set_xlabel("ln G")
+  ax.set_ylabel("density of ln G")
+  ax.set_title(f"(a) magnitude: G > 0 ({g.size - pos.size} zeros dropped)", fontsize=9)
+  ax.legend(fontsize=7)
+  # (b) eq1_log: q over the whole slice, zeros (q = 0) included.
+  ax = axes[1]
+  ax.hist(q, bins=60, density=True, color="0.75",
+          label=f"q, {int(np.sum(y == 1.0))} of {y.size} px at q = 0")
+  grid = np.linspace(0.0, q.max(), 300)
+  mu, sd = float(q.mean()), float(q.std())
+  ax.plot(grid, stats.norm.pdf(grid, mu, sd), "r-", lw=1.2, label="normal (q)")
+  a_, loc, sc = stats.skewnorm.fit(q)
+  ax.plot(grid, stats.skewnorm.pdf(grid, a_, loc, sc), "b--", lw=1.2, label="skew-normal (q)")
+  ax.set_xlabel("q = ln(1 + 255 G~)")
+  ax.set_title("(b) eq1_log: what Eq. 1 z-scores", fontsize=9)
+  ax.legend(fontsize=7)
+  # (c) Q-Q of both against the normal.
+  ax = axes[2]
+  for vals, name in ((lx, "ln G (G > 0)"), (q, "q (all pixels)")):
+    z = np.sort((vals - vals.mean()) / vals.std())
+    t = stats.norm.ppf((np.arange(1, z.size + 1) - 0.5) / z.size)
+    step = max(1, z.size // 3000)
+    idx = np.unique(np.r_[np.arange(0, z.size, step), z.size - 1])
+    ax.plot(t[idx], z[idx], ".", ms=2, label=name)
+  ax.plot([-4.5, 4.5], [-4.5, 4.5], "k--", lw=1, label="normal")
+  ax.set_xlabel("standard normal quantile")
+  ax.set_ylabel("standardised value")
+  ax.set_title("(c) Q-Q against the normal", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.suptitle(f"Gradient-image laws on one slice (cf. paper Fig. 5): {label}", fontsize=10)
+  fig.tight_layout()
+  with fileio.atomic_path(path, suffix=".png") as tmp:
+    fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  return path
 
 
 CLASS_NAMES = {1: "wm", 2: "gm", 3: "csf"}
@@ -635,37 +895,98 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
   return out
 
 
-def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, *,
-                   data_dir: str | pathlib.Path | None = None, max_pixels: int = 20000,
-                   slice_max_pixels: int | None = None, seed: int = 0, figures: bool = True,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-  """The log-normal study on a model bundle's test slices.
+SCORES = ("probability", "logit")
 
-  Opens the bundle and its dataset (``context.load_context``: the
-  split is the bundle's); computes the gradient images of every test slice
-  per class target for the trained params and for params freshly initialised
-  from ``seed`` (same architecture); runs :func:`lognormal_study` and writes
-  ``lognormal.json`` (strict JSON, NaN as null), ``lognormal.md`` and
-  (``figures``) the Fig. 5 / Q-Q PNGs into ``out_dir``.
+
+def combined_markdown(report: Mapping[str, Any]) -> str:
+  """Markdown of a :func:`run_experiment` report: headline table, then each study."""
+  inp = report["inputs"]
+  lines = [
+      "# Is the GBP gradient image log-normal? (paper Fig. 5, Eq. 1)",
+      "",
+      f"Data: `{inp['data_dir']}`, animals {', '.join(inp['animals'])} "
+      f"({inp['animals_from']}), {inp['n_slices']} raw slices; model `{inp['checkpoint']}`; "
+      f"saliency {inp['saliency_method']}, classes {inp['classes']}; random network: "
+      f"fresh init, seed {inp['random_init_seed']}.",
+      "",
+      "Quantities: " + "; ".join(f"`{q}`: {MEANING[q]}" for q in report["studies"]) + ".",
+      "",
+      "## Verdict (target sum = G, the paper's gradient image)",
+      "",
+      "| quantity | score | network | zero px | slice wins (AIC) | median AIC margin "
+      "| pooled winner | pooled dAIC lognormal | AD(ln x) pooled vs 5% crit "
+      "| slices AD-rejected | boot KS p (lognormal) | verdict |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for quantity, by_score in report["studies"].items():
+    for score, study in by_score.items():
+      for net, targets in study["verdict"].items():
+        v = targets.get("sum")
+        if v is None:
+          continue
+        wf = v["slice_win_fraction"] or {}
+        wins = ", ".join(f"{f} {100 * x:.0f}%" for f, x in
+                         sorted(wf.items(), key=lambda kv: -kv[1]) if x > 0) or "-"
+        d = (v["pooled_delta_aic"] or {}).get("lognormal")
+        boot = v.get("pooled_lognormal_ks_bootstrap")
+        lines.append(
+            f"| {quantity} | {score} | {net} | {100 * v['zero_pixel_fraction']:.1f}% | {wins} "
+            f"| {_fmt(v['slice_median_aic_margin'])} | {_fmt(v['pooled_winner'])} "
+            f"| {_fmt(d)} | {_fmt(v['pooled_anderson_log_statistic'], 1)} vs "
+            f"{_fmt(v['pooled_anderson_log_critical_5pct'], 3)} (n={v['pooled_anderson_log_n']}) "
+            f"| {100 * (v['slice_anderson_log_reject_5pct_fraction'] or 0):.0f}% "
+            f"| {_fmt(boot['pvalue'], 3) if boot else '-'} | {v['sentence']} |")
+  lines.append("")
+  for quantity, by_score in report["studies"].items():
+    for score, study in by_score.items():
+      lines.append(report_markdown(
+          study, title=f"## quantity `{quantity}`, score `{score}`").replace("\n## ", "\n### "))
+  return "\n".join(lines)
+
+
+def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, *,
+                   data_dir: str | pathlib.Path | None = None,
+                   animals: Sequence[str] | None = None,
+                   quantities: Sequence[str] = ("magnitude",),
+                   scores: Sequence[str] | None = None, max_pixels: int = 20000,
+                   slice_max_pixels: int | None = None, seed: int = 0, bootstrap: int = 0,
+                   bootstrap_samples: int = 1000, figures: bool = True,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+  """The log-normal study on a model bundle's test slices (or chosen animals).
+
+  Opens the bundle and its dataset (``context.load_context``); computes the
+  gradient images of every slice of the animals per class target, per
+  saliency score, for the trained params and for params freshly initialised
+  from ``seed`` (same architecture); runs :func:`lognormal_study` per
+  quantity and score and writes ``lognormal.json`` (strict JSON, NaN as
+  null), ``lognormal.md`` and (``figures``) the PNGs into ``out_dir``.
 
   Args:
-    checkpoint: a model bundle folder (``<workdir>/model`` of the main job).
+    checkpoint: a model bundle folder (``<workdir>/model``).
     out_dir: output folder (created).
-    data_dir: dataset root; ``None`` uses ``<checkpoint>/../data`` (where the
-      main job writes the phantom).
+    data_dir: dataset root; ``None`` uses ``<checkpoint>/../data``.
+    animals: animal ids; ``None``: the bundle split's test animals.
+    quantities: subset of :data:`QUANTITIES`.
+    scores: saliency targets (``guided.SCORES``); ``None``: the bundle's.
     max_pixels: subsample size of the pooled fits.
     slice_max_pixels: subsample size of the per-slice fits (``None``: all).
     seed: random-network init and subsample seed.
-    figures: write the PNGs.
+    bootstrap: parametric-bootstrap resamples of the pooled log-normal KS
+      p-value (0 off).
+    bootstrap_samples: pixels subsampled for it.
+    figures: write the PNGs: per score ``lognormal_<score>_fig5_<network>.png``
+      and ``lognormal_<score>_qq.png`` (pooled), and
+      ``lognormal_<score>_slice.png`` (:func:`plot_slice_fits` on the middle
+      slice of the first animal, trained network).
     log: progress sink.
 
   Returns:
-    The report (also written as ``lognormal.json``).
+    The report ``{"inputs", "studies": {quantity: {score: study}}}``.
 
   Raises:
     CheckpointError, DataError: a missing or damaged bundle or dataset.
-    UsageError: ``max_pixels`` or ``slice_max_pixels`` below the minimum
-      sample count.
+    UsageError: a bad quantity or score, or ``max_pixels`` /
+      ``slice_max_pixels`` below the minimum sample count.
   """
   import jax
   from rodent_gbp import model as model_lib
@@ -673,39 +994,67 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
   for name, n in (("max_pixels", max_pixels), ("slice_max_pixels", slice_max_pixels)):
     if n is not None and n < MIN_SAMPLES:
       raise UsageError(f"{name} must be at least {MIN_SAMPLES}, got {n}")
-  ctx = context.load_context(checkpoint, data_dir, animals="test")
+  quantities = tuple(quantities)
+  bad = [q for q in quantities if q not in QUANTITIES] or (not quantities and ["(none)"])
+  if bad:
+    raise UsageError(f"quantities must be from {QUANTITIES}, got {list(quantities)}")
+  ctx = context.load_context(checkpoint, data_dir, animals="test" if not animals else animals)
   config = ctx.config
+  scores = (config.saliency_score,) if not scores else tuple(scores)
+  bad = [s for s in scores if s not in SCORES]
+  if bad:
+    raise UsageError(f"scores must be from {SCORES}, got {list(scores)}")
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  test = ctx.split["test"]
-  images = np.concatenate([v.image for v in ctx.test]).astype(np.float32)[..., None]
-  log(f"{images.shape[0]} test slices of {test}")
+  ids = list(animals) if animals else list(ctx.split["test"])
+  vols = [ctx.volumes[a] for a in ids]
+  images = np.concatenate([v.image for v in vols]).astype(np.float32)[..., None]
+  log(f"{images.shape[0]} slices of {ids}")
 
   net = ctx.bundle.network("tissue")
   model = net.model
   random_params = model_lib.init_params(model, jax.random.key(seed), images.shape[1:3])
   classes = tuple(config.gradient_classes)
-  gradients = {}
-  for name, params in (("trained", net.params), ("random", random_params)):
-    gradients[name] = gradient_stacks(model, params, images, classes=classes,
-                                      method=config.saliency_method,
-                                      score=config.saliency_score,
-                                      batch_size=config.eval_batch_size)
-    log(f"gradient images of the {name} network: {sorted(gradients[name])}")
-
-  report = lognormal_study(gradients, max_pixels=max_pixels,
-                           slice_max_pixels=slice_max_pixels, seed=seed)
-  report["inputs"] = {
-      "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
-      "test_animals": list(test), "n_slices": int(images.shape[0]),
-      "image": "raw (not skull-stripped) slices", "saliency_method": config.saliency_method,
-      "saliency_score": config.saliency_score,
-      "classes": list(classes), "random_init_seed": seed, "config": config.to_dict(),
+  studies: dict[str, dict[str, Any]] = {q: {} for q in quantities}
+  figure_names = []
+  mid = vols[0].image.shape[0] // 2
+  for score in scores:
+    gradients = {}
+    for name, params in (("trained", net.params), ("random", random_params)):
+      gradients[name] = gradient_stacks(model, params, images, classes=classes,
+                                        method=config.saliency_method, score=score,
+                                        batch_size=config.eval_batch_size)
+      log(f"{score}: gradient images of the {name} network: {sorted(gradients[name])}")
+    for quantity in quantities:
+      studies[quantity][score] = lognormal_study(
+          gradients, quantity=quantity, max_pixels=max_pixels,
+          slice_max_pixels=slice_max_pixels, seed=seed, bootstrap=bootstrap,
+          bootstrap_samples=bootstrap_samples)
+      log(f"{score}, {quantity}: done")
+    if figures:
+      paths = plot_lognormal({k: v["sum"] for k, v in gradients.items()}, out_dir, seed=seed,
+                             prefix=f"lognormal_{score}")
+      paths.append(plot_slice_fits(
+          gradients["trained"]["sum"][mid], out_dir / f"lognormal_{score}_slice.png",
+          label=f"animal {ids[0]} slice {mid}, trained network, score {score}"))
+      figure_names += [p.name for p in paths]
+  report: dict[str, Any] = {
+      "inputs": {
+          "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
+          "animals": ids, "animals_from": "--animals" if animals else "the bundle's test split",
+          "test_animals": list(ctx.split["test"]), "n_slices": int(images.shape[0]),
+          "image": "raw (not skull-stripped) slices", "saliency_method": config.saliency_method,
+          "scores": list(scores), "quantities": list(quantities),
+          "classes": list(classes), "random_init_seed": seed,
+          "figure_slice": {"animal": ids[0], "slice": int(mid)},
+          "config": config.to_dict(),
+      },
+      "studies": studies,
   }
   if figures:
-    paths = plot_lognormal({k: v["sum"] for k, v in gradients.items()}, out_dir, seed=seed)
-    report["figures"] = [p.name for p in paths]
+    report["figures"] = figure_names
   fileio.write_json(out_dir / "lognormal.json", report)
-  fileio.atomic_write_text(out_dir / "lognormal.md", report_markdown(report))
-  log(report_markdown(report))
+  md = combined_markdown(report)
+  fileio.atomic_write_text(out_dir / "lognormal.md", md)
+  log(md)
   return report
