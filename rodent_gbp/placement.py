@@ -16,6 +16,11 @@ the model's voxel size and slice shape (``bundle.slice_shape``):
   it (``rodent_gbp.search``).
 * ``intensity``: the same two-stage search located by the plain intensity
   instead of saliency (a baseline that needs no GBP).
+* ``gbp_refined``: ``gbp_improved``'s chosen mask, its contour moved onto the
+  GBP image's brain edge (``rodent_gbp.refine``): fits the individual brain,
+  still with no raw-image training.
+* ``supervised``: the bundle's ``extractor`` network, trained on raw slices
+  against brain masks (``rodent_gbp.supervised``); no saliency.
 
 The mask a placer returns is the removal mask: the one applied before the
 network segments again and the one written to disk. Evaluators that need the
@@ -341,10 +346,47 @@ def supervised(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
   return Placement(mask=out["mask"], details={"probability": out["probability"]})
 
 
+def place_refined(slices: np.ndarray, *, bundle, slice_index: np.ndarray | None = None,
+                  gradient: np.ndarray | None = None, options=None,
+                  start=None):
+  """``gbp_improved``'s placement refined with the evidence of ``options``.
+
+  Args:
+    slices: (S, H, W) raw normalised slices on the model grid.
+    bundle: the model bundle.
+    slice_index: (S,) bank slice of each slice.
+    gradient: (S, H, W) the raw pass's GBP gradient image (computed when None).
+    options: ``refine.RefineOptions`` (default ``refine.REFINED``).
+    start: a :class:`Placement` of ``gbp_improved`` already computed on
+      these slices (its ``placed`` detail is refined), or None.
+  Returns:
+    A :class:`Placement` whose mask is the refined mask; displacement and
+    confidence are the start's; details add ``start`` (the start's removal
+    mask), ``evidence``, ``offset``, ``contour_radius``.
+  """
+  from rodent_gbp import refine
+  options = refine.REFINED if options is None else options
+  slices, slice_index = _check(slices, bundle, slice_index)
+  if gradient is None and options.source != "intensity":
+    gradient = search_signal(slices, search.ImprovedOptions(signal="gradient"),
+                                       bundle=bundle)
+  if gradient is not None and np.shape(gradient) != slices.shape:
+    raise UsageError(f"gradient image {np.shape(gradient)} and slices {slices.shape} differ")
+  if start is None:
+    start = gbp_improved(slices, bundle=bundle, slice_index=slice_index,
+                                   gradient=gradient)
+  evidence = refine.evidence_image(slices, gradient, options)
+  out = refine.refine(start.details["placed"], evidence, options)
+  details = dict(start.details)
+  details.update({"start": start.mask, "evidence": evidence, "offset": out["offset"],
+                  "contour_radius": out["radius"]})
+  return Placement(mask=out["mask"].astype(bool), displacement=start.displacement,
+                   confidence=start.confidence, details=details)
+
+
 def gbp_refined(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
   """``gbp_improved``'s chosen mask moved onto the GBP image's brain edge (``refine``)."""
-  from rodent_gbp import refine
-  return refine.place_refined(slices, bundle=bundle, slice_index=slice_index, gradient=gradient)
+  return place_refined(slices, bundle=bundle, slice_index=slice_index, gradient=gradient)
 
 
 #: Placer name (the ``--placement`` value and the ``results.json`` key under
@@ -368,7 +410,7 @@ def check_placer(name: str, bundle) -> None:
     supervised_lib.check_bundle(bundle)
   if name in ("gbp_improved", "gbp_refined") and bundle.bank.appearance is None:
     raise CheckpointError(f"{bundle.where('templates.npz')}: the template bank has no "
-                          "raw-slice appearance, which gbp_improved needs; rebuild the "
+                          f"raw-slice appearance, which {name} needs; rebuild the "
                           "model with experiments/reproduce.py or use --placement=gbp")
 
 

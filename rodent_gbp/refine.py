@@ -47,7 +47,7 @@ it), or ``intensity`` (the gradient magnitude of the raw slice: no saliency).
 A randomised network's GBP image is the ``gbp`` source computed with other
 params (``rodent_gbp.studies.refine_study``).
 
-The placer ``gbp_refined`` (:func:`place_refined`) starts from
+The placer ``gbp_refined`` (``placement.place_refined``) starts from
 ``gbp_improved``'s placement (the chosen candidate before its dilation) and
 refines it with the raw pass's GBP gradient image under :data:`REFINED`.
 """
@@ -365,41 +365,3 @@ def refine(masks: np.ndarray, evidence: np.ndarray, options: RefineOptions = REF
 
 
 # --- the placer -------------------------------------------------------------------------
-
-
-def place_refined(slices: np.ndarray, *, bundle, slice_index: np.ndarray | None = None,
-                  gradient: np.ndarray | None = None, options: RefineOptions = REFINED,
-                  start=None):
-  """``gbp_improved``'s placement refined with the evidence of ``options``.
-
-  Args:
-    slices: (S, H, W) raw normalised slices on the model grid.
-    bundle: the model bundle.
-    slice_index: (S,) bank slice of each slice.
-    gradient: (S, H, W) the raw pass's GBP gradient image (computed when None).
-    options: refinement settings (:data:`REFINED`).
-    start: a ``placement.Placement`` of ``gbp_improved`` already computed on
-      these slices (its ``placed`` detail is refined), or None.
-  Returns:
-    ``placement.Placement`` whose mask is the refined mask; displacement and
-    confidence are the start's; details add ``start`` (the start's removal
-    mask), ``evidence``, ``offset``, ``contour_radius``.
-  """
-  from rodent_gbp import placement
-  from rodent_gbp import search
-  slices, slice_index = placement._check(slices, bundle, slice_index)
-  if gradient is None and options.source != "intensity":
-    gradient = placement.search_signal(slices, search.ImprovedOptions(signal="gradient"),
-                                       bundle=bundle)
-  if gradient is not None and np.shape(gradient) != slices.shape:
-    raise UsageError(f"gradient image {np.shape(gradient)} and slices {slices.shape} differ")
-  if start is None:
-    start = placement.gbp_improved(slices, bundle=bundle, slice_index=slice_index,
-                                   gradient=gradient)
-  evidence = evidence_image(slices, gradient, options)
-  out = refine(start.details["placed"], evidence, options)
-  details = dict(start.details)
-  details.update({"start": start.mask, "evidence": evidence, "offset": out["offset"],
-                  "contour_radius": out["radius"]})
-  return placement.Placement(mask=out["mask"].astype(bool), displacement=start.displacement,
-                             confidence=start.confidence, details=details)

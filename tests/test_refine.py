@@ -212,7 +212,7 @@ def test_placer_refines_gbp_improved_and_checks_shapes(bundle_and_brain):
     refine.refine(truth, gradient[:2])
   # Intensity evidence (the image's edges are the same brain's) refines it too;
   # the evidence used is the one the switch names.
-  alt = refine.place_refined(images, bundle=bundle, gradient=gradient,
+  alt = placement.place_refined(images, bundle=bundle, gradient=gradient,
                              options=refine.RefineOptions(source="intensity"), start=start)
   np.testing.assert_allclose(alt.details["evidence"], refine.gradient_magnitude(images),
                              rtol=1e-6)

@@ -121,7 +121,7 @@ def prepare(volumes: Sequence, bundle, *, seed: int = 0,
                                gradient=grads["trained"])
     paper = placement.place("gbp", images, bundle=bundle, slice_index=si,
                             gradient=grads["trained"])
-    shipped = refine.place_refined(images, bundle=bundle, slice_index=si,
+    shipped = placement.place_refined(images, bundle=bundle, slice_index=si,
                                    gradient=grads["trained"], start=improved)
     counts, _ = evaluators.oracle_counts(truth, cands, slice_index=si,
                                          slice_offsets=placement.IMPROVED.slice_offsets)
