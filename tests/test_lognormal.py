@@ -378,7 +378,7 @@ def test_magnitude_of_lognormal_slices_with_zeros_is_lognormal():
   assert v["pooled_winner"] == "lognormal" and v["slice_win_fraction"]["lognormal"] == 1.0
   assert v["pooled_anderson_log_statistic"] < v["pooled_anderson_log_critical_5pct"]
   assert v["pooled_lognormal_ks_bootstrap"]["pvalue"] > 0.05
-  assert v["sentence"].startswith("G (magnitudes > 0): the pooled AIC favours G log-normal")
+  assert v["sentence"].startswith("magnitude G > 0: pooled AIC ranks G lognormal first")
   assert "logskewnormal" not in r["families"]
 
 

@@ -581,28 +581,41 @@ def lognormal_study(gradients: Mapping[str, Mapping[str, Any]], *,
   }
 
 
+def family_label(family: str, quantity: str) -> str:
+  """What a family fitted to the quantity's variable says, in words."""
+  if quantity == "magnitude":
+    return f"G {family}"
+  return {"lognormal": "q normal", "logskewnormal": "q skew-normal"}.get(
+      family, f"1 + 255 G~ {family}")
+
+
 def verdict_sentence(v: Mapping[str, Any]) -> str:
   """One sentence on a verdict row, naming the quantity it is about."""
-  subject = ("G (magnitudes > 0)" if v["quantity"] == "magnitude"
-             else "q = ln(1 + 255 G~) (Eq. 1, zeros included)")
-  hyp = "G log-normal" if v["quantity"] == "magnitude" else "q normal"
+  quantity = v["quantity"]
+  subject = ("magnitude G > 0" if quantity == "magnitude"
+             else "eq1_log q = ln(1 + 255 G~), zeros included")
+  hyp = family_label("lognormal", quantity)
   if v.get("pooled_winner") is None:
     return f"{subject}: not fitted."
   wf = v.get("slice_win_fraction") or {}
   ln_frac = wf.get("lognormal", 0.0)
   ad, crit = v.get("pooled_anderson_log_statistic"), v.get("pooled_anderson_log_critical_5pct")
   ad_txt = ("" if ad is None or crit is None else
-            f"; Anderson-Darling {ad:.1f} vs 5 % critical {crit:.3f}: "
+            f"; Anderson-Darling of {hyp} {ad:.1f} vs 5 % critical {crit:.3f} "
+            f"(n = {v.get('pooled_anderson_log_n')}): "
             + ("rejected" if ad > crit else "not rejected"))
   boot = v.get("pooled_lognormal_ks_bootstrap")
-  boot_txt = "" if not boot else f", bootstrap KS p = {boot['pvalue']:.3f}"
+  boot_txt = ("" if not boot else
+              f"; bootstrap KS p = {boot['pvalue']:.3f} (n = {boot['n']}, "
+              f"{boot['n_boot']} resamples)")
   best = v["pooled_winner"]
   if best == "lognormal":
-    rank = f"the pooled AIC favours {hyp} (margin {v['pooled_aic_margin']:.0f})"
+    rank = f"pooled AIC ranks {hyp} first (margin {v['pooled_aic_margin']:.0f})"
   else:
-    rank = (f"the pooled AIC prefers {best} over {hyp} "
+    rank = (f"pooled AIC prefers {family_label(best, quantity)} to {hyp} "
             f"(dAIC {v['pooled_delta_aic']['lognormal']:.0f})")
-  return (f"{subject}: {rank}, it wins {100 * ln_frac:.0f} % of slices{ad_txt}{boot_txt}.")
+  return (f"{subject}: {rank}; {hyp} wins {100 * ln_frac:.0f} % of slices"
+          f"{ad_txt}{boot_txt}.")
 
 
 def _fmt(v: Any, nd: int = 1) -> str:
@@ -909,12 +922,17 @@ def combined_markdown(report: Mapping[str, Any]) -> str:
       f"saliency {inp['saliency_method']}, classes {inp['classes']}; random network: "
       f"fresh init, seed {inp['random_init_seed']}.",
       "",
-      "Quantities: " + "; ".join(f"`{q}`: {MEANING[q]}" for q in report["studies"]) + ".",
+      "Quantities: " + "; ".join(f"`{q}`: {MEANING[q]}" for q in report["studies"]) + ". "
+      "The hypothesis is G log-normal (magnitude) or q normal (eq1_log). Zero px: "
+      "G == 0 (magnitude, dropped) or G~ == 0, q = 0 (eq1_log, kept in the fits). "
+      "AD: Anderson-Darling of ln G resp. q against the normal with estimated mean and "
+      "variance, 5 % critical value of Stephens (1974); boot KS p: parametric bootstrap, "
+      "refit per resample, pooled fits only.",
       "",
       "## Verdict (target sum = G, the paper's gradient image)",
       "",
       "| quantity | score | network | zero px | slice wins (AIC) | median AIC margin "
-      "| pooled winner | pooled dAIC lognormal | AD(ln x) pooled vs 5% crit "
+      "| pooled winner | pooled dAIC of the hypothesis | AD(ln x) pooled vs 5% crit "
       "| slices AD-rejected | boot KS p (lognormal) | verdict |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -925,13 +943,14 @@ def combined_markdown(report: Mapping[str, Any]) -> str:
         if v is None:
           continue
         wf = v["slice_win_fraction"] or {}
-        wins = ", ".join(f"{f} {100 * x:.0f}%" for f, x in
+        wins = ", ".join(f"{family_label(f, quantity)} {100 * x:.0f}%" for f, x in
                          sorted(wf.items(), key=lambda kv: -kv[1]) if x > 0) or "-"
         d = (v["pooled_delta_aic"] or {}).get("lognormal")
         boot = v.get("pooled_lognormal_ks_bootstrap")
         lines.append(
-            f"| {quantity} | {score} | {net} | {100 * v['zero_pixel_fraction']:.1f}% | {wins} "
-            f"| {_fmt(v['slice_median_aic_margin'])} | {_fmt(v['pooled_winner'])} "
+            f"| {quantity} | {score} | {net} | {100 * v['zero_pixel_fraction']:.2f}% | {wins} "
+            f"| {_fmt(v['slice_median_aic_margin'])} "
+            f"| {family_label(v['pooled_winner'], quantity) if v['pooled_winner'] else '-'} "
             f"| {_fmt(d)} | {_fmt(v['pooled_anderson_log_statistic'], 1)} vs "
             f"{_fmt(v['pooled_anderson_log_critical_5pct'], 3)} (n={v['pooled_anderson_log_n']}) "
             f"| {100 * (v['slice_anderson_log_reject_5pct_fraction'] or 0):.0f}% "
