@@ -104,6 +104,12 @@ def test_binary_end_to_end(binary, model_dir, phantom_dir, tmp_path):
     for when in ("trained", "randomised"):
       for name in sanity.PLACERS:
         assert 0.0 <= report["placers"][when][s][name]["brain_dsc"] <= 1.0
+      vd = report["placers"][when][s]["gbp_improved"]["volume_displacement"]
+      assert set(vd) == set(report["animals"]) and all(len(d) == 2 for d in vd.values())
+  zd = report["zero_displacement"]
+  assert set(zd["per_animal"]) == set(report["animals"]) and 0.0 <= zd["brain_dsc"] <= 1.0
+  assert "displacement (0, 0)" in (out / "sanity.md").read_text()
+  assert (out / "sanity_maps.png").stat().st_size < 300_000
   with pytest.raises(SystemExit):
     binary("sanity_check", [f"--checkpoint={model_dir}", f"--data_dir={phantom_dir}",
                             "--scores=odds", f"--out_dir={out}"])
