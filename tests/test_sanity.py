@@ -104,7 +104,7 @@ def test_binary_end_to_end(binary, model_dir, phantom_dir, tmp_path):
     for when in ("trained", "randomised"):
       for name in sanity.PLACERS:
         assert 0.0 <= report["placers"][when][s][name]["brain_dsc"] <= 1.0
-      vd = report["placers"][when][s]["gbp_improved"]["volume_displacement"]
+      vd = report["placers"][when][s]["gbp_improved"]["located_displacement"]
       assert set(vd) == set(report["animals"]) and all(len(d) == 2 for d in vd.values())
   zd = report["zero_displacement"]
   assert set(zd["per_animal"]) == set(report["animals"]) and 0.0 <= zd["brain_dsc"] <= 1.0
