@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from conftest import FAST_COMPILE_FLAGS
 from rodent_gbp import parallel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -48,7 +49,7 @@ def _free_port() -> int:
 def _worker(args: list[str], log: pathlib.Path, env_extra: dict | None = None
             ) -> subprocess.Popen:
   env = dict(os.environ, **(env_extra or {}))
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = FAST_COMPILE_FLAGS  # the worker adds its device count
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("RODENT_GBP_JAX_CACHE", str(REPO / ".jax_cache"))
   return subprocess.Popen([sys.executable, str(WORKER), *args], cwd=REPO, env=env,
@@ -283,7 +284,7 @@ def test_train_binary_on_two_processes_matches_one(tmp_path, binary):
   launched once: each start compiles everything without a cache.)
   """
   env = dict(os.environ, PYTHONPATH=str(REPO))  # this tree, whatever is installed
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = f"{FAST_COMPILE_FLAGS} --xla_force_host_platform_device_count=2"
   env["JAX_PLATFORMS"] = "cpu"
   # No persistent compile cache here: only process 0 writes it, so process 1
   # would compile what process 0 loads and reach the first collective more
