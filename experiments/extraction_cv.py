@@ -1,7 +1,7 @@
 """Cross-validation by animal of the supervised brain extractor, paired with the placers.
 
   python experiments/extraction_cv.py \\
-      --data_dir /work/cache/mouse_epi-native-c103-m0afe45e3e55f-f5d2a5c4b \\
+      --data_dir runs/data/mouse_epi-native-... \\
       --workdir runs/extraction_cv
 
 For each fold of the fold file (default ``experiments/folds/mouse_epi.json``):
@@ -20,11 +20,9 @@ import sys
 from absl import app
 from absl import flags
 
-from rodent_gbp import augment
 from rodent_gbp import cli
 from rodent_gbp import datasets
 from rodent_gbp import fileio
-from rodent_gbp import supervised
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
 from rodent_gbp.studies import extraction_cv
@@ -42,15 +40,7 @@ _FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "
 _BASELINE_DIR = flags.DEFINE_string("baseline_dir", str(_HERE / "results" / "cv_mouse_epi"),
                                     "Folder of the placers' committed fold<k>/per_animal.csv.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these fold numbers (e.g. 0,1).")
-_FEATURES = flags.DEFINE_integer("features", 16, "U-Net channels at the first level.")
-_DEPTH = flags.DEFINE_integer("depth", 3, "U-Net depth.")
-_EPOCHS = flags.DEFINE_integer("epochs", 20, "Training epochs per fold (fixed).")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Training batch size.")
-_LR = flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate lr0.")
-_DECAY = flags.DEFINE_float("decay", 1e-3, "Time-based decay of the learning rate per update.")
-_SEED = flags.DEFINE_integer("seed", 0, "Init, batch order and augmentation seed.")
-_RESOLUTION = flags.DEFINE_float("resolution_jitter", 1.5, "Content rescaled by a factor "
-                                 "in [1/x, x].")
+cli.define_extractor_flags(flags.FLAGS)
 _FIGURES = flags.DEFINE_bool("figures", True, "Write QC and saliency figures.")
 
 
@@ -65,10 +55,7 @@ def main(argv):
   folder = _DATA_DIR.value or datasets.prepare(
       "mouse_epi", data_root=_DATA_ROOT.value, cache_dir=_DATA_CACHE.value, log=_log)
   folds = crossval.read_fold_file(_FOLDS.value)
-  config = supervised.extractor_config(
-      features=_FEATURES.value, depth=_DEPTH.value, epochs=_EPOCHS.value,
-      batch_size=_BATCH.value, learning_rate=_LR.value, decay=_DECAY.value, seed=_SEED.value)
-  options = augment.AugmentOptions(resolution=_RESOLUTION.value)
+  config, options = cli.extractor_settings(flags.FLAGS)
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
   workdir = pathlib.Path(_WORKDIR.value)
 

@@ -21,8 +21,7 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp import fileio
-from rodent_gbp.errors import DataError, UsageError
+from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
 from rodent_gbp.studies import refine_study
 
@@ -40,31 +39,13 @@ _FIGURE = flags.DEFINE_bool("figure", True, "Write refine_slices.png.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
 
-def _split():
-  """(split or None, where it came from)."""
-  if _SPLIT_FILE.value is not None and _FOLD.value is not None:
-    raise UsageError("give at most one of --split_file and --fold")
-  if _SPLIT_FILE.value is not None:
-    path = pathlib.Path(_SPLIT_FILE.value)
-    if not path.is_file():
-      raise DataError(f"{path}: split file not found")
-    try:
-      return fileio.read_json(path), str(path)
-    except (ValueError, UnicodeDecodeError) as e:
-      raise DataError(f"{path}: not a JSON split file ({e})") from None
-  if _FOLD.value is not None:
-    folds = crossval.read_fold_file(_FOLDS.value)["folds"]
-    if not 0 <= _FOLD.value < len(folds):
-      raise UsageError(f"--fold {_FOLD.value}: {_FOLDS.value} has folds 0..{len(folds) - 1}")
-    return folds[_FOLD.value], f"{_FOLDS.value} fold {_FOLD.value}"
-  return None, "the bundle's split"
-
-
 @cli.run_main
 def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {argv[1:]}")
-  split, source = _split()
+  split, source = crossval.split_from(_SPLIT_FILE.value, _FOLD.value, _FOLDS.value)
+  if split is None:
+    source = "the bundle's split"
   refine_study.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, split=split,
                    split_source=source, seed=_SEED.value, figure=_FIGURE.value,
                    log=lambda msg: print(msg, flush=True))

@@ -22,12 +22,11 @@ import pathlib
 from absl import app
 from absl import flags
 
-from rodent_gbp import augment
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import cli
 from rodent_gbp import fileio
 from rodent_gbp import supervised
-from rodent_gbp.errors import DataError, UsageError
+from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
 from rodent_gbp.studies import report
 
@@ -43,36 +42,11 @@ _FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "
 _OUT = flags.DEFINE_string("out", None, "New bundle folder (extractor only).")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Existing bundle folder to add the "
                               "extractor to.")
-_FEATURES = flags.DEFINE_integer("features", 16, "U-Net channels at the first level.")
-_DEPTH = flags.DEFINE_integer("depth", 3, "U-Net depth.")
-_EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs (fixed).")
-_BATCH = flags.DEFINE_integer("batch_size", 16, "Training batch size.")
-_LR = flags.DEFINE_float("learning_rate", 2e-3, "Adam learning rate lr0.")
-_DECAY = flags.DEFINE_float("decay", 1e-3, "Time-based decay of the learning rate per update.")
-_SEED = flags.DEFINE_integer("seed", 0, "Init, batch order and augmentation seed.")
-_RESOLUTION = flags.DEFINE_float("resolution_jitter", 1.5, "Content rescaled by a factor "
-                                 "in [1/x, x].")
+cli.define_extractor_flags(flags.FLAGS)
 
 
 def _log(msg: str) -> None:
   print(msg, flush=True)
-
-
-def _split() -> dict:
-  if (_SPLIT_FILE.value is None) == (_FOLD.value is None):
-    raise UsageError("give exactly one of --split_file and --fold")
-  if _SPLIT_FILE.value is not None:
-    path = pathlib.Path(_SPLIT_FILE.value)
-    if not path.is_file():
-      raise DataError(f"{path}: split file not found")
-    try:
-      return fileio.read_json(path)
-    except (ValueError, UnicodeDecodeError) as e:
-      raise DataError(f"{path}: not a JSON split file ({e})") from None
-  folds = crossval.read_fold_file(_FOLDS.value)["folds"]
-  if not 0 <= _FOLD.value < len(folds):
-    raise UsageError(f"--fold {_FOLD.value}: {_FOLDS.value} has folds 0..{len(folds) - 1}")
-  return folds[_FOLD.value]
 
 
 @cli.run_main
@@ -84,13 +58,12 @@ def main(argv):
   if _OUT.value is not None and (pathlib.Path(_OUT.value) / bundle_lib.BUNDLE_FILE).exists():
     raise UsageError(f"{_OUT.value} holds a bundle already; use --bundle {_OUT.value} to "
                      "replace its extractor")
-  split = _split()
-  config = supervised.extractor_config(
-      features=_FEATURES.value, depth=_DEPTH.value, epochs=_EPOCHS.value,
-      batch_size=_BATCH.value, learning_rate=_LR.value, decay=_DECAY.value, seed=_SEED.value)
-  options = augment.AugmentOptions(resolution=_RESOLUTION.value)
+  if (_SPLIT_FILE.value is None) == (_FOLD.value is None):
+    raise UsageError("give exactly one of --split_file and --fold")
+  split, source = crossval.split_from(_SPLIT_FILE.value, _FOLD.value, _FOLDS.value)
+  config, options = cli.extractor_settings(flags.FLAGS)
   vols = supervised.load_split(_DATA_DIR.value, split, log=_log,
-                              source=_SPLIT_FILE.value or f"{_FOLDS.value} fold {_FOLD.value}")
+                              source=source)
   result = supervised.train_extractor(vols["train"], vols["val"], config, options=options,
                                       log=_log)
   info = {"data_dir": str(_DATA_DIR.value), "augment": dict(options.__dict__),

@@ -54,10 +54,13 @@ NETWORK = "extractor"
 BRAIN = 1  # class index of brain in the extractor's output
 
 
-def extractor_config(*, features: int = 16, depth: int = 3, epochs: int = 30,
+def extractor_config(*, features: int = 8, depth: int = 3, epochs: int = 30,
                      batch_size: int = 16, learning_rate: float = 2e-3, decay: float = 1e-3,
                      seed: int = 0, clip_grad_norm: float = 2.0) -> configs.Config:
   """The extractor's ``configs.Config`` (2 classes, Adam, Dice + cross-entropy).
+
+  The defaults are the setting of the 5-fold cross-validation and the shipped
+  model (``experiments/results/extraction_cv_mouse_epi``).
 
   ``decay`` is the time-based decay of ``optim.learning_rate_fn`` (per update).
   """

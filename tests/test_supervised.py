@@ -4,6 +4,8 @@ One tiny training run (32 x 32 disks in noise, U-Net features 4 x depth 2, a
 few steps) is shared by the module.
 """
 
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -140,3 +142,48 @@ def test_extractor_bundle_round_trip_and_placer(tmp_path, trained):
   supervised.add_to_bundle(tmp_path / "both", result, train, None)
   both = bundle_lib.load_bundle(tmp_path / "both")
   assert set(both.networks) == {"tissue", "extractor"}
+
+
+# --- the binaries' shared flags and split reading ---------------------------------------
+
+
+def test_extractor_flags_default_to_the_measured_setting():
+  from absl import flags
+  from conftest import imported_binary
+  from rodent_gbp.studies import ship
+  from rodent_gbp import cli
+  required = {"train_extractor": ["--data_dir=x"], "extraction_cv": ["--workdir=x"]}
+  for script, extra in required.items():
+    with imported_binary(script):
+      flags.FLAGS([script, "--seed=3", "--features=4", *extra])
+      config, options = cli.extractor_settings(flags.FLAGS)
+      flags.FLAGS.unparse_flags()
+    assert (config.depth, config.epochs, config.batch_size) == (
+        ship.EXTRACTOR["depth"], ship.EXTRACTOR["epochs"], ship.EXTRACTOR["batch_size"])
+    assert (config.features, config.seed, config.num_classes) == (4, 3, 2)
+    assert options.resolution == 1.5
+  assert supervised.extractor_config().features == ship.EXTRACTOR["features"]
+
+
+def test_split_from_a_file_a_fold_or_neither(tmp_path):
+  import json
+  from rodent_gbp.errors import DataError, UsageError
+  from rodent_gbp.studies import crossval
+  folds_path = (pathlib.Path(__file__).resolve().parent.parent / "experiments" / "folds"
+                / "mouse_epi.json")
+  want = json.loads(folds_path.read_text())["folds"][2]
+  assert crossval.split_from(None, 2, folds_path) == (want, f"{folds_path} fold 2")
+  split = {"train": ["a"], "val": [], "test": ["b"]}
+  f = tmp_path / "s.json"
+  f.write_text(json.dumps(split))
+  assert crossval.split_from(f, None, folds_path) == (split, str(f))
+  assert crossval.split_from(None, None, folds_path) == (None, "none given")
+  with pytest.raises(UsageError, match="at most one"):
+    crossval.split_from(f, 0, folds_path)
+  with pytest.raises(UsageError, match="has folds 0..4"):
+    crossval.split_from(None, 5, folds_path)
+  with pytest.raises(DataError, match="missing.json: split file not found"):
+    crossval.split_from(tmp_path / "missing.json", None, folds_path)
+  (tmp_path / "bad.json").write_text("{no")
+  with pytest.raises(DataError, match="bad.json: not a JSON split file"):
+    crossval.split_from(tmp_path / "bad.json", None, folds_path)

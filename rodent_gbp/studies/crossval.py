@@ -60,6 +60,38 @@ def fold_file(dataset: str, animal_ids: Sequence[str], *, k: int = 5, seed: int 
           "folds": make_folds(animal_ids, k=k, seed=seed)}
 
 
+def split_from(split_file: str | pathlib.Path | None, fold: int | None,
+               folds: str | pathlib.Path) -> tuple[dict | None, str]:
+  """The split a binary was given: a JSON split file, or fold ``fold`` of ``folds``.
+
+  Returns (split or None when neither is given, where it came from, for
+  messages). The split's ids are checked against the data later
+  (``data.check_split``).
+
+  Raises:
+    UsageError: both given, or a fold number the fold file lacks;
+    DataError: a missing or unreadable split file.
+  """
+  from rodent_gbp import fileio
+  from rodent_gbp.errors import DataError, UsageError
+  if split_file is not None and fold is not None:
+    raise UsageError("give at most one of --split_file and --fold")
+  if split_file is not None:
+    path = pathlib.Path(split_file)
+    if not path.is_file():
+      raise DataError(f"{path}: split file not found")
+    try:
+      return fileio.read_json(path), str(path)
+    except (ValueError, UnicodeDecodeError) as e:
+      raise DataError(f"{path}: not a JSON split file ({e})") from None
+  if fold is not None:
+    entries = read_fold_file(folds)["folds"]
+    if not 0 <= fold < len(entries):
+      raise UsageError(f"--fold {fold}: {folds} has folds 0..{len(entries) - 1}")
+    return entries[fold], f"{folds} fold {fold}"
+  return None, "none given"
+
+
 def read_fold_file(path: str | pathlib.Path) -> dict[str, Any]:
   """Reads and checks a fold file: every listed animal tested exactly once."""
   from rodent_gbp import data
