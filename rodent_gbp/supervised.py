@@ -45,6 +45,7 @@ from rodent_gbp import augment as augment_lib
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import configs
 from rodent_gbp import losses
+from rodent_gbp import metrics
 from rodent_gbp import model as model_lib
 from rodent_gbp import optim
 from rodent_gbp import train as train_lib
@@ -218,16 +219,9 @@ def train_step(state: train_lib.TrainState, images: jax.Array, masks: jax.Array,
           {"loss": loss, "grad_norm": optax.tree.norm(grads)})
 
 
-def brain_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-  """Dice of two boolean masks of one shape (NaN when both are empty)."""
-  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-  total = int(pred.sum()) + int(truth.sum())
-  return 2 * int((pred & truth).sum()) / total if total else float("nan")
-
-
 def validation_dice(params, volumes: Sequence[Any], *, model: model_lib.UNet) -> list[float]:
   """3D brain Dice of the post-processed extraction of each volume."""
-  return [brain_dice(extract_with(params, v.image, model=model)["mask"], v.brainmask)
+  return [metrics.mask_dice(extract_with(params, v.image, model=model)["mask"], v.brainmask)
           for v in volumes]
 
 

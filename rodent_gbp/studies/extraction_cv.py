@@ -75,16 +75,16 @@ def run_fold(split: dict, fold_dir: pathlib.Path, *, data_dir, config: configs.C
     extractions[v.animal_id] = out
     spacing = slice_spacing(v)
     animals[v.animal_id] = {
-        "brain_dsc": supervised.brain_dice(out["mask"], v.brainmask),
+        "brain_dsc": metrics.mask_dice(out["mask"], v.brainmask),
         "brain_hd95_mm": metrics.hd95(out["mask"], v.brainmask, spacing),
-        "raw_brain_dsc": supervised.brain_dice(out["raw_mask"], v.brainmask),
+        "raw_brain_dsc": metrics.mask_dice(out["raw_mask"], v.brainmask),
         "slices": int(len(v.image))}
     n = len(v.image)
     for s in range(n):
       if v.brainmask[s].any() or out["mask"][s].any():
         slices.append({"animal": v.animal_id, "slice": s, "relative_position": s / max(n - 1, 1),
                        "position_bin": position_bin(s, n),
-                       "brain_dsc": supervised.brain_dice(out["mask"][s], v.brainmask[s])})
+                       "brain_dsc": metrics.mask_dice(out["mask"][s], v.brainmask[s])})
   write_csv(fold_dir / "per_animal.csv", [{"animal": a, **m} for a, m in animals.items()])
   write_csv(fold_dir / "per_slice.csv", slices)
   if figures:
@@ -123,7 +123,7 @@ def qc_figure(path: pathlib.Path, volume, mask: np.ndarray, *, count: int = 6) -
   fig, axes = plt.subplots(1, len(idx), figsize=(1.6 * len(idx), 2.0), squeeze=False)
   for ax, s in zip(axes[0], idx):
     figures.show(ax, volume.image[s], f"slice {s}: "
-                 f"{100 * supervised.brain_dice(mask[s], volume.brainmask[s]):.0f}", vmin=0,
+                 f"{100 * metrics.mask_dice(mask[s], volume.brainmask[s]):.0f}", vmin=0,
                  vmax=1.2)
     ax.contour(volume.brainmask[s].T.astype(float), [0.5], colors="lime", linewidths=0.6)
     ax.contour(mask[s].T.astype(float), [0.5], colors="red", linewidths=0.6)

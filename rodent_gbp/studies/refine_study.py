@@ -38,6 +38,7 @@ import numpy as np
 
 from rodent_gbp import evaluators
 from rodent_gbp import fileio
+from rodent_gbp import metrics
 from rodent_gbp import placement
 from rodent_gbp import refine
 from rodent_gbp import scan
@@ -85,10 +86,6 @@ def check_split(split: Mapping[str, Sequence[str]], bundle_split: Mapping[str, S
   return split
 
 
-def _dice(mask: np.ndarray, truth: np.ndarray) -> float:
-  return sanity.brain_dice(mask, truth)
-
-
 def prepare(volumes: Sequence, bundle, *, seed: int = 0,
             log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
   """Per animal: slices, truth, gradient images, placements and baseline DSC."""
@@ -131,9 +128,10 @@ def prepare(volumes: Sequence, bundle, *, seed: int = 0,
         "masks": {"gbp": paper.mask, "gbp_improved": improved.mask,
                   "improved_undilated": improved.details["placed"],
                   "gbp_refined": shipped.mask},
-        "dice": {"gbp": _dice(paper.mask, truth), "gbp_improved": _dice(improved.mask, truth),
-                 "improved_undilated": _dice(improved.details["placed"], truth),
-                 "gbp_refined": _dice(shipped.mask, truth),
+        "dice": {"gbp": metrics.mask_dice(paper.mask, truth),
+                 "gbp_improved": metrics.mask_dice(improved.mask, truth),
+                 "improved_undilated": metrics.mask_dice(improved.details["placed"], truth),
+                 "gbp_refined": metrics.mask_dice(shipped.mask, truth),
                  "oracle": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")},
         "cpu_s": time.process_time() - t0}
     log(f"refine: {v.animal_id} prepared: " + ", ".join(
@@ -149,7 +147,7 @@ def refined_dice(animal: Mapping[str, Any], evidence: str, options: refine.Refin
   ev = refine.evidence_image(animal["images"], animal["gradients"][grad] if grad else None,
                              options)
   mask = refine.refine(animal["start"], ev, options)["mask"]
-  return _dice(mask, animal["truth"]), mask
+  return metrics.mask_dice(mask, animal["truth"]), mask
 
 
 def select(prepared: Mapping[str, Mapping[str, Any]], val: Sequence[str], evidence: str,

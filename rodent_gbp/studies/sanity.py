@@ -42,6 +42,7 @@ import numpy as np
 
 from rodent_gbp import fileio
 from rodent_gbp import guided
+from rodent_gbp import metrics
 from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp import scan
@@ -137,13 +138,6 @@ def cascade_maps(model, params, images: np.ndarray, brain: np.ndarray, *, fresh,
   return rows, shown
 
 
-def brain_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-  """Dice of two boolean volumes (NaN when both are empty)."""
-  pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-  den = pred.sum() + truth.sum()
-  return float(2 * np.logical_and(pred, truth).sum() / den) if den else float("nan")
-
-
 def with_score(bundle, score: str):
   """``bundle`` whose tissue config's ``saliency_score`` is ``score`` (own placer cache)."""
   from rodent_gbp import configs
@@ -165,7 +159,7 @@ def placer_dice(volumes: Sequence, bundle, placers: Sequence[str] = PLACERS
     for v in volumes:
       pl = placement.place(name, v.image, bundle=bundle,
                            slice_index=scan.bank_slice_index(len(v.image), n_bank))
-      per[v.animal_id] = brain_dice(pl.mask, v.brainmask)
+      per[v.animal_id] = metrics.mask_dice(pl.mask, v.brainmask)
       if "volume_displacement" in pl.details:
         # The one rigid shift per volume the GBP image locates (gbp_improved):
         # the intensity search within a few pixels of it does the rest.
@@ -212,7 +206,7 @@ def zero_displacement_dice(volumes: Sequence, bundle) -> dict[str, Any]:
         centre=np.zeros((len(images), 2), np.int32),
         slice_index=scan.bank_slice_index(len(images), n_bank))
     mask = np.asarray(candidates_lib.dilate(out["placed"], opts.dilate))
-    per[v.animal_id] = brain_dice(mask, v.brainmask)
+    per[v.animal_id] = metrics.mask_dice(mask, v.brainmask)
   return {"brain_dsc": float(np.mean(list(per.values()))), "per_animal": per}
 
 
