@@ -63,6 +63,8 @@ _PHANTOM_DIR = flags.DEFINE_string("phantom_dir", None, "An existing phantom fol
 _PHANTOM_ANIMALS = flags.DEFINE_integer("phantom_animals", 10, "Phantom animals.")
 _PHANTOM_SEED = flags.DEFINE_integer("phantom_seed", 0, "Phantom seed.")
 _PHANTOM_SIZE = flags.DEFINE_integer("phantom_size", 96, "Phantom in-plane matrix.")
+_PHANTOM_KIND = flags.DEFINE_enum("phantom_kind", "standard", list(phantom.KINDS),
+                                  "Phantom kind (standard: the main job's).")
 _MAX_ANIMALS = flags.DEFINE_integer("max_animals", 0, "Measure only the first N animals "
                                     "of each set (0: all; for quick runs).")
 
@@ -260,9 +262,10 @@ def main(argv):
     else:
       phantom_root = pathlib.Path(tmp) / "phantom"
       log(f"phantom: writing {_PHANTOM_ANIMALS.value} animals (seed {_PHANTOM_SEED.value}, "
-          f"size {_PHANTOM_SIZE.value})")
+          f"size {_PHANTOM_SIZE.value}, {_PHANTOM_KIND.value})")
       phantom.write_phantom(phantom_root, animals=_PHANTOM_ANIMALS.value,
-                            seed=_PHANTOM_SEED.value, size=_PHANTOM_SIZE.value)
+                            seed=_PHANTOM_SEED.value, size=_PHANTOM_SIZE.value,
+                            kind=_PHANTOM_KIND.value)
     results["phantom"] = _measure_set("phantom", "phantom", phantom_root, limit, log)
   for name, (kind, root) in folders.items():
     results[name] = _measure_set(name, kind, root, limit, log)

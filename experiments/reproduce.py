@@ -21,6 +21,7 @@ from absl import flags
 from rodent_gbp import cli
 from rodent_gbp import configs
 from rodent_gbp import datasets
+from rodent_gbp import phantom
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import reproduce
 
@@ -56,6 +57,10 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A training checkpoint folder (e.g. runs/main/checkpoints); skips "
     "training and uses the config stored there.")
 _SEED = flags.DEFINE_integer("seed", None, "Overrides the config's seed.")
+_PHANTOM = flags.DEFINE_enum(
+    "phantom", None, list(phantom.KINDS), "The phantom's kind when no data is given "
+    "(rodent_gbp.phantom.KINDS; default the config's, standard): measured brings the "
+    "phantom's appearance to the statistics measured on the real sets.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Write the PNG figures (--nofigures skips them).")
 cli.define_distributed_flags()
 
@@ -71,9 +76,12 @@ def run_config() -> configs.Config:
       overrides it anyway).
   """
   if _CHECKPOINT.value is None:
-    return configs.get_config(_CONFIG.value)
+    return configs.override(configs.get_config(_CONFIG.value), phantom=_PHANTOM.value)
   from rodent_gbp import checkpoint
   stored = checkpoint.read_config(_CHECKPOINT.value)
+  if _PHANTOM.value is not None and _PHANTOM.value != stored.phantom:
+    raise UsageError(f"--phantom {_PHANTOM.value} conflicts with the config of --checkpoint "
+                     f"{_CHECKPOINT.value} (phantom {stored.phantom!r}); leave out --phantom")
   if FLAGS["config"].present:
     diff = configs.differences(configs.get_config(_CONFIG.value), stored, ignore=("seed",))
     if diff:

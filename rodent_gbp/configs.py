@@ -32,6 +32,7 @@ class Config:
   animals: int = 10            # phantom animals generated when no data_dir is given
   image_size: int = 96         # phantom in-plane matrix (size x 40 x size)
   phantom_seed: int = 0        # phantom generator seed
+  phantom: str = "standard"    # phantom kind (phantom.KINDS): standard | measured
   split_seed: int = 0          # split of animals into train / val / test
 
   # --- model (U-Net) ---
@@ -63,6 +64,8 @@ class Config:
   eval_batch_size: int = 40         # slices per jitted evaluation call
 
   def __post_init__(self):
+    from rodent_gbp import phantom
+    phantom.appearance(self.phantom)  # UsageError naming the kinds
     if self.saliency_score not in SALIENCY_SCORES:
       from rodent_gbp.errors import UsageError
       raise UsageError(f"saliency_score must be one of {', '.join(SALIENCY_SCORES)}, "

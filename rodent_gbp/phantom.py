@@ -23,6 +23,25 @@ Each animal is a volume (X, Y, Z) = (size, n_slices, size) in RAS+ order, voxels
 Tissue is sampled at voxel centres (no partial-volume mixing), so every label
 is exactly the tissue whose intensity the voxel carries.
 
+Two kinds (``KINDS``), the same anatomy and draws:
+
+* ``standard`` (the main job's, DESIGN.md section 2): as above.
+* ``measured``: the appearance brought to what ``experiments/data_statistics.py``
+  measured on the real sets (README, "The phantom held against real scans"):
+  anatomy rendered on a 2x finer in-plane grid and averaged (partial volume at
+  every border; the label of a voxel is the majority class of its sub-voxels,
+  brain where at least half of them are), then blurred in-plane by a Gaussian
+  of 0.7 voxels (the point-spread function, chosen so the GM/WM border is as
+  wide as ``mouse_t2_atlas``'s, 1.7 voxels 10-90 %), WM at 0.85 of GM (``mouse_t2_atlas``),
+  soft tissue of the head at 0.54 of its standard brightness (``mouse_epi``'s
+  surroundings at 0.46 of the brain mean against the standard's 0.86), a
+  surface-coil falloff from above, exp(-d / 7.2 mm) about the reference brain
+  centre, level above the coil 6 mm over it (``mouse_epi``'s N4 field p95/p5
+  of 3.5), a smooth +-4 % texture within the brain, and Rician noise sigma 0.02 (``mouse_epi``'s in-brain
+  residual of 0.032 of the brain median). Not changed: the field of view
+  (real EPI brains fill 0.8 of it, the phantom's 0.42, which leaves room for
+  the displacement of up to 12 voxels) and the foreign objects.
+
 ``size`` other than 96: in-plane anatomy, displacement and foreign objects scale
 by ``size / 96`` (displacement rounded to whole voxels) and the in-plane voxel
 size by ``96 / size``, so the field of view stays 36 mm; through-plane geometry
@@ -38,28 +57,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-VERSION = 1
-REF_SIZE = 96
-VOXEL_MM = (0.375, 0.5, 0.375)
-LABELS = {0: "background", 1: "WM", 2: "GM", 3: "CSF"}
-
-# Intensities, arbitrary units (DESIGN.md section 2).
-CSF, GM, WM = 1.0, 0.62, 0.45
-FAT, BONE, AIR = 0.9, 0.08, 0.0
-MUSCLE_RANGE = (0.45, 0.65)
-OBJECT_RANGE = (0.5, 1.0)
-NOISE_SIGMA = 0.04
-BIAS_AMPLITUDE = 0.15
-SIZE_FACTOR_RANGE = (0.97, 1.03)
-MAX_DISPLACEMENT = 12      # voxels at size 96, each in-plane axis
-MAX_SLICE_OFFSET = 1       # slices
-MAX_DEFORMATION = 1.0      # voxels, brain outline
-
-# Brain geometry at size 96, size factor 1 (voxels).
-_BRAIN_HALF_WIDTH = 20.0
-_BRAIN_HALF_HEIGHT = 13.5
-_BRAIN_CENTER_Z = 56.0     # S-I position of the brain centre before displacement
-_BRAIN_SLICES = 40.0       # A-P length of the modelled brain, in 0.5 mm slices
+from rodent_gbp.phantom_anatomy import (  # noqa: F401  (the phantom's model, re-exported)
+    AIR, BIAS_AMPLITUDE, BONE, BRAIN_CENTER_Z, CSF, FAT, GM, KINDS, LABELS,
+    MAX_DEFORMATION, MAX_DISPLACEMENT, MAX_SLICE_OFFSET, MUSCLE_RANGE, NOISE_SIGMA,
+    OBJECT_RANGE, REF_SIZE, SIZE_FACTOR_RANGE, VERSION, VOXEL_MM, WM, Appearance,
+    anatomy, appearance, draw_acquisition, generators, smooth_field)
 
 
 @dataclasses.dataclass
@@ -100,54 +102,9 @@ def phantom_affine(size: int = REF_SIZE, n_slices: int = 40) -> np.ndarray:
   return affine
 
 
-def _generators(seed: int, index: int) -> dict[str, np.random.Generator]:
-  # Independent streams per component, so switching one part off (e.g.
-  # ``displaced=False``) leaves every other draw unchanged.
-  names = ("animal", "acquisition", "surroundings", "objects", "bias", "noise")
-  children = np.random.SeedSequence([seed, index]).spawn(len(names))
-  return {n: np.random.default_rng(c) for n, c in zip(names, children)}
-
-
-def draw_acquisition(seed: int, index: int, size: int = REF_SIZE) -> dict[str, Any]:
-  """The per-animal random truth: size factor, displacement, slice offset."""
-  g = _generators(seed, index)
-  size_factor = float(g["animal"].uniform(*SIZE_FACTOR_RANGE))
-  d = g["acquisition"].integers(-MAX_DISPLACEMENT, MAX_DISPLACEMENT + 1, size=2)
-  offset = int(g["acquisition"].integers(-MAX_SLICE_OFFSET, MAX_SLICE_OFFSET + 1))
-  k = size / REF_SIZE
-  return dict(size_factor=size_factor,
-              displacement_hw=[int(round(float(v) * k)) for v in d],
-              slice_offset=offset)
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int],
-                  terms: int = 6, max_freq: float = 1.5) -> np.ndarray:
-  """A smooth random field on the grid, zero mean, scaled to max |f| = 1."""
-  axes = [np.linspace(-1.0, 1.0, n).reshape([-1 if i == j else 1 for j in range(3)])
-          for i, n in enumerate(shape)]
-  f = np.zeros(shape)
-  for _ in range(terms):
-    w = rng.uniform(-max_freq, max_freq, size=3) * np.pi / 2
-    f = f + rng.normal() * np.cos(w[0] * axes[0] + w[1] * axes[1] + w[2] * axes[2]
-                                  + rng.uniform(0, 2 * np.pi))
-  f = f - f.mean()                          # so a bias field spans both signs
-  return f / max(np.abs(f).max(), 1e-12)
-
-
-def _band(t: np.ndarray, lo: float, hi: float) -> np.ndarray:
-  return (t >= lo) & (t <= hi)
-
-
-def _ellipse(dx, dz, cx, cz, rx, rz, angle=0.0):
-  """Voxel centres inside a (rotated) ellipse; all lengths in voxels."""
-  px, pz = dx - cx, dz - cz
-  c, s = np.cos(angle), np.sin(angle)
-  qx, qz = c * px + s * pz, -s * px + c * pz
-  return (qx / rx) ** 2 + (qz / rz) ** 2 <= 1.0
-
-
 def make_animal(seed: int, index: int, *, size: int = REF_SIZE, n_slices: int = 40,
-                displaced: bool = True, deformed: bool = True) -> Animal:
+                displaced: bool = True, deformed: bool = True,
+                kind: str = "standard") -> Animal:
   """Generates one animal deterministically from ``(seed, index)``.
 
   Args:
@@ -158,296 +115,121 @@ def make_animal(seed: int, index: int, *, size: int = REF_SIZE, n_slices: int = 
     displaced: False sets the in-plane displacement and slice offset to zero
       (the same animal in the reference position; for tests).
     deformed: False removes the outline deformation (for tests).
+    kind: ``standard`` (the main job's) or ``measured`` (``KINDS``).
 
   Returns:
-    An ``Animal``; ``meta`` holds animal_id, seed, index, size_factor,
+    An ``Animal``; ``meta`` holds animal_id, seed, index, kind, size_factor,
     displacement_hw [dh, dw] (voxels along slice axes H = RAS x, W = RAS z),
     slice_offset, voxel_size, shape, brain_center_hw (centre of the brain's
     reference position in this acquisition), deformation amplitude, muscle
     intensities, foreign objects, bias range, noise sigma and class counts.
+
+  Raises:
+    UsageError: an unknown ``kind``.
   """
-  g = _generators(seed, index)
-  acq = draw_acquisition(seed, index, size)
-  s = acq["size_factor"]
-  dh, dw = acq["displacement_hw"] if displaced else (0, 0)
-  offset = acq["slice_offset"] if displaced else 0
-  k = size / REF_SIZE
-  ks = k * s
+  look = appearance(kind)
+  ss = look.supersample
+  fine = anatomy(seed, index, size=size * ss, n_slices=n_slices, displaced=displaced,
+                 deformed=deformed, look=look)
+  tissue, labels = fine["tissue"], fine["labels"]
+  if ss > 1:
+    tissue = tissue.reshape(size, ss, n_slices, size, ss).mean(axis=(1, 4))
+    labels = majority_labels(labels, ss)
   shape = (size, n_slices, size)
-
-  x = np.arange(size, dtype=np.float64)[:, None, None]
-  y = np.arange(n_slices, dtype=np.float64)[None, :, None]
-  z = np.arange(size, dtype=np.float64)[None, None, :]
-
-  # Anatomical A-P coordinate t in [0, 1] over the modelled brain; the
-  # through-plane offset shifts which anatomy each slice cuts.
-  t = ((y + offset + 0.5 - n_slices / 2.0) / s) / _BRAIN_SLICES + 0.5
-  width = 0.70 + 0.30 * np.exp(-((t - 0.58) / 0.30) ** 2)
-  height = 0.74 + 0.26 * np.exp(-((t - 0.50) / 0.34) ** 2)
-  a = _BRAIN_HALF_WIDTH * ks * width
-  b = _BRAIN_HALF_HEIGHT * ks * height
-  cx = size // 2 + dh                       # integer: the midline is one voxel
-  cz0 = round(_BRAIN_CENTER_Z * k) + dw
-  bref = _BRAIN_HALF_HEIGHT * ks
-  cz = cz0 + 0.6 * (bref - b)               # dorsal surface stays nearly level
-  dx = np.broadcast_to(x - cx, shape)
-  dz = np.broadcast_to(z - cz, shape)
-  r = np.hypot(dx, dz)
-  theta = np.arctan2(dz, dx)
-  sin_t = np.where(r > 0, dz / np.maximum(r, 1e-9), 0.0)
-
-  # Brain outline: superellipse, flatter ventrally; depth = voxels inside the
-  # (deformed) outline measured along the ray from the centre.
-  u, v = dx / a, dz / b
-  p = np.where(v >= 0, 2.3, 2.9)
-  norm = (np.abs(u) ** p + np.abs(v) ** p) ** (1.0 / p)
-  r_edge = np.where(norm > 1e-9, r / np.maximum(norm, 1e-9), b)
-  ra = g["animal"]
-  modes = np.arange(2, 7)
-  amp = ra.uniform(0.3, 1.0, size=modes.size) / modes
-  deform_max = float(ra.uniform(0.6, 1.0)) * MAX_DEFORMATION
-  amp = amp / amp.sum() * deform_max        # sum of amplitudes bounds |d|
-  phase = ra.uniform(0, 2 * np.pi, size=modes.size)
-  drift = ra.uniform(-np.pi, np.pi, size=modes.size)
-  deform = np.zeros(shape)
-  if deformed:
-    for m, am, ph, dr in zip(modes, amp, phase, drift):
-      deform = deform + am * np.cos(m * theta + ph + dr * (t - 0.5) * 2)
-  depth = r_edge + deform * k - r
-  brain = depth >= 0
-
-  labels = np.zeros(shape, np.uint8)
-  labels[brain] = 2                          # GM by default (cortex, deep GM)
-  cortex = ks * np.where(sin_t >= 0, 4.0 + 0.8 * sin_t, 4.0 + 1.0 * sin_t)
-  wm_width = ks * (2.0 + 0.6 * np.clip((v + 0.45) / 0.6, 0.0, 1.0))
-  below_cortex = brain & (depth >= cortex)
-  # Corpus callosum (across the midline) and external capsule (lateral).
-  cc_band = below_cortex & (depth < cortex + wm_width) & (v > -0.45)
-  central = np.abs(u) < 0.3
-  wm = cc_band & np.where(central, _band(t, 0.15, 0.85), _band(t, 0.03, 0.97))
-  # Internal capsule: oblique ellipses in the middle slices.
-  for sgn in (-1.0, 1.0):
-    wm |= brain & _band(t, 0.28, 0.75) & _ellipse(
-        dx, dz, sgn * 0.40 * a, -0.05 * b, 2.2 * ks, 5.0 * ks, sgn * 0.6)
-    # Anterior commissure.
-    wm |= brain & _band(t, 0.12, 0.42) & _ellipse(
-        dx, dz, sgn * 0.24 * a, -0.42 * b, 1.8 * ks, 1.6 * ks)
-  wm |= brain & _band(t, 0.30, 0.40) & (np.abs(dz + 0.42 * b) < 1.0 * ks) & (
-      np.abs(u) < 0.24)
-  # Forceps minor in the frontal slices.
-  wm |= brain & (t < 0.16) & _ellipse(dx, dz, 0.0, 0.15 * b, 0.22 * a, 0.28 * b)
-  # Optic tract along the ventro-lateral surface.
-  wm |= brain & _band(t, 0.50, 0.82) & (v < -0.35) & (np.abs(u) > 0.30) & (
-      np.abs(u) < 0.62) & (depth >= 1.0 * ks) & (depth < 3.2 * ks)
-  # Hippocampal alveus: an arc under the callosum in the caudal slices.
-  deep = depth - cortex - wm_width
-  wm |= brain & (t > 0.55) & (deep >= 2.5 * ks) & (deep < 4.3 * ks) & (
-      np.abs(u) > 0.08) & (np.abs(u) < 0.55) & (v > -0.1)
-  labels[wm] = 1
-
-  csf = np.zeros(shape, bool)
-  # Lateral ventricles: thin crescents under the callosum beside the septum.
-  vent_w = ks * (1.2 + 0.6 * np.exp(-((t - 0.4) / 0.12) ** 2))
-  csf |= brain & _band(t, 0.18, 0.70) & (deep >= 0) & (deep < vent_w) & (
-      np.abs(u) > 0.05) & (np.abs(u) < 0.30)
-  # Third ventricle and aqueduct on the midline.
-  csf |= brain & _band(t, 0.42, 0.85) & (np.abs(dx) < 0.5) & (v > -0.75) & (v < -0.05)
-  csf |= brain & (t > 0.86) & _ellipse(dx, dz, 0.0, -0.2 * b, 1.3 * ks, 1.6 * ks)
-  # Longitudinal fissure down to the callosum (deeper where there is none).
-  fissure_depth = np.where(_band(t, 0.15, 0.85), cortex, cortex + 3.0 * ks)
-  csf |= brain & (np.abs(dx) < 0.5) & (v > 0) & (depth < fissure_depth)
-  # Patchy surface CSF (one voxel) and the basal cisterns (up to two).
-  gate = np.zeros(shape)
-  for m in range(1, 5):
-    gate = gate + ra.normal() / m * np.cos(m * theta + ra.uniform(0, 2 * np.pi)
-                                           + ra.uniform(-2, 2) * t)
-  csf |= brain & (depth < 1.0 * k) & (gate > 0.1)
-  csf |= brain & _band(t, 0.40, 0.90) & (depth < 1.8 * ks) & (np.abs(u) < 0.35) & (v < 0)
-  labels[csf] = 3
-
-  # --- Surroundings (move with the head) -------------------------------------
-  rs = g["surroundings"]
-  tissue = np.full(shape, AIR)
-  out = -depth                               # voxels outside the brain outline
-  skull_t = ks * (rs.uniform(1.3, 1.7) + 1.6 * np.clip(-sin_t, 0.0, 1.0))
-  skull = ~brain & (out <= skull_t)
-  scalp = ~brain & ~skull & (out <= skull_t + 3.5 * ks) & (sin_t > 0.3)
-  # Head outline in reference units around the brain centre.
-  hx = dx / ks
-  hz = (z - cz0) / ks + np.zeros(shape)
-  head_w = 37.0 * (0.93 + 0.07 * width)
-  # Head: a wide cranial part (temporal muscles) over a narrower jaw and throat.
-  def head_shape(shrink):
-    upper = (np.abs(hx / (head_w - shrink)) ** 2.4
-             + np.abs((hz + 8.0) / (26.5 - shrink)) ** 2.4) <= 1.0
-    lower = (np.abs(hx / (27.0 - shrink)) ** 2.2
-             + np.abs((hz + 30.0) / (18.0 - shrink)) ** 2.2) <= 1.0
-    return upper | lower
-  head = head_shape(0.0) | brain | skull | scalp
-  muscle = rs.uniform(*MUSCLE_RANGE, size=5)   # temporal, scalp, masseter, tongue, neck
-  texture = 0.04 * _smooth_field(rs, shape, terms=8, max_freq=4.0)
-  tissue[head] = muscle[0]
-  tissue[scalp] = muscle[1]
-  fat_gate = _smooth_field(rs, shape, terms=5, max_freq=3.0) > -0.2
-  # Subcutaneous fat: a one-voxel layer under the skin, patchy.
-  inner = head_shape(1.2 / ks)
-  tissue[head & ~inner & fat_gate & ~scalp] = FAT
-  tissue[scalp & (out > skull_t + 2.5 * ks) & fat_gate] = FAT
-  for sgn in (-1.0, 1.0):
-    tissue[head & _ellipse(hx, hz, sgn * 20.0, -30.0, 8.0, 13.0, sgn * 0.5)] = muscle[2]  # masseter
-  tissue[head & _ellipse(hx, hz, 0.0, -35.0, 10.0, 8.0)] = muscle[3]   # tongue
-  tissue[head & _ellipse(hx, hz, 0.0, -47.0, 14.0, 5.0)] = muscle[4]   # throat, glands
-  # Fascia: thin dark curves between muscles (bone-dark in EPI).
-  fascia_f = _smooth_field(rs, shape, terms=6, max_freq=3.0)
-  # A level set of a smooth field, about one voxel wide (|f - c| / |grad f|).
-  grad = np.hypot(np.gradient(fascia_f, axis=0), np.gradient(fascia_f, axis=2))
-  level = np.abs(fascia_f - rs.uniform(-0.3, 0.3)) < 0.6 * k * grad
-  fascia = inner & ~scalp & level & (out > skull_t + 2.0 * ks)
-  tissue[fascia] = BONE
-  for sgn in (-1.0, 1.0):
-    tissue[head & _ellipse(hx, hz, sgn * 25.0, -16.0, 5.0, 3.0, sgn * 0.3)] = FAT
-    # Mandible: dark cortical bone with bright marrow.
-    jaw = _ellipse(hx, hz, sgn * 13.5, -31.0 + 4.0 * t, 3.2, 6.0, sgn * 0.25)
-    tissue[head & jaw] = BONE
-    tissue[head & _ellipse(hx, hz, sgn * 13.5, -31.0 + 4.0 * t, 1.3, 3.5,
-                           sgn * 0.25)] = FAT
-    # Ear canals in the caudal slices.
-    tissue[head & (t > 0.8) & _ellipse(hx, hz, sgn * 29.0, -9.0, 2.5, 2.0)] = AIR
-    # Nasal passages in the frontal slices, a septum between them.
-    tissue[head & (t < 0.3) & _ellipse(hx, hz, sgn * 2.6, -21.0, 1.8, 4.0)] = AIR
-  # Pharynx and trachea (air).
-  tissue[head & (t >= 0.3) & _ellipse(hx, hz, 0.0, -22.0 - 5.0 * t, 3.5 - 1.5 * t, 2.0)] = AIR
-  tissue[head & (t > 0.5) & _ellipse(hx, hz, 0.0, -43.0, 2.2, 2.0)] = AIR
-  is_muscle = head & (tissue >= MUSCLE_RANGE[0]) & (tissue <= MUSCLE_RANGE[1])
-  tissue = np.where(is_muscle, np.clip(tissue * (1.0 + texture), *MUSCLE_RANGE), tissue)
-  tissue[skull] = BONE
-  tissue[brain] = np.choose(labels[brain], [AIR, WM, GM, CSF])
-
-  # --- Foreign objects (fixed in the field of view, outside the head) --------
-  objects = _place_objects(g["objects"], head, tissue, k)
+  k = size / REF_SIZE
+  g = generators(seed, index)
+  if look.brain_texture > 0:
+    texture = smooth_field(g["texture"], shape, terms=10, max_freq=6.0)
+    tissue = np.where(labels > 0, tissue * (1.0 + look.brain_texture * texture), tissue)
+  if look.psf_sigma > 0:
+    from scipy import ndimage
+    tissue = ndimage.gaussian_filter(tissue, sigma=(look.psf_sigma, 0.0, look.psf_sigma),
+                                     mode="nearest")
 
   # --- Bias field and Rician noise -------------------------------------------
-  bias = 1.0 + BIAS_AMPLITUDE * _smooth_field(g["bias"], shape, terms=6, max_freq=1.0)
+  bias = 1.0 + look.bias_amplitude * smooth_field(g["bias"], shape, terms=6, max_freq=1.0)
+  if look.coil_decay_mm > 0:
+    z = np.arange(size, dtype=np.float64)[None, None, :]
+    below_mm = np.maximum((round(BRAIN_CENTER_Z * k) - z) * voxel_size(size)[2],
+                          -look.coil_height_mm)
+    bias = bias * np.exp(-below_mm / look.coil_decay_mm)
   rn = g["noise"]
   signal = tissue * bias
-  image = np.hypot(signal + rn.normal(0.0, NOISE_SIGMA, shape),
-                   rn.normal(0.0, NOISE_SIGMA, shape)).astype(np.float32)
+  image = np.hypot(signal + rn.normal(0.0, look.noise_sigma, shape),
+                   rn.normal(0.0, look.noise_sigma, shape)).astype(np.float32)
 
+  def coarse(v):  # a fine-grid position in coarse voxels
+    return (float(v) + 0.5) / ss - 0.5
+
+  objects = []
+  for o in fine["objects"]:
+    o = dict(o)
+    for key in ("center_hw", "drift_hw"):
+      if key in o:
+        o[key] = [coarse(v) if key == "center_hw" else float(v) / ss for v in o[key]]
+    for key in ("half_width", "radius"):
+      if key in o:
+        o[key] = float(o[key]) / ss
+    if "thickness" in o:
+      o["thickness"] = float(o["thickness"]) / ss if ss > 1 else o["thickness"]
+    objects.append(o)
+  acq = draw_acquisition(seed, index, size)
+  dh, dw = acq["displacement_hw"] if displaced else (0, 0)
   brainmask = (labels > 0).astype(np.uint8)
   counts = np.bincount(labels.ravel(), minlength=4)
+  cx, cz0 = fine["brain_center_hw"]
+  ux, uz = fine["brain_center_hw_undisplaced"]
   meta = dict(
       animal_id=animal_id(index), seed=int(seed), index=int(index),
-      generator=f"rodent_gbp.phantom v{VERSION}",
-      size_factor=s, displacement_hw=[int(dh), int(dw)], slice_offset=int(offset),
+      generator=f"rodent_gbp.phantom v{VERSION}", kind=look.name,
+      size_factor=acq["size_factor"], displacement_hw=[int(dh), int(dw)],
+      slice_offset=int(fine["slice_offset"]),
       displaced=bool(displaced),
       voxel_size=list(voxel_size(size)), shape=list(shape), orientation="RAS",
       slice_axis=1, slice_axes_hw=["R-L (RAS axis 0)", "S-I (RAS axis 2)"],
-      brain_center_hw=[float(cx), float(cz0)],
-      brain_center_hw_undisplaced=[float(size // 2), float(round(_BRAIN_CENTER_Z * k))],
-      outline_deformation_max_voxels=deform_max * k if deformed else 0.0,
+      brain_center_hw=[coarse(cx), coarse(cz0)],
+      brain_center_hw_undisplaced=[coarse(ux), coarse(uz)],
+      outline_deformation_max_voxels=fine["deformation_max"] / ss,
       labels={str(key): name for key, name in LABELS.items()},
-      intensities=dict(csf=CSF, gm=GM, wm=WM, fat=FAT, bone=BONE,
-                       muscle=[float(m) for m in muscle]),
+      intensities=dict(csf=look.csf, gm=look.gm, wm=look.wm, fat=FAT * look.soft_tissue,
+                       bone=BONE, muscle=fine["muscle"]),
       foreign_objects=objects,
-      noise="rician", noise_sigma=NOISE_SIGMA,
-      bias_amplitude=BIAS_AMPLITUDE,
+      noise="rician", noise_sigma=look.noise_sigma,
+      bias_amplitude=look.bias_amplitude,
       bias_range=[float(bias.min()), float(bias.max())],
       class_voxels={LABELS[c]: int(counts[c]) for c in range(4)},
       csf_fraction_of_brain=float(counts[3] / max(counts[1:].sum(), 1)),
   )
+  if ss > 1 or look.coil_decay_mm > 0 or look.brain_texture > 0:
+    meta.update(supersample=ss, psf_sigma=look.psf_sigma, coil_decay_mm=look.coil_decay_mm,
+                brain_texture=look.brain_texture, soft_tissue=look.soft_tissue)
   return Animal(image=image, labels=labels, brainmask=brainmask,
                 affine=phantom_affine(size, n_slices), meta=meta)
 
 
-def _place_objects(rng: np.random.Generator, head: np.ndarray, tissue: np.ndarray,
-                   k: float) -> list[dict[str, Any]]:
-  """Paints coil edges, tubes and fiducial markers into ``tissue`` in place.
+def majority_labels(labels: np.ndarray, factor: int) -> np.ndarray:
+  """Labels of a grid ``factor`` times finer in-plane, brought to the coarse grid.
 
-  Objects never touch the head (one voxel of air between), have sharp edges
-  and intensities in OBJECT_RANGE; positions are in the field of view, so they
-  do not move with the animal.
+  A coarse voxel is brain where at least half of its sub-voxels are; its class
+  is then the most frequent tissue class among them (ties: the lower label).
   """
-  size, n_slices, _ = head.shape
-  near = head.copy()                        # head dilated by one voxel in-plane
-  near[1:] |= head[:-1]
-  near[:-1] |= head[1:]
-  near[:, :, 1:] |= head[:, :, :-1]
-  near[:, :, :-1] |= head[:, :, 1:]
-  x = np.arange(size)[:, None, None]
-  z = np.arange(size)[None, None, :]
-  j = np.arange(n_slices)[None, :, None]
-  placed = []
-
-  def paint(kind, mask, value, **info):
-    if (mask & near).any() or not mask.any():
-      return False
-    tissue[mask] = value
-    near[mask] = True                        # later objects do not overlap it
-    placed.append(dict(kind=kind, intensity=float(value), **info))
-    return True
-
-  # Surface coil above the head: a bar with the conductors at its ends.
-  top = np.nonzero(head.any(axis=(0, 1)))[0]
-  z_top = int(top.max()) if top.size else size // 2
-  for _ in range(20):
-    gap = int(rng.integers(2, 5))
-    thick = max(1, int(round(rng.uniform(1.5, 3.0) * k)))
-    half = rng.uniform(14, 26) * k
-    xc = size / 2 + rng.uniform(-10, 10) * k
-    z0 = z_top + gap
-    if z0 + thick >= size:
-      break
-    value = rng.uniform(*OBJECT_RANGE)
-    bar = (np.abs(x - xc) <= half) & (z >= z0) & (z < z0 + thick) & (j >= 0)
-    rc = 2.0 * k
-    ends = (((x - xc + half) ** 2 + (z - z0 - thick / 2) ** 2 <= rc ** 2)
-            | ((x - xc - half) ** 2 + (z - z0 - thick / 2) ** 2 <= rc ** 2)) & (j >= 0)
-    if paint("coil_edge", bar | ends, value, center_hw=[float(xc), float(z0)],
-             half_width=float(half), thickness=thick):
-      break
-
-  def disc_mask(cx, cz, radius, j0, j1, drift=(0.0, 0.0)):
-    frac = (j - j0) / max(j1 - j0, 1)
-    px, pz = cx + drift[0] * frac, cz + drift[1] * frac
-    return ((x - px) ** 2 + (z - pz) ** 2 <= radius ** 2) & (j >= j0) & (j < j1)
-
-  n_tubes = int(rng.integers(1, 3))
-  n_markers = int(rng.integers(2, 5))
-  for kind, count in (("tube", n_tubes), ("fiducial_marker", n_markers)):
-    for _ in range(count):
-      for _ in range(60):
-        if kind == "tube":
-          radius = rng.uniform(1.5, 3.5) * k
-          j0, j1 = 0, n_slices
-          drift = tuple(rng.uniform(-3, 3, size=2) * k)
-        else:
-          radius = rng.uniform(1.2, 2.5) * k
-          length = int(rng.integers(6, 17))
-          j0 = int(rng.integers(0, n_slices - length + 1))
-          j1 = j0 + length
-          drift = (0.0, 0.0)
-        cx, cz = rng.uniform(radius + 1, size - radius - 4 * k - 1, size=2)
-        value = rng.uniform(*OBJECT_RANGE)
-        mask = disc_mask(cx, cz, radius, j0, j1, drift)
-        if kind == "tube" and rng.uniform() < 0.5:
-          # A tube seen in section: bright wall, darker (still 0.5-1.0) lumen.
-          lumen = disc_mask(cx, cz, radius * 0.5, j0, j1, drift)
-          if paint(kind, mask, value, center_hw=[float(cx), float(cz)],
-                   radius=float(radius), slices=[j0, j1], drift_hw=list(drift)):
-            tissue[lumen] = rng.uniform(*OBJECT_RANGE)
-            break
-        elif paint(kind, mask, value, center_hw=[float(cx), float(cz)],
-                   radius=float(radius), slices=[j0, j1], drift_hw=list(drift)):
-          break
-  return placed
+  h, n, w = labels.shape
+  blocks = labels.reshape(h // factor, factor, n, w // factor, factor)
+  counts = np.stack([(blocks == c).sum(axis=(1, 4)) for c in range(4)])
+  brain = counts[0] * 2 <= factor * factor
+  out = np.where(brain, np.argmax(counts[1:], axis=0) + 1, 0)
+  return out.astype(np.uint8)
 
 
 #: Written last into a phantom folder: what it holds (animals, seed, size).
 COMPLETE_FILE = "phantom.json"
 
 
-def is_complete(out_dir: str | pathlib.Path, *, animals: int | None = None) -> bool:
-  """Whether ``out_dir`` holds a whole phantom written by :func:`write_phantom`."""
+def is_complete(out_dir: str | pathlib.Path, *, animals: int | None = None,
+                kind: str | None = None) -> bool:
+  """Whether ``out_dir`` holds a whole phantom written by :func:`write_phantom`
+  (of ``animals`` animals and of ``kind``, where given; a marker without a
+  kind is a ``standard`` phantom)."""
   marker = pathlib.Path(out_dir) / COMPLETE_FILE
   if not marker.is_file():
     return False
@@ -455,11 +237,20 @@ def is_complete(out_dir: str | pathlib.Path, *, animals: int | None = None) -> b
     info = json.loads(marker.read_text())
   except (OSError, ValueError):
     return False
+  if kind is not None and info.get("kind", "standard") != kind:
+    return False
   return animals is None or info.get("animals") == animals
 
 
+def kind_of(out_dir: str | pathlib.Path) -> str | None:
+  """The kind of the complete phantom in ``out_dir`` (None: none there)."""
+  if not is_complete(out_dir):
+    return None
+  return json.loads((pathlib.Path(out_dir) / COMPLETE_FILE).read_text()).get("kind", "standard")
+
+
 def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int = 0,
-                  size: int = REF_SIZE,
+                  size: int = REF_SIZE, kind: str = "standard",
                   log: Callable[[str], None] | None = None) -> list[pathlib.Path]:
   """Writes ``<out>/<animal_id>/{image,labels,brainmask}.nii.gz, meta.json``.
 
@@ -473,6 +264,7 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
 
   Raises:
     DataError: ``out_dir`` exists and is not empty.
+    UsageError: no animals, a size < 1 or an unknown ``kind``.
   """
   import os
   import shutil
@@ -484,6 +276,7 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
   if animals < 1 or size < 1:
     raise UsageError(f"a phantom needs at least one animal and a size >= 1; got "
                      f"animals={animals}, size={size}")
+  appearance(kind)
   out = pathlib.Path(out_dir)
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     raise DataError(f"{out}: exists and is not empty; the phantom is written only into a "
@@ -494,7 +287,7 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
   paths = []
   try:
     for index in range(animals):
-      animal = make_animal(seed, index, size=size)
+      animal = make_animal(seed, index, size=size, kind=kind)
       folder = tmp / animal.meta["animal_id"]
       folder.mkdir(parents=True, exist_ok=True)
       for name, array in (("image", animal.image), ("labels", animal.labels),
@@ -512,7 +305,7 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
             f"{m['size_factor']:.3f}, displacement {m['displacement_hw']}, "
             f"slice offset {m['slice_offset']} -> {paths[-1]}")
     (tmp / COMPLETE_FILE).write_text(fileio.dumps_json(
-        {"animals": animals, "seed": seed, "size": size}))
+        {"animals": animals, "seed": seed, "size": size, "kind": kind}))
     if out.exists():
       out.rmdir()  # empty, checked above
     os.replace(tmp, out)

@@ -282,10 +282,10 @@ def _load_data(config: Config, workdir: pathlib.Path, data_dir, log, split=None)
   if data_dir is None:
     data_dir = workdir / "data"
     if not any(data_dir.glob("*/meta.json")) and parallel.is_lead():
-      log(f"writing a {config.animals}-animal phantom (seed {config.phantom_seed}) "
-          f"to {data_dir}")
+      log(f"writing a {config.animals}-animal {config.phantom} phantom (seed "
+          f"{config.phantom_seed}) to {data_dir}")
       phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
-                            size=config.image_size)
+                            size=config.image_size, kind=config.phantom)
     parallel.barrier("rodent_gbp:phantom")
   volumes = data.load_dataset(pathlib.Path(data_dir))
   ids = [v.animal_id for v in volumes]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rodent_gbp import phantom
-from rodent_gbp.errors import DataError
+from rodent_gbp.errors import DataError, UsageError
 
 MIDDLE = slice(15, 26)
 
@@ -200,8 +200,8 @@ def test_write_phantom_complete_has_its_marker(tmp_path):
   assert _leftovers(tmp_path) == ["ph"]
   assert paths == [out / "rat00", out / "rat01"]
   assert sorted(p.name for p in out.iterdir()) == ["phantom.json", "rat00", "rat01"]
-  assert json.loads((out / "phantom.json").read_text()) == {"animals": 2, "seed": 0,
-                                                             "size": 48}
+  assert json.loads((out / "phantom.json").read_text()) == {
+      "animals": 2, "seed": 0, "size": 48, "kind": "standard"}
   assert phantom.is_complete(out) and phantom.is_complete(out, animals=2)
   assert not phantom.is_complete(out, animals=3)
   # An empty folder is written into (and no temporary folder is left).
@@ -231,3 +231,112 @@ def test_is_complete_needs_a_readable_marker(tmp_path):
   assert not phantom.is_complete(tmp_path / "missing")
   (tmp_path / "phantom.json").write_text("{broken")
   assert not phantom.is_complete(tmp_path)
+
+
+# --- the measured kind ------------------------------------------------------
+
+MEASURED = phantom.KINDS["measured"]
+
+
+@pytest.fixture(scope="module")
+def measured():
+  return phantom.make_animal(0, 1, size=48, kind="measured")
+
+
+def test_standard_kind_is_the_default_and_unchanged_by_the_kinds(animals):
+  a = phantom.make_animal(0, 0, kind="standard")
+  np.testing.assert_array_equal(a.image, animals[0].image)
+  assert a.meta["kind"] == "standard" and "supersample" not in a.meta
+  with pytest.raises(UsageError, match="measured"):
+    phantom.make_animal(0, 0, kind="realistic")
+
+
+def test_measured_labels_are_the_majority_of_the_finer_grid(measured):
+  # Oracle: a loop over the 2 x 2 blocks of the anatomy rendered at twice the size.
+  fine = phantom.anatomy(0, 1, size=96, look=MEASURED)["labels"]
+  for j in (6, 20, 33):
+    for h in range(48):
+      for w in range(48):
+        block = fine[2 * h:2 * h + 2, j, 2 * w:2 * w + 2].ravel()
+        counts = np.bincount(block, minlength=4)
+        want = 0 if counts[0] > 2 else 1 + int(np.argmax(counts[1:]))
+        assert measured.labels[h, j, w] == want, (h, j, w, block)
+  np.testing.assert_array_equal(measured.brainmask, measured.labels > 0)
+  # The same animal: its brain where the standard kind has it, up to the border.
+  standard = phantom.make_animal(0, 1, size=48)
+  assert measured.meta["displacement_hw"] == standard.meta["displacement_hw"]
+  assert (measured.brainmask == standard.brainmask).mean() > 0.98
+
+
+def _interior(mask, iterations=2):
+  from scipy import ndimage
+  return ndimage.binary_erosion(mask, np.ones((3, 1, 3), bool), iterations=iterations)
+
+
+def test_measured_follows_its_coil_falloff_and_contrast(measured, monkeypatch):
+  # Known answer: with the random field, the texture and the noise switched
+  # off, the tissue interior (no partial volume) is the class intensity times
+  # exp(-d / 7.2 mm), d below the reference centre (held level above the coil).
+  import dataclasses
+  exact = dataclasses.replace(MEASURED, name="exact", bias_amplitude=0.0, brain_texture=0.0,
+                              noise_sigma=1e-5, psf_sigma=0.0)
+  monkeypatch.setitem(phantom.KINDS, "exact", exact)
+  a = phantom.make_animal(0, 1, size=48, kind="exact")
+  vz = phantom.voxel_size(48)[2]
+  z = np.broadcast_to(np.arange(48)[None, None, :], a.image.shape)
+  d_mm = np.maximum((round(phantom.BRAIN_CENTER_Z * 0.5) - z) * vz, -MEASURED.coil_height_mm)
+  coil = np.exp(-d_mm / MEASURED.coil_decay_mm)
+  # Pure voxels: all four sub-voxels of the finer grid carry the class.
+  fine = phantom.anatomy(0, 1, size=96, look=exact)["labels"].reshape(48, 2, 40, 48, 2)
+  for label, value in ((1, MEASURED.wm), (2, MEASURED.gm), (3, MEASURED.csf)):
+    pure = (fine == label).all(axis=(1, 4))
+    assert pure.sum() > 20
+    np.testing.assert_allclose(a.image[pure], value * coil[pure], rtol=1e-3)
+  assert MEASURED.wm / MEASURED.gm == pytest.approx(0.85)
+  # With everything on, the field still spans more than 3x (EPI: 3.5 in the brain).
+  assert measured.meta["bias_range"][1] / measured.meta["bias_range"][0] > 3
+  gm = _interior(measured.labels == 2)
+  ratio = measured.image[gm] / (MEASURED.gm * coil[gm])
+  assert 0.85 < np.median(ratio) < 1.15
+
+
+def test_measured_has_partial_volume_at_its_borders(animals):
+  # The 10-90 % widths data_statistics measures: steps in the standard kind
+  # (about half a voxel, the noise), wider once sub-voxels are averaged and the
+  # point-spread function applied (mouse_t2_atlas: brain edge 1.1, GM/WM 1.7).
+  from rodent_gbp.studies import realism
+  # At size 96: at 48 the tracts are too thin for a border profile.
+  measured = phantom.make_animal(0, 1, kind="measured")
+  widths = {}
+  for name, a in (("standard", animals[1]), ("measured", measured)):
+    stripped = np.where(a.brainmask > 0, a.image, 0.0)
+    widths[name] = realism.tissue_statistics(stripped, a.labels, a.meta["voxel_size"])
+  assert widths["standard"]["gm_wm_width"] < 1.0, widths
+  assert widths["measured"]["gm_wm_width"] > widths["standard"]["gm_wm_width"] + 0.5, widths
+  assert (widths["measured"]["brain_edge_width"]
+          > widths["standard"]["brain_edge_width"] + 0.15), widths
+
+
+def test_write_phantom_records_its_kind(tmp_path):
+  out = tmp_path / "m"
+  phantom.write_phantom(out, animals=1, seed=0, size=48, kind="measured")
+  assert phantom.kind_of(out) == "measured"
+  assert phantom.is_complete(out, kind="measured") and not phantom.is_complete(out, kind="standard")
+  assert json.loads((out / "rat00" / "meta.json").read_text())["kind"] == "measured"
+  assert phantom.kind_of(tmp_path / "missing") is None
+  with pytest.raises(UsageError, match="unknown phantom kind"):
+    phantom.write_phantom(tmp_path / "x", animals=1, size=48, kind="nope")
+
+
+def test_a_run_refuses_a_phantom_of_another_kind(tmp_path):
+  from rodent_gbp import configs
+  from rodent_gbp.studies import reproduce
+  phantom.write_phantom(tmp_path / "data", animals=1, seed=0, size=48)
+  config = configs.override(configs.get_config("smoke"), phantom="measured")
+  with pytest.raises(UsageError, match=r"data: holds a standard phantom"):
+    reproduce.resolve_data(tmp_path, config, log=lambda s: None)
+  folder, is_phantom = reproduce.resolve_data(
+      tmp_path, configs.get_config("smoke"), log=lambda s: None)
+  assert folder == tmp_path / "data" and is_phantom
+  with pytest.raises(UsageError, match="unknown phantom kind"):
+    configs.override(configs.get_config("smoke"), phantom="nope")

@@ -472,7 +472,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
       data_dir = out / "data"
       if not phantom.is_complete(data_dir):
         phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
-                              size=config.image_size)
+                              size=config.image_size, kind=config.phantom)
     t0 = time.time()
     reproduce.reproduce(config, out / "main", data_dir=data_dir, figures=False,
                         log=lambda s: None)

@@ -269,6 +269,7 @@ def data_record(data_dir: pathlib.Path, *, phantom: bool) -> dict[str, Any]:
     info = fileio.read_json(data_dir / phantom_lib.COMPLETE_FILE)
     return {"dataset": "phantom", "folder": str(data_dir), "animals": info.get("animals"),
             "image_size": info.get("size"), "phantom_seed": info.get("seed"),
+            "phantom_kind": info.get("kind", "standard"),
             "labels": "generator truth", "skull_stripped": False}
   return {"dataset": "folder", "folder": str(data_dir), "labels": "labels",
           "skull_stripped": False}
@@ -313,10 +314,15 @@ def resolve_data(workdir: pathlib.Path, config: configs_lib.Config, *, data_dir=
   if data_dir is not None:
     return pathlib.Path(data_dir), False
   data_dir = workdir / "data"
-  if not phantom.is_complete(data_dir) and parallel.is_lead():
-    log(f"writing the synthetic phantom ({config.animals} animals) to {data_dir}")
+  existing = phantom.kind_of(data_dir)
+  if existing is not None and existing != config.phantom:
+    raise UsageError(f"{data_dir}: holds a {existing} phantom and this run asks for a "
+                     f"{config.phantom} one; give another --workdir")
+  if existing is None and parallel.is_lead():
+    log(f"writing the synthetic phantom ({config.animals} animals, {config.phantom}) "
+        f"to {data_dir}")
     phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
-                          size=config.image_size)
+                          size=config.image_size, kind=config.phantom)
   parallel.barrier("rodent_gbp:phantom")
   return data_dir, True
 
