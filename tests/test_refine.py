@@ -232,3 +232,54 @@ def test_study_split_and_grid():
   grid = refine_study.grid_options({"bias": (0.0, 1.0), "smoothness": (0.1, 0.3, 1.0)},
                                    feature="drop")
   assert len(grid) == 6 and len(set(grid)) == 6 and all(o.feature == "drop" for o in grid)
+
+
+def _fake_report(source, rows):
+  from rodent_gbp.studies import refine_study
+  test = {a: {w: v + 0.001 * i for i, w in enumerate(refine_study.POOLED)}
+          for a, v in rows.items()}
+  return {"split_source": source, "test": test}
+
+
+def test_pool_over_folds_known_answers(tmp_path, binary):
+  import json
+  from rodent_gbp.errors import DataError
+  from rodent_gbp.studies import refine_study
+  # Fold 0: animals 01 (0.90 + 0.001 * column), 02 (0.94 ...); fold 1: animal 03 (0.80 ...).
+  r0 = _fake_report("fold 0", {"01": 0.90, "02": 0.94})
+  r1 = _fake_report("fold 1", {"03": 0.80})
+  pooled = refine_study.pool([r0, r1], supervised={"01": 0.97, "02": 0.98, "03": 0.99, "x": 0})
+  cols = refine_study.POOLED
+  assert pooled["animals"] == ["01", "02", "03"] and pooled["columns"][-1] == "supervised"
+  g = cols.index("gbp_improved") * 0.001
+  assert pooled["fold_means"][0]["gbp_improved"] == pytest.approx(0.92 + g)
+  assert pooled["fold_means"][1]["gbp_improved"] == pytest.approx(0.80 + g)
+  # Mean and sd over the two fold means, and the mean over the three animals.
+  assert pooled["mean"]["gbp_improved"] == pytest.approx(0.86 + g)
+  assert pooled["sd"]["gbp_improved"] == pytest.approx(np.std([0.92, 0.80], ddof=1))
+  assert pooled["animal_mean"]["supervised"] == pytest.approx(0.98)
+  # Columns after gbp_improved carry larger offsets: they beat it on every animal.
+  assert pooled["wins_vs_gbp_improved"]["oracle"] == 3
+  assert pooled["wins_vs_gbp_improved"]["gbp"] == 0
+  assert pooled["refined_gbp_beats"]["gbp_improved"] == 3
+  assert pooled["refined_gbp_beats"]["supervised"] == 0
+  assert pooled["per_animal"]["03"]["fold"] == 1
+  with pytest.raises(DataError, match="animal 01 is a test animal of two"):
+    refine_study.pool([r0, _fake_report("fold 2", {"01": 0.5})])
+  with pytest.raises(DataError, match="animal 03 has no supervised"):
+    refine_study.pool([r0, r1], supervised={"01": 0.9, "02": 0.9})
+  # The binary: folders or files, a supervised CSV, and the refusal of --checkpoint.
+  for k, r in enumerate((r0, r1)):
+    (tmp_path / f"f{k}").mkdir()
+    (tmp_path / f"f{k}" / "refine.json").write_text(json.dumps(r))
+  csv_path = tmp_path / "per_animal.csv"
+  csv_path.write_text("animal,brain_dsc,fold\n01,0.97,0\n02,0.98,0\n03,0.99,1\n")
+  binary("refine_study", [f"--pool={tmp_path / 'f0'},{tmp_path / 'f1' / 'refine.json'}",
+                          f"--supervised_csv={csv_path}", f"--out_dir={tmp_path / 'out'}"])
+  written = json.loads((tmp_path / "out" / "refine_pooled.json").read_text())
+  assert written["mean"] == pytest.approx(pooled["mean"])
+  md = (tmp_path / "out" / "refine_pooled.md").read_text()
+  assert "| 03 | 1 |" in md and "mean +- sd over folds" in md
+  with pytest.raises(SystemExit):
+    binary("refine_study", [f"--pool={tmp_path / 'f0'}", "--checkpoint=x",
+                            f"--out_dir={tmp_path / 'o2'}"])

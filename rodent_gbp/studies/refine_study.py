@@ -179,12 +179,14 @@ def _figure(path, prepared, animals: Sequence[str], masks: Mapping[str, Mapping[
     for r, (img, title) in enumerate(((p["images"][s], "raw"),
                                       (p["gradients"]["trained"][s], "GBP"))):
       ax = axes[r, c]
-      ax.imshow(img, cmap="gray" if r == 0 else "magma",
+      # (H = R-L, W = S-I) slices shown transposed, superior up (as qc.show).
+      ax.imshow(img.T, cmap="gray" if r == 0 else "magma", origin="lower",
                 vmax=float(np.percentile(img, 99.5)) or None)
       for m, colour in ((p["truth"][s], "lime"), (p["start"][s], "deepskyblue"),
                         (masks[a]["refined_gbp"][s], "red")):
         if m.any():
-          ax.contour(m.astype(float), levels=[0.5], colors=colour, linewidths=0.6)
+          ax.contour(m.T.astype(float), levels=[0.5], colors=colour, linewidths=0.6,
+                     origin="lower")
       ax.set_xticks([])
       ax.set_yticks([])
       if r == 0:
@@ -300,3 +302,120 @@ def run(checkpoint, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]
   fileio.atomic_write_text(out / "refine.md", markdown(report))
   log(f"refine: wrote {', '.join(files)} to {out}")
   return report
+
+
+#: Columns of the pooled table: the per-fold selection (``refined_gbp``) is
+#: the cross-validated refinement; ``gbp_refined`` runs the shipped settings,
+#: chosen on fold 0's validation animals.
+POOLED = ("gbp", "gbp_improved", "refined_gbp", "gbp_refined", "refined_intensity",
+          "refined_random_gbp", "oracle")
+
+
+def pool(reports: Sequence[Mapping[str, Any]],
+         supervised: Mapping[str, float] | None = None) -> dict[str, Any]:
+  """Pools several folds' ``refine.json`` reports over their test animals.
+
+  Args:
+    reports: one report per fold; no animal may be a test animal twice.
+    supervised: brain DSC of the ``supervised`` placer per animal (e.g. the
+      extraction CV's ``per_animal.csv``), added as a column where given; it
+      must cover every pooled animal.
+
+  Returns:
+    ``per_animal`` {animal: {column: DSC, "fold": k}}, ``fold_means``
+    (one row per fold), ``mean``/``sd`` over the fold means (as the CV tables),
+    ``animal_mean``, ``wins`` (animals on which each column beats
+    ``gbp_improved``, and ``refined_gbp`` beats each column) and ``animals``.
+
+  Raises:
+    DataError: an animal in two folds' test parts, or missing from ``supervised``.
+  """
+  per: dict[str, dict[str, Any]] = {}
+  folds = []
+  for k, rep in enumerate(reports):
+    rows = {}
+    for a, row in rep["test"].items():
+      if a in per:
+        raise DataError(f"animal {a} is a test animal of two pooled reports "
+                        f"({rep.get('split_source', k)} and an earlier one)")
+      rows[a] = {w: float(row[w]) for w in POOLED} | {"fold": k}
+      if supervised is not None:
+        if a not in supervised:
+          raise DataError(f"animal {a} has no supervised brain DSC to pool beside it")
+        rows[a]["supervised"] = float(supervised[a])
+    per.update(rows)
+    folds.append(rows)
+  cols = list(POOLED) + (["supervised"] if supervised is not None else [])
+  fold_means = [{c: float(np.mean([r[c] for r in rows.values()])) for c in cols}
+                for rows in folds]
+  animals = sorted(per)
+  return {
+      "columns": cols, "animals": animals, "per_animal": per, "fold_means": fold_means,
+      "mean": {c: float(np.mean([f[c] for f in fold_means])) for c in cols},
+      "sd": {c: float(np.std([f[c] for f in fold_means], ddof=1)) if len(folds) > 1
+             else 0.0 for c in cols},
+      "animal_mean": {c: float(np.mean([per[a][c] for a in animals])) for c in cols},
+      "wins_vs_gbp_improved": {c: int(sum(per[a][c] > per[a]["gbp_improved"]
+                                          for a in animals)) for c in cols},
+      "refined_gbp_beats": {c: int(sum(per[a]["refined_gbp"] > per[a][c] for a in animals))
+                            for c in cols if c != "refined_gbp"}}
+
+
+def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
+  """``refine_pooled.md``: per-fold means, mean +- sd over folds, per animal, wins."""
+  cols = pooled["columns"]
+  n = len(pooled["animals"])
+  lines = ["# Refinement pooled over folds (test animals only)", "",
+           "Reports: " + ", ".join(f"`{s}`" for s in sources) + ". `refined_gbp`: GBP "
+           "refinement with settings chosen on each fold's own validation animals (the "
+           "cross-validated number); `gbp_refined`: the shipped settings (`refine.REFINED`, "
+           "chosen on fold 0's validation animals 07, 10, 22, so not held out for animals "
+           "that are test animals of other folds). Brain DSC per animal.", "",
+           "| fold | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+  for k, f in enumerate(pooled["fold_means"]):
+    lines.append(f"| {k} | " + " | ".join(f"{f[c]:.4f}" for c in cols) + " |")
+  lines.append("| mean +- sd over folds | " + " | ".join(
+      f"{pooled['mean'][c]:.4f} +- {pooled['sd'][c]:.4f}" for c in cols) + " |")
+  lines += ["", f"Animals ({n}) on which each column beats `gbp_improved`: " + ", ".join(
+      f"{c} {pooled['wins_vs_gbp_improved'][c]}" for c in cols if c != "gbp_improved"),
+      "", f"Animals on which `refined_gbp` beats each column: " + ", ".join(
+          f"{c} {v}" for c, v in pooled["refined_gbp_beats"].items()), "",
+      "| animal | fold | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+  for a in pooled["animals"]:
+    r = pooled["per_animal"][a]
+    lines.append(f"| {a} | {r['fold']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def pool_files(report_paths: Sequence, out_dir, *, supervised_csv=None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Reads the reports (``refine.json`` files or their folders), pools them and
+  writes ``refine_pooled.json`` and ``refine_pooled.md`` to ``out_dir``.
+
+  Raises:
+    DataError: a report or the CSV unreadable or without the needed columns.
+  """
+  import csv
+  reports, sources = [], []
+  for p in report_paths:
+    path = pathlib.Path(p)
+    path = path / "refine.json" if path.is_dir() else path
+    if not path.is_file():
+      raise DataError(f"{path}: no refine.json to pool")
+    reports.append(fileio.read_json(path))
+    sources.append(str(path))
+  supervised = None
+  if supervised_csv is not None:
+    with open(supervised_csv, newline="") as f:
+      rows = list(csv.DictReader(f))
+    if not rows or not {"animal", "brain_dsc"} <= set(rows[0]):
+      raise DataError(f"{supervised_csv}: needs the columns animal and brain_dsc")
+    supervised = {r["animal"]: float(r["brain_dsc"]) for r in rows}
+  pooled = pool(reports, supervised) | {"reports": sources,
+                                        "supervised_csv": supervised_csv and str(supervised_csv)}
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  fileio.write_json(out / "refine_pooled.json", pooled)
+  fileio.atomic_write_text(out / "refine_pooled.md", pool_markdown(pooled, sources))
+  log(f"refine: pooled {len(reports)} reports ({len(pooled['animals'])} test animals) into {out}")
+  return pooled

@@ -218,11 +218,13 @@ def _figure(path, image: np.ndarray, shown: Mapping, depths: Sequence[int],
   fig, axes = plt.subplots(len(keys), cols, figsize=(1.6 * cols, 1.7 * len(keys)),
                            squeeze=False)
   for r, key in enumerate(keys):
-    axes[r, 0].imshow(image, cmap="gray")
+    # Slices are (H = R-L, W = S-I): shown transposed, superior up (as qc.show).
+    axes[r, 0].imshow(image.T, cmap="gray", origin="lower")
     axes[r, 0].set_ylabel(f"{key[0]}\n{key[1]}", fontsize=7)
     for c, (k, g) in enumerate(zip(depths, shown[key])):
       ax = axes[r, c + 1]
-      ax.imshow(g, cmap="magma", vmin=0, vmax=float(np.percentile(g, 99.5)) or 1.0)
+      ax.imshow(g.T, cmap="magma", vmin=0, vmax=float(np.percentile(g, 99.5)) or 1.0,
+                origin="lower")
       if r == 0:
         ax.set_title("trained" if k == 0 else f"-{order[k - 1]}\n({k})", fontsize=6)
   for ax in axes.ravel():
