@@ -223,7 +223,8 @@ def _command() -> str:
   """The command line that reproduces this run (the flags given)."""
   given = [f for f in (_OUT, _EPI_ROOT, _T2_ROOT, _DATA_CACHE, _EPI_DIR, _T2_DIR,
                        _T2_PAPER_DIR, _T2_PAPER, _PHANTOM_DIR, _PHANTOM_ANIMALS,
-                       _PHANTOM_SEED, _PHANTOM_SIZE, _MAX_ANIMALS) if flags.FLAGS[f.name].present]
+                       _PHANTOM_SEED, _PHANTOM_SIZE, _PHANTOM_KIND, _MAX_ANIMALS)
+           if flags.FLAGS[f.name].present]
   args = []
   for f in given:
     v = f.value
