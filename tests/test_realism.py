@@ -308,7 +308,8 @@ def test_binary_writes_json_and_table(tmp_path, binary):
   assert set(report["per_animal"]) == {"phantom", "mouse_epi", "mouse_t2_atlas",
                                        "mouse_t2_atlas_paper"}
   assert sorted(report["per_animal"]["mouse_epi"]) == ["rat00", "rat01"]
-  assert report["sets"]["phantom"]["source"] == {"animals": 2, "seed": 0, "size": 48}
+  assert report["sets"]["phantom"]["source"] == {"animals": 2, "seed": 0, "size": 48,
+                                                 "kind": "standard"}
   # The same folder on both sides: the two cells of a row agree (the within-
   # genotype CVs aside: the phantom has no genotypes).
   same = [r for r in report["table"] if not r["key"].startswith("volume_cv_")]

@@ -93,13 +93,15 @@ def test_bad_choices():
 def test_binary_end_to_end(binary, model_dir, phantom_dir, tmp_path):
   out = tmp_path / "sanity"
   binary("sanity_check", [f"--checkpoint={model_dir}", f"--data_dir={phantom_dir}",
-                          "--steps=3", f"--out_dir={out}"])
+                          "--steps=2", "--methods=guided", f"--out_dir={out}"])
   report = fileio.read_json(out / "sanity.json")
   assert (out / "sanity.md").read_text().startswith("# Saliency sanity check")
   assert (out / "sanity_maps.png").stat().st_size > 1000
   assert [r["layers_randomised"] for r in report["rows"]][0] == 0
   assert report["rows"][-1]["layers_randomised"] == len(report["order"])
   assert report["rows"][0]["guided/probability"]["spearman_mean"] == pytest.approx(1.0)
+  assert set(report["rows"][0]) >= {"guided/probability", "guided/logit"}
+  assert not any(k.startswith(("vanilla/", "deconvnet/")) for k in report["rows"][0])
   for s in sanity.SCORES:
     for when in ("trained", "randomised"):
       for name in sanity.PLACERS:
