@@ -61,6 +61,11 @@ _PHANTOM = flags.DEFINE_enum(
     "phantom", None, list(phantom.KINDS), "The phantom's kind when no data is given "
     "(rodent_gbp.phantom.KINDS; default the config's, standard): measured brings the "
     "phantom's appearance to the statistics measured on the real sets.")
+_SCORE = flags.DEFINE_enum(
+    "saliency_score", None, ["probability", "logit"], "What the saliency target sums over "
+    "the pixels (default the config's, probability: the paper's): the template bank, the "
+    "GBP placers and the saliency figures use it, and the model folder keeps it for "
+    "rodent-gbp-segment. With --checkpoint it must match the checkpoint's config.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Write the PNG figures (--nofigures skips them).")
 cli.define_distributed_flags()
 
@@ -76,12 +81,17 @@ def run_config() -> configs.Config:
       overrides it anyway).
   """
   if _CHECKPOINT.value is None:
-    return configs.override(configs.get_config(_CONFIG.value), phantom=_PHANTOM.value)
+    return configs.override(configs.get_config(_CONFIG.value), phantom=_PHANTOM.value,
+                            saliency_score=_SCORE.value)
   from rodent_gbp import checkpoint
   stored = checkpoint.read_config(_CHECKPOINT.value)
   if _PHANTOM.value is not None and _PHANTOM.value != stored.phantom:
     raise UsageError(f"--phantom {_PHANTOM.value} conflicts with the config of --checkpoint "
                      f"{_CHECKPOINT.value} (phantom {stored.phantom!r}); leave out --phantom")
+  if _SCORE.value is not None and _SCORE.value != stored.saliency_score:
+    raise UsageError(f"--saliency_score {_SCORE.value} conflicts with the config of "
+                     f"--checkpoint {_CHECKPOINT.value} (saliency_score "
+                     f"{stored.saliency_score!r}); leave out --saliency_score")
   if FLAGS["config"].present:
     diff = configs.differences(configs.get_config(_CONFIG.value), stored, ignore=("seed",))
     if diff:

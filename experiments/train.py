@@ -25,6 +25,8 @@ _LR = flags.DEFINE_float("learning_rate", None, "Override config.learning_rate."
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override config.batch_size.")
 _CLIP = flags.DEFINE_float("clip_grad_norm", None,
                            "Override config.clip_grad_norm (global gradient norm; 0: no clipping).")
+_SCORE = flags.DEFINE_enum("saliency_score", None, ["probability", "logit"],
+                           "Override config.saliency_score (kept in the checkpoint's config).")
 cli.define_distributed_flags()
 
 
@@ -33,7 +35,7 @@ def main(argv):
   cli.begin(argv)
   config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
                             learning_rate=_LR.value, batch_size=_BATCH.value,
-                            clip_grad_norm=_CLIP.value)
+                            clip_grad_norm=_CLIP.value, saliency_score=_SCORE.value)
   train.train_and_evaluate(config, _WORKDIR.value, data_dir=_DATA_DIR.value,
                            resume=_RESUME.value,
                            log=lambda msg: print(msg, flush=True))

@@ -205,6 +205,13 @@ def test_checkpoint_config_is_used_without_config_flag(smoke_run):
   assert _run_config([f"--checkpoint={smoke_run.checkpoint_dir}", "--config=smoke"]) == got
   # No checkpoint: the named config (default "default").
   assert _run_config([]) == configs.get_config("default")
+  # The saliency target by flag: into the config, or refused against a checkpoint's.
+  assert _run_config(["--saliency_score=logit"]) == configs.override(
+      configs.get_config("default"), saliency_score="logit")
+  assert _run_config([f"--checkpoint={smoke_run.checkpoint_dir}",
+                      f"--saliency_score={got.saliency_score}"]) == got
+  with pytest.raises(UsageError, match="--saliency_score logit conflicts"):
+    _run_config([f"--checkpoint={smoke_run.checkpoint_dir}", "--saliency_score=logit"])
 
 
 def test_conflicting_config_and_checkpoint_are_refused(smoke_run, tmp_path, binary, capsys):
