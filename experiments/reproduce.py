@@ -62,7 +62,7 @@ _PHANTOM = flags.DEFINE_enum(
     "(rodent_gbp.phantom.KINDS; default the config's, standard): measured brings the "
     "phantom's appearance to the statistics measured on the real sets.")
 _SCORE = flags.DEFINE_enum(
-    "saliency_score", None, ["probability", "logit"], "What the saliency target sums over "
+    "saliency_score", None, list(configs.SALIENCY_SCORES), "What the saliency target sums over "
     "the pixels (default the config's, probability: the paper's): the template bank, the "
     "GBP placers and the saliency figures use it, and the model folder keeps it for "
     "rodent-gbp-segment. With --checkpoint it must match the checkpoint's config.")

@@ -25,7 +25,7 @@ _LR = flags.DEFINE_float("learning_rate", None, "Override config.learning_rate."
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override config.batch_size.")
 _CLIP = flags.DEFINE_float("clip_grad_norm", None,
                            "Override config.clip_grad_norm (global gradient norm; 0: no clipping).")
-_SCORE = flags.DEFINE_enum("saliency_score", None, ["probability", "logit"],
+_SCORE = flags.DEFINE_enum("saliency_score", None, list(configs.SALIENCY_SCORES),
                            "Override config.saliency_score (kept in the checkpoint's config).")
 cli.define_distributed_flags()
 

@@ -73,6 +73,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from rodent_gbp import configs
 from rodent_gbp import fileio
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import context
@@ -908,7 +909,7 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
   return out
 
 
-SCORES = ("probability", "logit")
+SCORES = configs.SALIENCY_SCORES
 
 
 def combined_markdown(report: Mapping[str, Any]) -> str:
