@@ -8,9 +8,17 @@
       --data_dir runs/main/data --out_dir /tmp/readings \
       --class_sets tissue,gm --centers 1,2 --widths 0.5 --templates gradient,mask
 
+  # pool finished folds (one search per fold model) beside their ceilings:
+  python experiments/paper_readings.py --out_dir runs/readings_pooled \
+      --pool runs/readings_fold0,runs/readings_fold1 \
+      --ceilings runs/cv_epi/fold0/per_animal.csv,runs/cv_epi/fold1/per_animal.csv
+
 Ranks readings on the animals that are neither test animals nor the reference
 and reports the chosen reading on the test animals. Writes readings.json,
 readings.md and readings.png into --out_dir; see ``rodent_gbp.studies.readings``.
+--pool pools finished searches over their test animals, beside the one-reference
+ceiling of each animal from the cross-validation's per_animal.csv files
+(readings_pooled.json, readings_pooled.md).
 """
 
 from absl import app
@@ -22,7 +30,7 @@ from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import readings
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
-                                  "(<workdir>/model of the main job).", required=True)
+                                  "(<workdir>/model of the main job); not with --pool.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder the model was trained "
                                 "on; default <checkpoint>/../data.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
@@ -32,6 +40,10 @@ _CENTERS = flags.DEFINE_list("centers", [f"{c:g}" for c in readings.CENTERS],
                              "Eq. 1 centres (paper: 2).")
 _WIDTHS = flags.DEFINE_list("widths", [f"{w:g}" for w in readings.WIDTHS],
                             "Eq. 1 widths (paper: 0.5).")
+_POOL = flags.DEFINE_list("pool", [], "Instead of a search: pool these folds' readings.json "
+                          "(files or their folders).")
+_CEILINGS = flags.DEFINE_list("ceilings", [], "With --pool: per_animal.csv files with the "
+                              "column gbp_ceiling_brain_dsc covering every pooled test animal.")
 _TEMPLATES = flags.DEFINE_list("templates", list(readings.TEMPLATES),
                                "Templates: " + ", ".join(readings.TEMPLATES) + ".")
 
@@ -41,6 +53,16 @@ def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  if _POOL.value:
+    if _CHECKPOINT.value:
+      raise UsageError("--pool reads finished searches: leave out --checkpoint")
+    if not _CEILINGS.value:
+      raise UsageError("--pool needs --ceilings (the folds' per_animal.csv files)")
+    readings.pool_files(_POOL.value, _CEILINGS.value, _OUT_DIR.value,
+                        log=lambda msg: print(msg, flush=True))
+    return
+  if not _CHECKPOINT.value:
+    raise UsageError("give --checkpoint (a model bundle) or --pool (finished searches)")
   grid = readings.grid(_CLASS_SETS.value, _CENTERS.value, _WIDTHS.value, _TEMPLATES.value)
   readings.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, readings=grid,
                log=lambda msg: print(msg, flush=True))

@@ -192,3 +192,56 @@ def test_bad_class_set_ends_in_one_error_line(study_model, tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: unknown class set 'grey'")
   assert not any(tmp_path.iterdir())
+
+
+# --- pooling folds -------------------------------------------------------------------
+
+
+def _fold(test, default, chosen, label="gm, centre 1, width 1.5, template mask"):
+  return {"test_animals": list(test),
+          "default": {"per_animal_brain_dsc": dict(zip(test, default))},
+          "chosen_on_selection": {"label": label,
+                                  "per_animal_brain_dsc": dict(zip(test, chosen))}}
+
+
+def test_pool_means_over_folds_and_counts_folds_near_the_ceiling():
+  folds = [_fold(["a", "b"], [0.80, 0.90], [0.92, 0.94]), _fold(["c"], [0.95], [0.90])]
+  ceilings = {"a": 0.95, "b": 0.95, "c": 0.96, "z": 0.5}
+  p = readings.pool(folds, ceilings)
+  # Fold means: default 0.85, 0.95; chosen 0.93, 0.90; ceiling 0.95, 0.96.
+  assert p["mean"]["default"] == pytest.approx(0.90)
+  assert p["mean"]["chosen"] == pytest.approx(0.915)
+  assert p["mean"]["ceiling"] == pytest.approx(0.955)
+  assert p["sd"]["default"] == pytest.approx(np.std([0.85, 0.95], ddof=1))
+  assert p["gap"]["chosen"] == pytest.approx(0.955 - 0.915)
+  # Within 0.02: fold 0 chosen 0.93 >= 0.93 and fold 1 default 0.95 >= 0.94.
+  assert p["folds_within_margin"] == {"default": 1, "chosen": 1}
+  assert p["animals"] == ["a", "b", "c"] and p["per_animal"]["c"]["fold"] == 1
+  md = readings.pool_markdown(p, ["f0", "f1"])
+  assert "| 0 | gm, centre 1, width 1.5, template mask | 0.8500 | 0.9300 | 0.9500 |" in md
+
+
+def test_pool_refuses_an_animal_twice_or_without_a_ceiling():
+  from rodent_gbp.errors import DataError
+  with pytest.raises(DataError, match="animal a is a test animal of two"):
+    readings.pool([_fold(["a"], [0.9], [0.9]), _fold(["a"], [0.9], [0.9])], {"a": 0.95})
+  with pytest.raises(DataError, match="animal b .*no gbp_ceiling"):
+    readings.pool([_fold(["b"], [0.9], [0.9])], {"a": 0.95})
+
+
+def test_binary_pools_a_search_beside_its_ceilings(searched, tmp_path):
+  from conftest import run_binary
+  out, r = searched
+  csv_path = tmp_path / "per_animal.csv"
+  ceil = {a: 0.5 + 0.1 * i for i, a in enumerate(r["test_animals"])}
+  csv_path.write_text("animal,gbp_ceiling_brain_dsc\n"
+                      + "".join(f"{a},{v}\n" for a, v in ceil.items()))
+  run_binary("paper_readings", [f"--out_dir={tmp_path / 'pooled'}", f"--pool={out}",
+                                f"--ceilings={csv_path}"])
+  p = json.loads((tmp_path / "pooled" / "readings_pooled.json").read_text())
+  chosen = r["chosen_on_selection"]["per_animal_brain_dsc"]
+  for a in r["test_animals"]:
+    assert p["per_animal"][a]["chosen"] == pytest.approx(chosen[a])
+    assert p["per_animal"][a]["ceiling"] == pytest.approx(ceil[a])
+  assert p["mean"]["chosen"] == pytest.approx(r["chosen_on_selection"]["test_brain_dsc"])
+  assert "readings_pooled" in str(sorted((tmp_path / "pooled").iterdir()))

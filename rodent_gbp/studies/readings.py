@@ -395,3 +395,132 @@ def run(checkpoint_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] |
   figure(result, out / "readings.png")
   log(markdown(result))
   return result
+
+
+# --- pooling folds -------------------------------------------------------------------
+
+#: Columns of the pooled table: the default reading, the reading chosen on each
+#: fold's own selection animals, and the one-reference ceiling beside them.
+POOLED = ("default", "chosen", "ceiling")
+
+
+def pool(results: Sequence[Mapping[str, Any]], ceilings: Mapping[str, float], *,
+         margin: float = 0.02) -> dict[str, Any]:
+  """Pools several folds' readings searches over their test animals.
+
+  Args:
+    results: one :func:`run` result (``readings.json``) per fold; no animal may
+      be a test animal twice.
+    ceilings: brain DSC of the paper's reference mask at its best shift per
+      animal (``gbp_ceiling_brain_dsc`` of the folds' ``per_animal.csv``); it
+      must cover every pooled animal.
+    margin: a fold's placement counts as near its ceiling when its mean test
+      brain DSC is at least the ceiling's minus this.
+
+  Returns:
+    ``per_animal`` {animal: {column: DSC, "fold": k}}, ``fold_means``,
+    ``chosen_readings`` (the label chosen per fold), ``mean``/``sd`` over the
+    fold means, ``gap`` (ceiling minus chosen, mean over folds),
+    ``folds_within_margin`` and ``animals``.
+
+  Raises:
+    DataError: an animal in two folds' test parts, or without a ceiling.
+  """
+  per: dict[str, dict[str, Any]] = {}
+  folds, labels = [], []
+  for k, res in enumerate(results):
+    chosen = res.get("chosen_on_selection")
+    if not chosen:
+      raise DataError(f"fold {k}: no reading was chosen (no selection animals)")
+    rows = {}
+    for a in res["test_animals"]:
+      if a in per or a in rows:
+        raise DataError(f"animal {a} is a test animal of two pooled folds")
+      if a not in ceilings:
+        raise DataError(f"animal {a} (fold {k}) has no gbp_ceiling brain DSC to pool beside it")
+      rows[a] = {"default": float(res["default"]["per_animal_brain_dsc"][a]),
+                 "chosen": float(chosen["per_animal_brain_dsc"][a]),
+                 "ceiling": float(ceilings[a]), "fold": k}
+    per.update(rows)
+    folds.append(rows)
+    labels.append(chosen["label"])
+  fold_means = [{c: float(np.mean([r[c] for r in rows.values()])) for c in POOLED}
+                for rows in folds]
+  sd = lambda c: (float(np.std([f[c] for f in fold_means], ddof=1)) if len(folds) > 1
+                  else 0.0)
+  mean = {c: float(np.mean([f[c] for f in fold_means])) for c in POOLED}
+  return {"columns": list(POOLED), "animals": sorted(per), "per_animal": per,
+          "fold_means": fold_means, "chosen_readings": labels, "mean": mean,
+          "sd": {c: sd(c) for c in POOLED}, "margin": margin,
+          "gap": {c: mean["ceiling"] - mean[c] for c in ("default", "chosen")},
+          "folds_within_margin": {
+              c: int(sum(f[c] >= f["ceiling"] - margin for f in fold_means))
+              for c in ("default", "chosen")}}
+
+
+def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
+  """``readings_pooled.md``: per fold, mean +- sd over folds, per animal."""
+  cols = pooled["columns"]
+  m = pooled["margin"]
+  lines = ["# The paper's placement, reading chosen per fold, pooled over folds", "",
+           "Searches: " + ", ".join(f"`{s}`" for s in sources) + ". `default`: DESIGN.md's "
+           "reading (tissue classes, centre 2, width 0.5, template gradient); `chosen`: the "
+           "reading ranked first on the fold's own selection animals (its training and "
+           "validation animals but the reference), scored on its test animals; `ceiling`: "
+           "the reference mask at its best shift (`gbp_ceiling`). Brain DSC, per animal "
+           "pooled over its slices, a fold's value the mean over its test animals.", "",
+           "| fold | chosen reading | " + " | ".join(cols) + " |",
+           "|---|---|" + "---|" * len(cols)]
+  for k, (f, lab) in enumerate(zip(pooled["fold_means"], pooled["chosen_readings"])):
+    lines.append(f"| {k} | {lab} | " + " | ".join(f"{f[c]:.4f}" for c in cols) + " |")
+  lines.append("| mean +- sd over folds | | " + " | ".join(
+      f"{pooled['mean'][c]:.4f} +- {pooled['sd'][c]:.4f}" for c in cols) + " |")
+  n = len(pooled["fold_means"])
+  lines += ["", f"Ceiling minus placement (mean over folds): default "
+            f"{pooled['gap']['default']:.4f}, chosen {pooled['gap']['chosen']:.4f}. Folds "
+            f"within {m:g} of their ceiling: default {pooled['folds_within_margin']['default']}"
+            f" of {n}, chosen {pooled['folds_within_margin']['chosen']} of {n}.", "",
+            "| animal | fold | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+  for a in pooled["animals"]:
+    r = pooled["per_animal"][a]
+    lines.append(f"| {a} | {r['fold']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def pool_files(result_paths: Sequence, ceiling_csvs: Sequence, out_dir, *,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Reads ``readings.json`` files (or their folders) and the ceilings from
+  ``per_animal.csv`` files (column ``gbp_ceiling_brain_dsc``), pools them and
+  writes ``readings_pooled.json`` and ``readings_pooled.md`` to ``out_dir``.
+
+  Raises:
+    DataError: a search or CSV missing or without the needed columns.
+  """
+  import csv
+  results, sources = [], []
+  for p in result_paths:
+    path = pathlib.Path(p)
+    path = path / "readings.json" if path.is_dir() else path
+    if not path.is_file():
+      raise DataError(f"{path}: no readings.json to pool")
+    results.append(fileio.read_json(path))
+    sources.append(str(path))
+  ceilings: dict[str, float] = {}
+  for p in ceiling_csvs:
+    path = pathlib.Path(p)
+    if not path.is_file():
+      raise DataError(f"{path}: no per_animal.csv with the ceilings")
+    with open(path, newline="") as f:
+      rows = list(csv.DictReader(f))
+    if not rows or not {"animal", "gbp_ceiling_brain_dsc"} <= set(rows[0]):
+      raise DataError(f"{path}: needs the columns animal and gbp_ceiling_brain_dsc")
+    ceilings.update({r["animal"]: float(r["gbp_ceiling_brain_dsc"]) for r in rows})
+  pooled = pool(results, ceilings) | {"searches": sources,
+                                      "ceiling_csvs": [str(p) for p in ceiling_csvs]}
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  fileio.write_json(out / "readings_pooled.json", pooled)
+  fileio.atomic_write_text(out / "readings_pooled.md", pool_markdown(pooled, sources))
+  log(f"readings: pooled {len(results)} folds ({len(pooled['animals'])} test animals) "
+      f"into {out}")
+  return pooled
