@@ -46,6 +46,9 @@ _CEILINGS = flags.DEFINE_list("ceilings", [], "With --pool: per_animal.csv files
                               "column gbp_ceiling_brain_dsc covering every pooled test animal.")
 _TEMPLATES = flags.DEFINE_list("templates", list(readings.TEMPLATES),
                                "Templates: " + ", ".join(readings.TEMPLATES) + ".")
+_DISPLACEMENTS = flags.DEFINE_list(
+    "displacements", list(readings.DISPLACEMENTS), "Whose argmax: slice (each slice's own) "
+    "or volume (one per acquisition, from the sum of its slices' correlation maps).")
 
 
 @cli.run_main
@@ -63,7 +66,8 @@ def main(argv):
     return
   if not _CHECKPOINT.value:
     raise UsageError("give --checkpoint (a model bundle) or --pool (finished searches)")
-  grid = readings.grid(_CLASS_SETS.value, _CENTERS.value, _WIDTHS.value, _TEMPLATES.value)
+  grid = readings.grid(_CLASS_SETS.value, _CENTERS.value, _WIDTHS.value, _TEMPLATES.value,
+                        _DISPLACEMENTS.value)
   readings.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, readings=grid,
                log=lambda msg: print(msg, flush=True))
 

@@ -20,6 +20,9 @@ from typing import Any, Mapping
 #: Saliency targets (``guided.SCORES``): the sum over pixels of the class's
 #: softmax probability (the paper's) or of its logit.
 SALIENCY_SCORES = ("probability", "logit")
+#: The paper's placement (``placement.place_paper``): one argmax per slice
+#: (DESIGN.md's reading) or one displacement per acquisition.
+DISPLACEMENTS = ("slice", "volume")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Config:
   enhance_center: float = 2.0       # Eq. 1 centre
   enhance_width: float = 0.5        # Eq. 1 width
   template: str = "gradient"        # gradient | enhanced | mask  (Fig. 7a reading)
+  displacement: str = "slice"       # slice | volume: one argmax per slice or per acquisition
   eval_batch_size: int = 40         # slices per jitted evaluation call
 
   def __post_init__(self):
@@ -70,6 +74,10 @@ class Config:
       from rodent_gbp.errors import UsageError
       raise UsageError(f"saliency_score must be one of {', '.join(SALIENCY_SCORES)}, "
                        f"got {self.saliency_score!r}")
+    if self.displacement not in DISPLACEMENTS:
+      from rodent_gbp.errors import UsageError
+      raise UsageError(f"displacement must be one of {', '.join(DISPLACEMENTS)}, "
+                       f"got {self.displacement!r}")
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)

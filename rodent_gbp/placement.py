@@ -8,7 +8,10 @@ the model's voxel size and slice shape (``bundle.slice_shape``):
   animal's mask at the same slice index times its gradient image is the
   template (Fig. 7a); the test slice's GBP gradient image, enhanced by Eq. 1,
   is correlated with it (FFT); the argmax moves the reference mask
-  (zero-filled).
+  (zero-filled). The config's ``displacement`` says whose argmax: each
+  slice's own (``slice``, DESIGN.md's reading) or one displacement for the
+  acquisition, the argmax of the sum of its slices' correlation maps
+  (``volume``, :func:`volume_displacement`).
 * ``gbp_improved``: the log GBP gradient image of the raw slices against the
   reference's raw-slice appearance locates one rigid displacement for the
   volume; every training animal's mask at the slice and its neighbours, at
@@ -49,6 +52,7 @@ from jax.typing import ArrayLike
 import numpy as np
 
 from rodent_gbp import candidates as candidates_lib
+from rodent_gbp import configs
 from rodent_gbp import correlate
 from rodent_gbp import enhance
 from rodent_gbp import guided
@@ -97,6 +101,8 @@ class PaperOptions:
     template: ``gradient`` (mask x reference gradient image, Fig. 7a),
       ``enhanced`` (mask x Eq. 1 of it) or ``mask``.
     center, width: Eq. 1 parameters.
+    displacement: ``slice`` (one argmax per slice) or ``volume`` (one
+      displacement per acquisition, :func:`volume_displacement`).
   """
 
   method: str = "guided"
@@ -106,12 +112,13 @@ class PaperOptions:
   template: str = "gradient"
   center: float = 2.0
   width: float = 0.5
+  displacement: str = "slice"
 
   @classmethod
   def from_config(cls, config, **changes: Any) -> "PaperOptions":
     base = cls(method=config.saliency_method, classes=tuple(config.gradient_classes),
                score=config.saliency_score, template=config.template, center=config.enhance_center,
-               width=config.enhance_width)
+               width=config.enhance_width, displacement=config.displacement)
     return dataclasses.replace(base, **changes)
 
 
@@ -154,6 +161,42 @@ def place_mask(signal: jax.Array, template: jax.Array, ref_mask: jax.Array):
   return corr, disp, placed
 
 
+DISPLACEMENTS = configs.DISPLACEMENTS
+
+
+@functools.partial(jax.jit, static_argnames=("num_volumes",))
+def volume_displacement(corr: jax.Array, template_sum: jax.Array, volume: jax.Array, *,
+                        num_volumes: int) -> jax.Array:
+  """One displacement per acquisition from its slices' correlation maps.
+
+  The test acquisition moved as a whole relative to the reference (paper
+  section 4.3), so its slices share one in-plane displacement: the argmax of
+  the sum of their 'same'-mode correlation maps, i.e. the 3D correlation of
+  the stacked templates with the stacked enhanced gradient images at zero
+  slice offset. A slice whose own map peaks elsewhere (an artifact brighter
+  than its brain) is outvoted by the others.
+
+  Args:
+    corr: (B, H, W) correlation maps (``place_mask``).
+    template_sum: (B,) sum of each slice's template; slices with an empty
+      template (no reference brain there) are left out of the sum.
+    volume: (B,) int32 volume of each slice, in [0, num_volumes).
+    num_volumes: number of volumes (static).
+
+  Returns:
+    (B, 2) int32: each slice's volume's displacement; 0 for a volume whose
+    templates are all empty.
+  """
+  h, w = corr.shape[-2:]
+  valid = template_sum > 0
+  total = jax.ops.segment_sum(jnp.where(valid[:, None, None], corr, 0.0), volume,
+                              num_segments=num_volumes)
+  any_valid = jax.ops.segment_sum(valid.astype(jnp.int32), volume, num_segments=num_volumes) > 0
+  disp = correlate.locate(total, image_shape=(h, w), template_shape=(h, w), mode="same")
+  disp = jnp.where(any_valid[:, None], jnp.round(disp).astype(jnp.int32), 0)
+  return disp[volume]
+
+
 @functools.partial(jax.jit, static_argnames=("model", "options", "have_gradient"))
 def paper_batch(params, images: jax.Array, gradient: jax.Array, slice_index: jax.Array,
                 bank_masks: jax.Array, bank_gradients: jax.Array, reference: jax.Array, *,
@@ -190,9 +233,16 @@ def paper_batch(params, images: jax.Array, gradient: jax.Array, slice_index: jax
 def place_paper(slices: np.ndarray, *, bundle, options: PaperOptions | None = None,
                 slice_index: np.ndarray | None = None, gradient: np.ndarray | None = None,
                 batch_size: int | None = None, mesh=None) -> Placement:
-  """The paper's placement with ``options`` (default: the bundle config's reading)."""
+  """The paper's placement with ``options`` (default: the bundle config's reading).
+
+  ``slices`` are one volume: with ``options.displacement == "volume"`` they
+  share one displacement.
+  """
   net = bundle.network("tissue")
   options = PaperOptions.from_config(net.config) if options is None else options
+  if options.displacement not in DISPLACEMENTS:
+    raise UsageError(f"displacement must be one of {', '.join(DISPLACEMENTS)}, got "
+                     f"{options.displacement!r}")
   slices, slice_index = _check(slices, bundle, slice_index)
   mesh = parallel.make_mesh() if mesh is None else mesh
   params, masks, grads, ref = parallel.replicate(
@@ -207,10 +257,26 @@ def place_paper(slices: np.ndarray, *, bundle, options: PaperOptions | None = No
           params, images, gradient, slice_index, masks, grads, ref, model=net.model,
           options=options, have_gradient=have),
       arrays, batch_size or net.config.eval_batch_size, mesh)
+  if options.displacement == "volume":
+    out.update(_place_volume(out["correlation"], out["template"], bundle.bank.masks[
+        bundle.bank.reference, np.clip(slice_index, 0, bundle.bank.masks.shape[1] - 1)]))
   return Placement(mask=out["placed"].astype(bool), displacement=out["displacement"],
                    confidence=out["confidence"],
                    details={k: out[k] for k in ("gradient", "signal", "template",
                                                 "correlation")})
+
+
+def _place_volume(corr: np.ndarray, template: np.ndarray, ref_masks: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+  """The whole volume's displacement, the reference masks moved by it and the
+  confidence of the summed map (every slice the volume's)."""
+  n = len(corr)
+  disp = volume_displacement(jnp.asarray(corr), jnp.asarray(template).sum((-2, -1)),
+                             jnp.zeros(n, jnp.int32), num_volumes=1)
+  placed = correlate.shift_image(jnp.asarray(ref_masks, jnp.float32), disp) > 0.5
+  psr = correlate.peak_confidence(jnp.sum(jnp.asarray(corr), axis=0))
+  return {"displacement": np.asarray(disp), "placed": np.asarray(placed),
+          "confidence": np.full(n, float(psr), np.float32)}
 
 
 # --- the candidate search placers (gbp_improved, intensity) --------------------------

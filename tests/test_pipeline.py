@@ -136,6 +136,47 @@ def test_gbp_placer_takes_the_template_at_the_slice_index(planted):
   np.testing.assert_array_equal(out.mask[1], _shift(masks[0, 2], SHIFTS[2]))
 
 
+def test_volume_displacement_is_the_argmax_of_the_summed_maps():
+  """Brute force: per volume, sum the maps of slices with a template, argmax, minus the centre."""
+  rng = np.random.default_rng(3)
+  corr = rng.random((7, 12, 10)).astype(np.float32)
+  owner = np.array([0, 0, 1, 1, 1, 2, 2], np.int32)
+  template_sum = np.array([1.0, 0.0, 2.0, 1.0, 0.5, 0.0, 0.0], np.float32)
+  got = np.asarray(placement.volume_displacement(jnp.asarray(corr), jnp.asarray(template_sum),
+                                                 jnp.asarray(owner), num_volumes=3))
+  want = np.zeros((7, 2), np.int64)
+  for v in (0, 1):
+    rows = (owner == v) & (template_sum > 0)
+    r, c = np.unravel_index(np.argmax(corr[rows].sum(0)), corr.shape[1:])
+    want[owner == v] = (r - 12 // 2, c - 10 // 2)
+  # Volume 2 has no template at all: no displacement, as place_mask's empty case.
+  np.testing.assert_array_equal(got, want)
+  assert got.dtype == np.int32
+
+
+def test_volume_displacement_outvotes_one_slice_that_disagrees(planted):
+  """One acquisition moved by D, one slice's gradient image moved elsewhere: the slice
+  reading follows that slice, the volume reading puts every slice at D."""
+  bundle, images, gradient, masks = planted
+  d, other = np.array([2, -3]), np.array([-6, 6])
+  # The reference's texture G (the fixture's gradient moved back: the brains lie
+  # well inside the frame, so nothing is lost), moved by d, slice 1 by another.
+  g_ref = np.stack([_shift(gradient[s], -SHIFTS[s]) for s in range(S)])
+  grad = np.stack([_shift(g_ref[s], d) for s in range(S)])
+  grad[1] = _shift(g_ref[1], other)
+  per_slice = placement.place_paper(images, bundle=bundle, gradient=grad)
+  np.testing.assert_array_equal(per_slice.displacement, [d, other, d])
+  vol = placement.place_paper(images, bundle=bundle, gradient=grad,
+                              options=placement.PaperOptions(displacement="volume"))
+  np.testing.assert_array_equal(vol.displacement, [d] * S)
+  for s in range(S):
+    np.testing.assert_array_equal(vol.mask[s], _shift(masks[0, s], d))
+  assert np.all(vol.confidence == vol.confidence[0]) and vol.confidence[0] > 1
+  with pytest.raises(UsageError, match="displacement must be one of slice, volume"):
+    placement.place_paper(images, bundle=bundle, gradient=grad,
+                          options=placement.PaperOptions(displacement="scan"))
+
+
 def test_paper_intensity_reading_and_removal(planted):
   """Intensity signal, bare-mask template: no saliency; then removal and re-segmentation.
 

@@ -108,8 +108,12 @@ def test_search_chooses_on_the_selection_animals_only():
 def test_grid_puts_the_default_first_once_and_rejects_unknown_names():
   g = readings.grid(["tissue", "gm"], ["1", 2.0], ["0.5"], ["gradient", "mask"])
   assert g[0] == readings.Reading(**readings.DEFAULT)
-  assert len(g) == len(set(g)) == 2 * 2 * 1 * 2
+  assert len(g) == len(set(g)) == 2 * 2 * 1 * 2 * 2
   assert {r.center for r in g} == {1.0, 2.0}
+  assert {r.displacement for r in g} == {"slice", "volume"}
+  assert len(readings.grid(["tissue"], [2.0], [0.5], ["mask"], ["volume"])) == 2  # + default
+  with pytest.raises(UsageError, match="displacement 'scan'"):
+    readings.grid(displacements=["scan"])
   with pytest.raises(UsageError, match="class set 'grey'"):
     readings.grid(["grey"])
   with pytest.raises(UsageError, match="template 'ring'"):
@@ -152,9 +156,9 @@ def test_binary_writes_the_search_of_the_bundles_animals(searched, study_model):
   # Every labelled animal that is neither a test animal nor the reference.
   assert r["selection_animals"] == sorted(set(ctx.volumes) - set(ctx.split["test"]) - {ref})
   assert r["default"]["reading"] == {**readings.DEFAULT, "calibrated": False}
-  # 4 fixed readings + calibrated centre x 2 templates x 1 width.
-  assert len(r["rows"]) == 6
-  assert sum(x["reading"]["calibrated"] for x in r["rows"]) == 2
+  # (4 fixed readings + calibrated centre x 2 templates x 1 width) x 2 displacements.
+  assert len(r["rows"]) == 12
+  assert sum(x["reading"]["calibrated"] for x in r["rows"]) == 4
   chosen = r["chosen_on_selection"]
   assert chosen["selection_brain_dsc"] == max(x["selection_brain_dsc"] for x in r["rows"])
   for row in r["rows"]:

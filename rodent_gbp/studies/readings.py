@@ -8,7 +8,9 @@ measures them all on one trained model with the placement otherwise exactly
 the paper's: the reference animal (the bank's, median brain volume) at the
 same slice index, plain 'same'-mode FFT correlation of the template with the
 enhanced gradient image of each raw slice, argmax, zero-filled shift of the
-reference mask (``placement.place_mask``). The score is the brain DSC of the
+reference mask (``placement.place_mask``). One more axis: whose argmax, each
+slice's own (DESIGN.md) or one per acquisition from the sum of its slices'
+maps (``placement.volume_displacement``). The score is the brain DSC of the
 placed mask, confusion counts pooled per animal, mean over animals.
 
 The choice is kept apart from the report: readings are ranked on the
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rodent_gbp import bank as bank_lib
+from rodent_gbp import correlate
 from rodent_gbp import enhance
 from rodent_gbp import fileio
 from rodent_gbp import guided
@@ -59,8 +62,10 @@ CLASS_SETS: dict[str, tuple[int, ...]] = {
 TEMPLATES = ("gradient", "enhanced", "mask")
 CENTERS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
 WIDTHS = (0.5, 1.0, 1.5)
-#: The main job's reading (DESIGN.md defaults).
-DEFAULT = {"classes": "tissue", "center": 2.0, "width": 0.5, "template": "gradient"}
+DISPLACEMENTS = placement.DISPLACEMENTS
+#: DESIGN.md's reading (the ``paper`` config's).
+DEFAULT = {"classes": "tissue", "center": 2.0, "width": 0.5, "template": "gradient",
+           "displacement": "slice"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,8 @@ class Reading:
     center, width: Eq. 1 parameters (signal, and the ``enhanced`` template).
     template: ``gradient`` (mask x unit-scaled reference gradient image of its
       skull-stripped slice), ``enhanced`` (mask x Eq. 1 of that) or ``mask``.
+    displacement: ``slice`` (one argmax per slice) or ``volume`` (one per
+      acquisition).
     calibrated: the centre was calibrated on the reference (module doc).
   """
 
@@ -79,23 +86,25 @@ class Reading:
   center: float
   width: float
   template: str
+  displacement: str = "slice"
   calibrated: bool = False
 
   def label(self) -> str:
     c = f"{self.center:.2f} (calibrated)" if self.calibrated else f"{self.center:g}"
-    return f"{self.classes}, centre {c}, width {self.width:g}, template {self.template}"
+    return (f"{self.classes}, centre {c}, width {self.width:g}, template {self.template}, "
+            f"{self.displacement} displacement")
 
 
 def grid(class_sets: Sequence[str] = tuple(CLASS_SETS), centers: Sequence[Any] = CENTERS,
-         widths: Sequence[Any] = WIDTHS,
-         templates: Sequence[str] = TEMPLATES) -> list[Reading]:
+         widths: Sequence[Any] = WIDTHS, templates: Sequence[str] = TEMPLATES,
+         displacements: Sequence[str] = DISPLACEMENTS) -> list[Reading]:
   """Every combination, the default first.
 
   ``centers`` and ``widths`` are numbers or their text (a list flag's values).
 
   Raises:
-    UsageError: an unknown class set or template, a centre or width that is
-      not a number, a width that is not positive.
+    UsageError: an unknown class set, template or displacement, a centre or
+      width that is not a number, a width that is not positive.
   """
   for c in class_sets:
     if c not in CLASS_SETS:
@@ -103,24 +112,30 @@ def grid(class_sets: Sequence[str] = tuple(CLASS_SETS), centers: Sequence[Any] =
   for t in templates:
     if t not in TEMPLATES:
       raise UsageError(f"unknown template {t!r}; one of {TEMPLATES}")
+  for d in displacements:
+    if d not in DISPLACEMENTS:
+      raise UsageError(f"unknown displacement {d!r}; one of {DISPLACEMENTS}")
   centers = context.floats(centers, "centers")
   widths = context.floats(widths, "widths")
   if any(not w > 0 for w in widths):
     raise UsageError(f"widths must be positive, got {widths}")
   out = [Reading(**DEFAULT)]
-  for c in class_sets:
-    for t in templates:
-      for ce in centers:
-        for w in widths:
-          r = Reading(c, float(ce), float(w), t)
-          if r != out[0]:
-            out.append(r)
+  for d in displacements:
+    for c in class_sets:
+      for t in templates:
+        for ce in centers:
+          for w in widths:
+            r = Reading(c, float(ce), float(w), t, d)
+            if r != out[0]:
+              out.append(r)
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("classes", "template"))
-def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, width, *,
-          classes: tuple[int, ...], template: str):
+@functools.partial(jax.jit, static_argnames=("classes", "template", "displacement",
+                                             "num_volumes"))
+def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, width,
+          owner: jax.Array | None = None, *, classes: tuple[int, ...], template: str,
+          displacement: str = "slice", num_volumes: int = 1):
   """The paper's placement for a batch of raw slices under one reading.
 
   Args:
@@ -129,8 +144,12 @@ def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, wi
       at each slice's index.
     ref_masks: (B, H, W) the reference's brain masks at those indices.
     center, width: Eq. 1 parameters (traced).
+    owner: (B,) int32 volume of each slice, in [0, num_volumes) (``volume``
+      displacement; default: one volume).
     classes: summed classes (static).
     template: ``gradient`` | ``enhanced`` | ``mask`` (static).
+    displacement: ``slice`` | ``volume`` (static).
+    num_volumes: volumes in ``owner`` (static).
 
   Returns:
     displacement (B, 2) int32 and the placed masks (B, H, W) bool.
@@ -139,18 +158,26 @@ def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, wi
   signal = enhance.enhance_gradient(g, center=center, width=width)
   ref_g = bank_lib.scale_to_unit(jnp.sum(ref_maps[:, list(classes)], axis=1))
   tmpl = placement.make_template(ref_masks, ref_g, template, center=center, width=width)
-  _, disp, placed = placement.place_mask(signal, tmpl, ref_masks)
+  corr, disp, placed = placement.place_mask(signal, tmpl, ref_masks)
+  if displacement == "volume":
+    owner = jnp.zeros(len(maps), jnp.int32) if owner is None else owner
+    disp = placement.volume_displacement(corr, jnp.sum(tmpl, axis=(-2, -1)), owner,
+                                         num_volumes=num_volumes)
+    placed = correlate.shift_image(ref_masks.astype(jnp.float32), disp) > 0.5
   return disp, placed
 
 
-@functools.partial(jax.jit, static_argnames=("classes", "template"))
+@functools.partial(jax.jit, static_argnames=("classes", "template", "displacement",
+                                             "num_volumes"))
 def place_counts(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array,
-                 true_masks: jax.Array, center, width, *, classes: tuple[int, ...],
-                 template: str):
+                 true_masks: jax.Array, center, width, owner: jax.Array | None = None, *,
+                 classes: tuple[int, ...], template: str, displacement: str = "slice",
+                 num_volumes: int = 1):
   """:func:`place`, then per-slice brain confusion counts (B, 4) [TP, FP, FN, TN]
   against ``true_masks`` (B, H, W): only (B, 2) + (B, 4) numbers leave the device."""
-  disp, placed = place(maps, ref_maps, ref_masks, center, width, classes=classes,
-                       template=template)
+  disp, placed = place(maps, ref_maps, ref_masks, center, width, owner, classes=classes,
+                       template=template, displacement=displacement,
+                       num_volumes=num_volumes)
   return disp, jax.vmap(metrics.binary_counts)(placed, true_masks)
 
 
@@ -228,7 +255,12 @@ def prepare(volumes: Mapping[str, Any], test: Sequence[str], *, bundle,
   selection = [a for a in sorted(volumes) if a not in test and a != ref_id
                and volumes[a].brainmask is not None]
   animals = selection + list(test)
-  ref_st = abs_maps(model, params, ref.image * ref.brainmask, batch_size)
+  from rodent_gbp import scan
+  n_bank = bank.masks.shape[1]
+  # The bank's rows: the reference's slices by relative position (as the bank
+  # was built), and each animal's slices matched to them as the main job does.
+  ref_st = abs_maps(model, params, ref.image * ref.brainmask, batch_size)[
+      scan.bank_slice_index(n_bank, len(ref.image))]
   ref_raw = abs_maps(model, params, ref.image, batch_size)
   ref_disp = bank_lib.recorded_displacement(ref)
   maps, refm, refk, truem, owner, disp = [], [], [], [], [], []
@@ -237,7 +269,7 @@ def prepare(volumes: Mapping[str, Any], test: Sequence[str], *, bundle,
     if v.brainmask is None:
       raise DataError(f"test animal {a} has no brain mask")
     n = v.image.shape[0]
-    s = np.clip(np.arange(n), 0, bank.masks.shape[1] - 1)
+    s = scan.bank_slice_index(n, n_bank)
     maps.append(abs_maps(model, params, v.image, batch_size))
     refm.append(ref_st[s])
     refk.append(bank.masks[bank.reference, s])
@@ -245,10 +277,11 @@ def prepare(volumes: Mapping[str, Any], test: Sequence[str], *, bundle,
     owner.append(np.full(n, i))
     disp.append(np.broadcast_to(bank_lib.recorded_displacement(v) - ref_disp, (n, 2)))
   true_masks = np.concatenate(truem)
+  owner = np.concatenate(owner).astype(np.int32)
   maps, refm, refk, truem = jax.device_put(
       (np.concatenate(maps), np.concatenate(refm), np.concatenate(refk), true_masks))
   return Inputs(animals=animals, test=list(test), maps=maps, ref_maps=refm, ref_masks=refk,
-                true_masks=truem, owner=np.concatenate(owner),
+                true_masks=truem, owner=owner,
                 has_brain=true_masks.reshape(len(true_masks), -1).any(-1),
                 true_disp=np.concatenate(disp), ref_raw_maps=ref_raw,
                 ref_raw_masks=ref.brainmask.astype(bool), reference=ref_id)
@@ -258,19 +291,27 @@ def score(reading: Reading, inputs: Inputs) -> dict[str, Any]:
   """Brain DSC (per animal, and means over selection and test) of one reading."""
   disp, counts = place_counts(inputs.maps, inputs.ref_maps, inputs.ref_masks,
                               inputs.true_masks, np.float32(reading.center),
-                              np.float32(reading.width), classes=CLASS_SETS[reading.classes],
-                              template=reading.template)
+                              np.float32(reading.width), np.asarray(inputs.owner, np.int32),
+                              classes=CLASS_SETS[reading.classes], template=reading.template,
+                              displacement=reading.displacement,
+                              num_volumes=len(inputs.animals))
   disp, counts = np.asarray(disp), np.asarray(counts, np.int64)
   err = np.abs(disp - inputs.true_disp).mean(-1)
+  known = np.isfinite(err)
   per_animal, errors = {}, {}
   for i, a in enumerate(inputs.animals):  # a few animals, host sums of small arrays
     rows = inputs.owner == i
     pooled = counts[rows].sum(0)
     per_animal[a] = float(metrics.metrics_from_counts(pooled)["dsc"])
-    mine = err[rows & inputs.has_brain]
+    mine = err[rows & inputs.has_brain & known]
     errors[a] = float(np.mean(mine)) if mine.size else float("nan")
   sel = [a for a in inputs.animals if a not in inputs.test]
-  mean = lambda d, keys: float(np.nanmean([d[k] for k in keys])) if keys else float("nan")
+
+  def mean(d, keys):  # NaN (an undefined DSC, no displacement truth) left out, no warning
+    vals = np.array([d[k] for k in keys], np.float64)
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if vals.size else float("nan")
+
   return {"reading": dataclasses.asdict(reading), "label": reading.label(),
           "selection_brain_dsc": mean(per_animal, sel),
           "test_brain_dsc": mean(per_animal, inputs.test),
@@ -287,8 +328,9 @@ def search(inputs: Inputs, readings: Sequence[Reading], *,
   widths = sorted({r.width for r in readings})
   calib = {c: calibrated_center(inputs.ref_raw_maps, inputs.ref_raw_masks, CLASS_SETS[c])
            for c in class_sets}
-  readings += [Reading(c, calib[c], w, t, calibrated=True)
-               for c in class_sets for t in templates for w in widths]
+  displacements = sorted({r.displacement for r in readings}, key=DISPLACEMENTS.index)
+  readings += [Reading(c, calib[c], w, t, d, calibrated=True)
+               for d in displacements for c in class_sets for t in templates for w in widths]
   rows = []
   for k, r in enumerate(readings):
     rows.append(score(r, inputs))
@@ -310,18 +352,31 @@ def search(inputs: Inputs, readings: Sequence[Reading], *,
 
 
 def markdown(result: Mapping[str, Any], *, top: int = 10) -> str:
-  """The search as a Markdown report."""
+  """The search as a Markdown report.
+
+  The displacement-error column is left out when no reading has one (real
+  scans carry no displacement truth).
+  """
+  known = lambda v: v is not None and np.isfinite(v)
+  with_error = any(known(r.get("test_error_px")) for r in result["rows"])
+
   def row(r):
-    return (f"| {r['label']} | {100 * r['selection_brain_dsc']:.2f} | "
-            f"{100 * r['test_brain_dsc']:.2f} | {r['test_error_px']:.1f} |")
-  head = ["| reading | selection brain DSC | test brain DSC | test error (px) |",
-          "|---|---|---|---|"]
+    cells = [r["label"], f"{100 * r['selection_brain_dsc']:.2f}",
+             f"{100 * r['test_brain_dsc']:.2f}"]
+    if with_error:
+      e = r.get("test_error_px")
+      cells.append(f"{e:.1f}" if known(e) else "n/a")
+    return "| " + " | ".join(cells) + " |"
+  head = (["| reading | selection brain DSC | test brain DSC | test error (px) |",
+           "|---|---|---|---|"] if with_error else
+          ["| reading | selection brain DSC | test brain DSC |", "|---|---|---|"])
+  err_note = ("; error: mean |estimated - true| displacement over slices with brain"
+              if with_error else "; no displacement truth, so no error column")
   lines = ["# The paper's placement under every reading", "",
            f"Reference animal {result['reference']}; selection animals "
            f"{', '.join(result['selection_animals']) or '(none)'}; test animals "
            f"{', '.join(result['test_animals'])}. Brain DSC of the placed mask in "
-           f"percent (counts pooled per animal, mean over animals); error: mean "
-           f"|estimated - true| displacement over slices with brain. "
+           f"percent (counts pooled per animal, mean over animals){err_note}. "
            f"{len(result['rows'])} readings.", ""]
   lines += ["## Headline", ""] + head
   for key, name in (("default", "default (DESIGN.md)"),
