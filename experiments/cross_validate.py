@@ -53,6 +53,9 @@ _EPOCHS = flags.DEFINE_integer("epochs", None, "Override config.epochs.")
 _MAX_TRAIN_SECONDS = flags.DEFINE_float("max_train_seconds", None,
                                         "Override config.max_train_seconds (per fold).")
 _FIGURES = flags.DEFINE_bool("figures", True, "Write each fold's figures.")
+_DISPLACEMENT = flags.DEFINE_enum(
+    "displacement", None, list(configs.DISPLACEMENTS), "The paper's placement (gbp): one "
+    "displacement per slice or per acquisition (default the config's).")
 
 
 def _log(msg: str) -> None:
@@ -79,7 +82,8 @@ def main(argv):
     raise UsageError(f"{folds_path} is a fold file of {folds.get('dataset')!r}, not "
                      f"{_DATASET.value!r}")
   config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
-                            max_train_seconds=_MAX_TRAIN_SECONDS.value)
+                            max_train_seconds=_MAX_TRAIN_SECONDS.value,
+                            displacement=_DISPLACEMENT.value)
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
 
   def run_fold(split, fold_dir):

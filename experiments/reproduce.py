@@ -66,6 +66,11 @@ _SCORE = flags.DEFINE_enum(
     "the pixels (default the config's, probability: the paper's): the template bank, the "
     "GBP placers and the saliency figures use it, and the model folder keeps it for "
     "rodent-gbp-segment. With --checkpoint it must match the checkpoint's config.")
+_DISPLACEMENT = flags.DEFINE_enum(
+    "displacement", None, list(configs.DISPLACEMENTS), "The paper's placement (gbp): one "
+    "displacement per slice (DESIGN.md's reading) or one per acquisition from the sum of its "
+    "slices' correlation maps (default the config's: volume in default, slice in paper). "
+    "Evaluation only, so it may differ from a --checkpoint's config.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Write the PNG figures (--nofigures skips them).")
 cli.define_distributed_flags()
 
@@ -82,7 +87,7 @@ def run_config() -> configs.Config:
   """
   if _CHECKPOINT.value is None:
     return configs.override(configs.get_config(_CONFIG.value), phantom=_PHANTOM.value,
-                            saliency_score=_SCORE.value)
+                            saliency_score=_SCORE.value, displacement=_DISPLACEMENT.value)
   from rodent_gbp import checkpoint
   stored = checkpoint.read_config(_CHECKPOINT.value)
   if _PHANTOM.value is not None and _PHANTOM.value != stored.phantom:
@@ -102,7 +107,7 @@ def run_config() -> configs.Config:
       raise UsageError(
           f"--config {_CONFIG.value} conflicts with the config of --checkpoint "
           f"{_CHECKPOINT.value} ({listed}); leave out --config to use the checkpoint's")
-  return stored
+  return configs.override(stored, displacement=_DISPLACEMENT.value)
 
 
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2

@@ -101,8 +101,9 @@ _PLACER_HELP = {
     "gbp_improved": "one displacement for the scan from its log GBP image against the "
                     "reference's raw-slice appearance, then the template animal, "
                     "neighbouring slice and scale chosen on the intensity",
-    "gbp": "the paper's per-slice correlation of the reference template with the "
-           "enhanced GBP image (misplaces the mask on the phantom, README)",
+    "gbp": "the paper's correlation of the reference template with the enhanced GBP "
+           "image, one displacement per slice or per scan as the model's config says "
+           "(misplaces the mask on the phantom, README)",
     "intensity": "the same search as gbp_improved located by the plain intensity, no "
                  "saliency"}
 

@@ -488,6 +488,10 @@ def test_cross_validation_resumes_fold_by_fold_and_pools_folds(tmp_path):
   assert cv["brain"]["gbp"]["dsc"]["mean"] == pytest.approx(0.35)
   assert cv["test_animals"] == ["a", "b"] and cv["training"][0]["losses_finite"]
   assert "70.0 +- 14.1" in crossval.markdown(cv)
+  # The gbp row says which displacement the folds' config took (per slice when unrecorded).
+  assert "| gbp (the paper; one displacement per slice) | 35.0 +- 7.1 |" in crossval.markdown(cv)
+  assert "| gbp (the paper; one displacement per acquisition) |" in crossval.markdown(
+      {**cv, "config": {"displacement": "volume"}})
 
 
 def test_cross_validate_binary_refuses_another_sets_fold_file(epi, tmp_path, binary, capsys):

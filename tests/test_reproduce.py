@@ -212,6 +212,20 @@ def test_checkpoint_config_is_used_without_config_flag(smoke_run):
                       f"--saliency_score={got.saliency_score}"]) == got
   with pytest.raises(UsageError, match="--saliency_score logit conflicts"):
     _run_config([f"--checkpoint={smoke_run.checkpoint_dir}", "--saliency_score=logit"])
+  # The displacement is evaluation only: it may differ from the checkpoint's.
+  assert _run_config(["--displacement=slice"]) == configs.override(
+      configs.get_config("default"), displacement="slice")
+  assert got.displacement == "slice"
+  assert _run_config([f"--checkpoint={smoke_run.checkpoint_dir}",
+                      "--displacement=volume"]) == configs.override(got, displacement="volume")
+
+
+def test_a_checkpoint_is_evaluated_with_the_given_displacement(smoke_run, tmp_path):
+  from rodent_gbp.studies import reproduce
+  given = configs.override(smoke_run.config, displacement="volume")
+  config, _, split, _, _ = reproduce._load_or_train(
+      given, tmp_path, None, smoke_run.checkpoint_dir, {}, lambda _: None)
+  assert config == given and split == smoke_run.split
 
 
 def test_conflicting_config_and_checkpoint_are_refused(smoke_run, tmp_path, binary, capsys):
@@ -252,3 +266,16 @@ def test_config_without_the_unread_reference_field():
   assert configs.differences(
       configs.get_config("smoke"), configs.override(configs.get_config("smoke"), epochs=3)
   ) == {"epochs": (1, 3)}
+
+
+def test_placement_overview_leaves_the_error_panel_out_without_truth(tmp_path):
+  import matplotlib.image as mpimg
+  from rodent_gbp.studies import figures
+  dice, ceiling = [0.9, 0.8, 0.95], [0.95, 0.9, 0.96]
+  figures.placement_overview(tmp_path / "truth.png", dice, ceiling, [1.0, 0.0, 2.0])
+  figures.placement_overview(tmp_path / "none.png", dice, ceiling, [np.nan] * 3)
+  with_panel = mpimg.imread(tmp_path / "truth.png").shape
+  without = mpimg.imread(tmp_path / "none.png").shape
+  # Same height; 10 in wide with the error panel, 6 in without it.
+  assert with_panel[0] == without[0]
+  assert without[1] / with_panel[1] == pytest.approx(0.6, abs=0.02)

@@ -186,7 +186,9 @@ def markdown(cv: dict[str, Any]) -> str:
            f"test animals; {len(cv['test_animals'])} test animals in all).", ""]
   lines += report.data_lines(data)
   if cv["brain"]:
-    names = {"gbp": "gbp (the paper)", "gbp_ceiling": "gbp_ceiling (its reference mask "
+    per = {"volume": "one displacement per acquisition", "slice": "one displacement per slice"}
+    how = per.get((cv.get("config") or {}).get("displacement", "slice"))
+    names = {"gbp": f"gbp (the paper; {how})", "gbp_ceiling": "gbp_ceiling (its reference mask "
              "at the best shift)", "gbp_improved": "gbp_improved", "intensity": "intensity",
              "oracle": "oracle (best training mask, scale and shift)"}
     lines += ["## Brain DSC of the removal mask", "", "| Placement | Brain DSC |", "|---|---|"]

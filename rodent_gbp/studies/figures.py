@@ -84,15 +84,24 @@ def fig6_enhanced(path, gradient, enhanced) -> pathlib.Path:
   return save_figure(fig, pathlib.Path(path))
 
 
-def fig7_alignment(path, template, signal, correlation, image, masked) -> pathlib.Path:
-  """Fig. 7: template, gradient image, correlation, input and masked input."""
+def fig7_alignment(path, template, signal, correlation, image, masked,
+                   displacement=None) -> pathlib.Path:
+  """Fig. 7: template, gradient image, correlation, input and masked input.
+
+  The correlation panel marks the slice's own argmax (white x) and, when
+  ``displacement`` (dy, dx) is given, the displacement applied (red +: the
+  same point unless the acquisition's displacement, summed over its slices,
+  outvoted this slice's peak).
+  """
   fig, axes = plt.subplots(1, 5, figsize=(13, 2.9))
   show(axes[0], template, "(a) Shape mask x gradient", cmap="magma")
   show(axes[1], signal, "(b) Enhanced gradient image", cmap="magma")
   show(axes[2], correlation, "(c) 2D cross-correlation", cmap="viridis")
   h, w = np.asarray(correlation).shape
   k = np.unravel_index(np.argmax(correlation), correlation.shape)
-  axes[2].plot([k[0]], [k[1]], "r+", ms=10)
+  axes[2].plot([k[0]], [k[1]], "wx", ms=8)        # show() draws axis 0 across
+  if displacement is not None:
+    axes[2].plot([h // 2 + displacement[0]], [w // 2 + displacement[1]], "r+", ms=10)
   show(axes[3], image, "(d) Input")
   show(axes[4], masked, "(e) After background removal")
   return save_figure(fig, pathlib.Path(path))
@@ -112,14 +121,23 @@ def fig8_panel(path, image, manual, gbp_masked, truth, labels_gbp) -> pathlib.Pa
 
 def placement_overview(path, dice: Sequence[float], ceiling: Sequence[float],
                        error: Sequence[float]) -> pathlib.Path:
-  """Per-slice brain Dice of the placed mask vs its ceiling, and placement error."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+  """Per-slice brain Dice of the placed mask vs its ceiling, and placement error.
+
+  The error panel is left out when no slice has displacement truth (all NaN:
+  real scans).
+  """
+  err = np.asarray(error, np.float64)
+  with_error = bool(np.isfinite(err).any())
+  fig, axes = plt.subplots(1, 2 if with_error else 1, figsize=(10 if with_error else 6, 3),
+                           squeeze=False)
+  axes = axes[0]
   axes[0].plot(dice, label="GBP placement")
   axes[0].plot(ceiling, label="ceiling (best shift)")
   axes[0].set_xlabel("test slice (all test animals)")
   axes[0].set_ylabel("brain DSC")
   axes[0].legend(fontsize=8)
-  axes[1].plot(error, ".")
-  axes[1].set_xlabel("test slice")
-  axes[1].set_ylabel("placement error (px)")
+  if with_error:
+    axes[1].plot(err, ".")
+    axes[1].set_xlabel("test slice")
+    axes[1].set_ylabel("placement error (px)")
   return save_figure(fig, pathlib.Path(path))

@@ -519,7 +519,8 @@ def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
   m = pooled["margin"]
   lines = ["# The paper's placement, reading chosen per fold, pooled over folds", "",
            "Searches: " + ", ".join(f"`{s}`" for s in sources) + ". `default`: DESIGN.md's "
-           "reading (tissue classes, centre 2, width 0.5, template gradient); `chosen`: the "
+           "reading (tissue classes, centre 2, width 0.5, template gradient, one displacement "
+           "per slice); `chosen`: the "
            "reading ranked first on the fold's own selection animals (its training and "
            "validation animals but the reference), scored on its test animals; `ceiling`: "
            "the reference mask at its best shift (`gbp_ceiling`). Brain DSC, per animal "

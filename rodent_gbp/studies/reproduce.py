@@ -219,7 +219,8 @@ def _load_or_train(config, workdir: pathlib.Path, data_dir, checkpoint, volumes,
                      f"trained on ({stored}); leave it out to use the checkpoint's")
   split = split or stored or data.split_animals(sorted(volumes), loaded.config.split_seed)
   meta = checkpoint_lib.read_meta(ckpt_dir, "latest") or loaded.extras.get("meta") or {}
-  return loaded.config, loaded.params, split, ckpt_dir, meta.get("history", [])
+  run_config = configs_lib.override(loaded.config, displacement=config.displacement)
+  return run_config, loaded.params, split, ckpt_dir, meta.get("history", [])
 
 
 def make_bundle(config, params, train_volumes, ckpt_dir: pathlib.Path, split, *,
@@ -337,7 +338,8 @@ def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, dataset=Non
   Args:
     config: the run's configuration (``configs.get_config``); with
       ``checkpoint`` the checkpoint's own config is used (the caller refuses
-      a conflicting pair).
+      a conflicting pair) but for ``displacement``, which only the
+      evaluation reads and which comes from ``config``.
     workdir: output folder (created).
     data_dir: a dataset folder (``<animal>/image.nii.gz``, ...); None (and no
       ``dataset``) writes the phantom into ``<workdir>/data``.
@@ -512,7 +514,8 @@ def _write_figures(out: pathlib.Path, evals, volumes, bundle, *, removal: bool =
                      e["labels"]["manual"][s], v.label[s])
   figures.fig6_enhanced(out / "fig6_enhanced.png", e["gradient"][s], gbp["signal"][s])
   figures.fig7_alignment(out / "fig7_alignment.png", gbp["template"][s], gbp["signal"][s],
-                         gbp["correlation"][s], raw, raw * e["masks"]["gbp"][s])
+                         gbp["correlation"][s], raw, raw * e["masks"]["gbp"][s],
+                         displacement=e["placements"]["gbp"].displacement[s])
   # Fig. 8: the slice with brain where GBP removal hurts CSF most.
   csf_true = v.label == 3
   csf_gbp = e["labels"]["gbp"] == 3
