@@ -163,6 +163,12 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "network (the shipped one has), else gbp_improved. "
                     + ". ".join(_placer_help(k, f) for k, f in placement.PLACERS.items())
                     + ".", flag_values=fv)
+  # A string, checked by segment_scan: a bad value ends in the one-line error.
+  flags.DEFINE_string("displacement", None, "For --placement gbp: one displacement per "
+                      "slice (DESIGN.md's reading) or per scan (volume: the argmax of the "
+                      "sum of the slices' correlation maps). Default: the model's config "
+                      "(volume for a model of the default config; the shipped model was "
+                      "built with slice).", flag_values=fv)
 
 
 def define_extractor_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -212,7 +218,8 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
         plane=fv["plane"].value, volume=fv["volume"].value, average=fv["average"].value,
         voxel_scale=fv["voxel_scale"].value, truth=fv["truth"].value,
         name=fv["name"].value, overwrite=fv["overwrite"].value, qc=fv["qc"].value,
-        placement=fv["placement"].value, log=lambda msg: print(msg, flush=True))
+        placement=fv["placement"].value, displacement=fv["displacement"].value,
+        log=lambda msg: print(msg, flush=True))
 
   return main
 

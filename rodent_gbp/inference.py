@@ -49,6 +49,7 @@ on any error the temporary folder is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -60,6 +61,7 @@ import nibabel as nib
 import numpy as np
 
 from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import metrics
@@ -176,6 +178,7 @@ def segment_scan(input_path: str | os.PathLike,
                  truth: str | os.PathLike | None = None,
                  name: str | None = None, overwrite: bool = False, qc: bool = True,
                  batch_size: int | None = None, placement: str = DEFAULT_PLACEMENT,
+                 displacement: str | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Segments one scan with a model bundle; writes the outputs and a report.
 
@@ -205,6 +208,8 @@ def segment_scan(input_path: str | os.PathLike,
     qc: write the QC figure.
     batch_size: slices per network call; default ``config.eval_batch_size``.
     placement: a placer name of ``placement.PLACERS``.
+    displacement: for ``gbp``, one displacement per ``slice`` or per scan
+      (``volume``); None: what the model's config says.
     log: progress sink.
 
   Returns:
@@ -227,6 +232,9 @@ def segment_scan(input_path: str | os.PathLike,
   if placement != "auto" and placement not in placement_lib.PLACERS:
     raise UsageError(f"--placement {placement!r}: must be auto or one of "
                      f"{', '.join(placement_lib.PLACERS)}")
+  if displacement is not None and displacement not in configs.DISPLACEMENTS:
+    raise UsageError(f"--displacement {displacement!r}: must be one of "
+                     f"{', '.join(configs.DISPLACEMENTS)}")
   if volume is not None and average:
     raise UsageError("--volume and --average exclude each other; pass one")
   if volume is not None and volume < 0:
@@ -248,6 +256,10 @@ def segment_scan(input_path: str | os.PathLike,
   truth_mask = None if truth is None else _read_truth(pathlib.Path(truth), image.shape,
                                                       img.affine)
   bundle = bundle_lib.load_bundle(checkpoint_dir)
+  if displacement is not None and "tissue" in bundle.networks:
+    net = bundle.networks["tissue"]
+    bundle.networks["tissue"] = dataclasses.replace(
+        net, config=configs.override(net.config, displacement=displacement))
   placement = choose_placement(placement, bundle)
   placement_lib.check_placer(placement, bundle)
   config = bundle.network("tissue").config
@@ -368,6 +380,7 @@ def segment_scan(input_path: str | os.PathLike,
                        "slice_thickness_mm": float(data.voxel_sizes_ras(affine)[
                            data.plane_axes(plane)[0]])},
         "brain_volume": brain_volume, "placement": placement,
+        "displacement": config.displacement if placement == "gbp" else None,
         "truth": scores, "warnings": warnings,
         "outputs": {k: p.name for k, p in paths.items() if qc or k != "qc"},
         "cpu_seconds": time.process_time() - cpu0,

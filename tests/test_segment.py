@@ -149,3 +149,23 @@ def test_written_mask_is_the_dilated_choice(scan, model_dir, smoke_bundle, tmp_p
   assert placement.IMPROVED.dilate > 0 and dilated.sum() > placed.sum()
   np.testing.assert_array_equal(mask, dilated)
   assert [int(r["brain_voxels"]) for r in rows] == dilated.reshape(len(rows), -1).sum(-1).tolist()
+
+
+def test_gbp_with_one_displacement_per_scan(scan, model_dir, tmp_path, capsys):
+  """--displacement volume: every slice of the scan gets the same displacement,
+  and the report says which reading placed it; a bad value is one error line."""
+  import json
+  rows, arrays = _segment(scan, model_dir, tmp_path / "v", "--placement=gbp",
+                          "--displacement=volume")
+  d = {(int(r["dy_vox"]), int(r["dx_vox"])) for r in rows}
+  assert len(rows) == 40 and len(d) == 1
+  report = json.loads((tmp_path / "v" / f"{data_stem(scan)}_report.json").read_text())
+  assert (report["placement"], report["displacement"]) == ("gbp", "volume")
+  assert arrays["brainmask"].any()
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    _segment(scan, model_dir, tmp_path / "bad", "--placement=gbp", "--displacement=scan")
+  assert e.value.code == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert err == ["error: --displacement 'scan': must be one of slice, volume"]
+  assert not (tmp_path / "bad").exists()
