@@ -35,8 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rodent_gbp.configs import SALIENCY_SCORES as SCORES  # what a class target sums
+
 METHODS = ("guided", "deconvnet", "vanilla", "smoothgrad")
-SCORES = ("probability", "logit")
 
 Target = Union[int, str, Sequence[Any], Callable[[jax.Array], jax.Array]]
 
