@@ -197,6 +197,23 @@ def volume_displacement(corr: jax.Array, template_sum: jax.Array, volume: jax.Ar
   return disp[volume]
 
 
+@functools.partial(jax.jit, static_argnames=("num_volumes",))
+def place_volume(corr: jax.Array, template: jax.Array, ref_mask: jax.Array,
+                 volume: jax.Array, *, num_volumes: int):
+  """:func:`place_mask`'s move with one displacement per volume.
+
+  Args:
+    corr, template, ref_mask: (B, H, W) as :func:`place_mask` takes and gives.
+    volume, num_volumes: as :func:`volume_displacement`.
+  Returns:
+    displacement (B, 2) int32 (each slice its volume's) and the placed masks
+    (B, H, W) bool.
+  """
+  disp = volume_displacement(corr, jnp.sum(template, axis=(-2, -1)), volume,
+                             num_volumes=num_volumes)
+  return disp, correlate.shift_image(ref_mask.astype(jnp.float32), disp) > 0.5
+
+
 @functools.partial(jax.jit, static_argnames=("model", "options", "have_gradient"))
 def paper_batch(params, images: jax.Array, gradient: jax.Array, slice_index: jax.Array,
                 bank_masks: jax.Array, bank_gradients: jax.Array, reference: jax.Array, *,
@@ -271,9 +288,7 @@ def _place_volume(corr: np.ndarray, template: np.ndarray, ref_masks: np.ndarray
   """The whole volume's displacement, the reference masks moved by it and the
   confidence of the summed map (every slice the volume's)."""
   n = len(corr)
-  disp = volume_displacement(jnp.asarray(corr), jnp.asarray(template).sum((-2, -1)),
-                             jnp.zeros(n, jnp.int32), num_volumes=1)
-  placed = correlate.shift_image(jnp.asarray(ref_masks, jnp.float32), disp) > 0.5
+  disp, placed = place_volume(corr, template, ref_masks, np.zeros(n, np.int32), num_volumes=1)
   psr = correlate.peak_confidence(jnp.sum(jnp.asarray(corr), axis=0))
   return {"displacement": np.asarray(disp), "placed": np.asarray(placed),
           "confidence": np.full(n, float(psr), np.float32)}

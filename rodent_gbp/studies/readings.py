@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from rodent_gbp import bank as bank_lib
-from rodent_gbp import correlate
 from rodent_gbp import enhance
 from rodent_gbp import fileio
 from rodent_gbp import guided
@@ -161,9 +160,8 @@ def place(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array, center, wi
   corr, disp, placed = placement.place_mask(signal, tmpl, ref_masks)
   if displacement == "volume":
     owner = jnp.zeros(len(maps), jnp.int32) if owner is None else owner
-    disp = placement.volume_displacement(corr, jnp.sum(tmpl, axis=(-2, -1)), owner,
-                                         num_volumes=num_volumes)
-    placed = correlate.shift_image(ref_masks.astype(jnp.float32), disp) > 0.5
+    disp, placed = placement.place_volume(corr, tmpl, ref_masks, owner,
+                                          num_volumes=num_volumes)
   return disp, placed
 
 
