@@ -25,7 +25,7 @@ from rodent_gbp import datasets
 from rodent_gbp import fileio
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
-from rodent_gbp.studies import reproduce
+from rodent_gbp import job
 
 _FOLDS_DIR = pathlib.Path(__file__).resolve().parent / "folds"
 
@@ -87,7 +87,7 @@ def main(argv):
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
 
   def run_fold(split, fold_dir):
-    reproduce.reproduce(config, fold_dir, data_dir=folder, split=split,
+    job.run(config, fold_dir, data_dir=folder, split=split,
                         figures=_FIGURES.value, log=_log)
 
   workdir = pathlib.Path(_WORKDIR.value)

@@ -41,7 +41,7 @@ from rodent_gbp import fileio
 from rodent_gbp import phantom
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import realism
-from rodent_gbp.studies import report
+from rodent_gbp import report
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (statistics.json, statistics.md).",
                            required=True)

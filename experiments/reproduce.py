@@ -23,7 +23,7 @@ from rodent_gbp import configs
 from rodent_gbp import datasets
 from rodent_gbp import phantom
 from rodent_gbp.errors import UsageError
-from rodent_gbp.studies import reproduce
+from rodent_gbp import job
 
 FLAGS = flags.FLAGS
 
@@ -113,7 +113,7 @@ def run_config() -> configs.Config:
 @cli.run_main  # expected errors: one "error: ..." line, exit code 2
 def main(argv):
   cli.begin(argv)
-  reproduce.reproduce(run_config(), _WORKDIR.value,
+  job.run(run_config(), _WORKDIR.value,
                       data_dir=_DATA_DIR.value, dataset=_DATASET.value,
                       data_root=_DATA_ROOT.value, data_cache=_DATA_CACHE.value,
                       resolution=_RESOLUTION.value, split=_SPLIT_FILE.value,

@@ -11,7 +11,7 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp.studies import improved
+from rodent_gbp import improved
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A model bundle folder (<workdir>/model).",
                                   required=True)

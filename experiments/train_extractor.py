@@ -28,7 +28,7 @@ from rodent_gbp import fileio
 from rodent_gbp import supervised
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
-from rodent_gbp.studies import report
+from rodent_gbp import report
 
 _HERE = pathlib.Path(__file__).resolve().parent
 

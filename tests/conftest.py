@@ -113,8 +113,8 @@ MODEL_FOLDER = "model"
 def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
   """The smoke model's bundle folder ``<workdir>/model``, built once per session.
 
-  Built by the code ``studies.reproduce.reproduce`` writes its
-  ``<workdir>/model`` with: ``reproduce.make_bundle`` of the training animals
+  Built by the code ``job.run`` writes its
+  ``<workdir>/model`` with: ``job.make_bundle`` of the training animals
   (tissue network, normalisation, template bank with the reference's
   raw-slice appearance, voxel size), then ``bundle.save_bundle``. The test
   animals are not evaluated here (``test_reproduce`` runs the whole job).
@@ -125,10 +125,10 @@ def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
   import shutil
   from rodent_gbp import bundle as bundle_lib
   from rodent_gbp import data
-  from rodent_gbp.studies import reproduce
+  from rodent_gbp import job
   shutil.rmtree(folder, ignore_errors=True)
   volumes = [data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]]
-  bundle = reproduce.make_bundle(smoke_run.config, smoke_run.params, volumes,
+  bundle = job.make_bundle(smoke_run.config, smoke_run.params, volumes,
                                  pathlib.Path(smoke_run.checkpoint_dir), smoke_run.split)
   bundle_lib.save_bundle(folder, bundle)
   return folder

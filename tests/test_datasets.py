@@ -355,13 +355,13 @@ def _smoke(**changes):
 def test_reproduce_on_mouse_epi_without_displacement_truth(epi, tmp_path, binary):
   import csv
   import warnings
-  from rodent_gbp.studies import reproduce
+  from rodent_gbp import job
   folder, copy, _ = epi
   split = tmp_path / "split.json"
   split.write_text(json.dumps({"train": ["05"], "val": [], "test": ["10"]}))
   with warnings.catch_warnings():
     warnings.simplefilter("error", RuntimeWarning)   # no "Mean of empty slice"
-    r = reproduce.reproduce(_smoke(), tmp_path / "run", dataset="mouse_epi", data_root=copy,
+    r = job.run(_smoke(), tmp_path / "run", dataset="mouse_epi", data_root=copy,
                             data_cache=folder.parent, split=str(split), figures=False,
                             log=lambda _: None)
   run = tmp_path / "run"
@@ -400,9 +400,9 @@ def test_reproduce_on_mouse_epi_without_displacement_truth(epi, tmp_path, binary
 
 
 def test_reproduce_on_a_skull_stripped_set_reports_what_applies(t2_copy, tmp_path):
-  from rodent_gbp.studies import reproduce
+  from rodent_gbp import job
   split = {"train": [T2_MICE[0]], "val": [], "test": [T2_MICE[1]]}
-  r = reproduce.reproduce(_smoke(eval_batch_size=16), tmp_path / "run",
+  r = job.run(_smoke(eval_batch_size=16), tmp_path / "run",
                           dataset="mouse_t2_atlas", data_root=t2_copy,
                           data_cache=tmp_path / "cache", split=split, log=lambda _: None)
   run = tmp_path / "run"

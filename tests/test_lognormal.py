@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from rodent_gbp.errors import DataError, UsageError
-from rodent_gbp.studies import context
+from rodent_gbp.studies.common import context
 from rodent_gbp.studies import lognormal
 
 N = 20000

@@ -17,7 +17,7 @@ import pytest
 from rodent_gbp import data
 from rodent_gbp import placement
 from rodent_gbp.errors import CheckpointError, DataError, UsageError
-from rodent_gbp.studies import context
+from rodent_gbp.studies.common import context
 from rodent_gbp.studies import placement_study
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from rodent_gbp import bank as bank_lib
 from rodent_gbp.errors import UsageError
-from rodent_gbp.studies import context
+from rodent_gbp.studies.common import context
 from rodent_gbp.studies import readings
 
 H = W = 32

@@ -84,7 +84,7 @@ def test_time_cap_warning_in_tables(smoke_reproduce):
 
   Which epoch a run keeps is ``train.training_summary``'s business (test_train).
   """
-  from rodent_gbp.studies import report
+  from rodent_gbp import report
   from rodent_gbp import train
   config = configs.override(configs.get_config("smoke"), epochs=5, max_train_seconds=30)
   history = [{"epoch": e, "seconds": t, "val_mean_tissue_dice": d, "val_dice": {},
@@ -221,9 +221,9 @@ def test_checkpoint_config_is_used_without_config_flag(smoke_run):
 
 
 def test_a_checkpoint_is_evaluated_with_the_given_displacement(smoke_run, tmp_path):
-  from rodent_gbp.studies import reproduce
+  from rodent_gbp import job
   given = configs.override(smoke_run.config, displacement="volume")
-  config, _, split, _, _ = reproduce._load_or_train(
+  config, _, split, _, _ = job._load_or_train(
       given, tmp_path, None, smoke_run.checkpoint_dir, {}, lambda _: None)
   assert config == given and split == smoke_run.split
 
@@ -270,7 +270,7 @@ def test_config_without_the_unread_reference_field():
 
 def test_placement_overview_leaves_the_error_panel_out_without_truth(tmp_path):
   import matplotlib.image as mpimg
-  from rodent_gbp.studies import figures
+  from rodent_gbp import figures
   dice, ceiling = [0.9, 0.8, 0.95], [0.95, 0.9, 0.96]
   figures.placement_overview(tmp_path / "truth.png", dice, ceiling, [1.0, 0.0, 2.0])
   figures.placement_overview(tmp_path / "none.png", dice, ceiling, [np.nan] * 3)

@@ -7,7 +7,7 @@ committed) holds::
    "rule": "...", "folds": [{"train": [...], "val": [...], "test": [...]}, ...]}
 
 Every animal is a test animal in exactly one fold; each fold's validation
-animals come from the rest. :func:`run` runs ``reproduce.reproduce`` once per
+animals come from the rest. :func:`run` runs ``job.run`` once per
 fold into ``<workdir>/fold<k>/`` and skips a fold whose ``results.json`` is
 already there (a stopped run resumes fold by fold); :func:`summarise` pools the
 folds' tables into mean and sd over folds per method and class
@@ -179,7 +179,7 @@ def _ms(s: dict[str, float]) -> str:
 
 def markdown(cv: dict[str, Any]) -> str:
   """``cv.md``: brain DSC per placement and tissue DSC per way, mean +- sd over folds."""
-  from rodent_gbp.studies import report
+  from rodent_gbp import report
   data = cv.get("data") or {}
   lines = [f"# Cross-validation: {data.get('dataset', '?')}, {cv['folds']} folds by animal",
            "", "DSC in percent, mean +- sd over folds (a fold's value is the mean over its "

@@ -30,8 +30,8 @@ from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import guided
 from rodent_gbp.errors import DataError, UsageError
-from rodent_gbp.studies import figures
-from rodent_gbp.studies import context
+from rodent_gbp import figures
+from rodent_gbp.studies.common import context
 
 
 def translate(images: np.ndarray, k: int) -> np.ndarray:

@@ -117,7 +117,7 @@ def _slices_to_show(mask: np.ndarray, count: int) -> list[int]:
 
 def qc_figure(path: pathlib.Path, volume, mask: np.ndarray, *, count: int = 6) -> None:
   """Raw slices with the manual mask (green) and the extraction (red) outlined."""
-  from rodent_gbp.studies import figures
+  from rodent_gbp import figures
   plt = figures.plt
   idx = _slices_to_show(volume.brainmask, count)
   fig, axes = plt.subplots(1, len(idx), figsize=(1.6 * len(idx), 2.0), squeeze=False)
@@ -144,7 +144,7 @@ def saliency_figure(path: pathlib.Path, volume, extraction: dict, *, model, para
   """
   import jax.numpy as jnp
   from rodent_gbp import guided
-  from rodent_gbp.studies import figures
+  from rodent_gbp import figures
   plt = figures.plt
   idx = _slices_to_show(volume.brainmask, count)
   maps = np.asarray(guided.saliency(model, params, jnp.asarray(volume.image[idx][..., None]),
@@ -168,7 +168,7 @@ def saliency_figure(path: pathlib.Path, volume, extraction: dict, *, model, para
 
 def summary_figure(path: pathlib.Path, cv: dict[str, Any]) -> None:
   """Per-animal brain Dice against the placers', and Dice by relative slice position."""
-  from rodent_gbp.studies import figures
+  from rodent_gbp import figures
   plt = figures.plt
   fig, (ax, bx) = plt.subplots(1, 2, figsize=(8.0, 3.4))
   ys = np.array([m["brain_dsc"] for m in cv["per_animal"].values()])

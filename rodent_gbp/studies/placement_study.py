@@ -22,7 +22,7 @@ each on the test animals of a model bundle (``<workdir>/model`` of the main job,
 3. ``cross_validation``: k folds over animals. Fold i's test animals are the
    test split of ``data.split_animals(ids, seed_i)``, seeds chosen so the test
    sets are disjoint (a k-fold partition when k * test size = N); each fold
-   runs the main job (``reproduce.reproduce``, training included) and the
+   runs the main job (``job.run``, training included) and the
    tables are summarised by mean and standard deviation over folds.
 
 Everything is written to ``out_dir`` (``rodent_gbp.fileio``, atomically):
@@ -50,9 +50,9 @@ from rodent_gbp import fileio
 from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp.errors import CheckpointError, DataError, UsageError
-from rodent_gbp.studies import improved
-from rodent_gbp.studies.context import Context, floats, load_context  # noqa: F401
-from rodent_gbp.studies.figures import save_figure
+from rodent_gbp import improved
+from rodent_gbp.studies.common.context import Context, floats, load_context  # noqa: F401
+from rodent_gbp.figures import save_figure
 
 #: Methods of the robustness curves: name -> changes from ``placement.IMPROVED``.
 METHODS = {
@@ -330,14 +330,14 @@ def cross_validation(config, data_dir, out_dir, *, folds: int, epochs: int | Non
   """Trains and evaluates one model per fold (the main job); mean and spread."""
   from rodent_gbp import configs
   from rodent_gbp import data
-  from rodent_gbp.studies import reproduce
+  from rodent_gbp import job
 
   ids = [v.animal_id for v in data.load_dataset(data_dir)]
   runs = []
   for i, (seed, test) in enumerate(fold_seeds(ids, folds)):
     cfg = configs.override(config, split_seed=seed, epochs=epochs)
     t0 = time.time()
-    res = reproduce.reproduce(cfg, pathlib.Path(out_dir) / f"fold{i}", data_dir=data_dir,
+    res = job.run(cfg, pathlib.Path(out_dir) / f"fold{i}", data_dir=data_dir,
                               figures=False, log=lambda s: None)
     runs.append({"fold": i, "split_seed": seed, "test": test, "tables": res["tables"],
                  "brain": res["brain"], "seconds": time.time() - t0})
@@ -467,14 +467,14 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     config = configs.override(config, epochs=epochs)
   timing: dict[str, float] = {}
   if checkpoint is None:
-    from rodent_gbp.studies import reproduce
+    from rodent_gbp import job
     if data_dir is None:
       data_dir = out / "data"
       if not phantom.is_complete(data_dir):
         phantom.write_phantom(data_dir, animals=config.animals, seed=config.phantom_seed,
                               size=config.image_size, kind=config.phantom)
     t0 = time.time()
-    reproduce.reproduce(config, out / "main", data_dir=data_dir, figures=False,
+    job.run(config, out / "main", data_dir=data_dir, figures=False,
                         log=lambda s: None)
     checkpoint = out / "main" / "model"
     timing["train_s"] = time.time() - t0

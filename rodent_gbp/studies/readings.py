@@ -50,9 +50,9 @@ from rodent_gbp import metrics
 from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp.errors import DataError, UsageError
-from rodent_gbp.studies import report
-from rodent_gbp.studies import context
-from rodent_gbp.studies import figures
+from rodent_gbp import report
+from rodent_gbp.studies.common import context
+from rodent_gbp import figures
 
 #: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
 CLASS_SETS: dict[str, tuple[int, ...]] = {

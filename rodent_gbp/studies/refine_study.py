@@ -43,7 +43,7 @@ from rodent_gbp import placement
 from rodent_gbp import refine
 from rodent_gbp import scan
 from rodent_gbp.errors import DataError, UsageError
-from rodent_gbp.studies import context
+from rodent_gbp.studies.common import context
 from rodent_gbp.studies import sanity
 from rodent_gbp.studies.placement_study import layers_from_top
 
@@ -165,7 +165,7 @@ def select(prepared: Mapping[str, Mapping[str, Any]], val: Sequence[str], eviden
 
 def _figure(path, prepared, animals: Sequence[str], masks: Mapping[str, Mapping[str, np.ndarray]],
             per_animal: int = 2) -> pathlib.Path:
-  from rodent_gbp.studies.figures import plt, save_figure
+  from rodent_gbp.figures import plt, save_figure
   picks = []
   for a in animals:
     area = prepared[a]["truth"].reshape(len(prepared[a]["truth"]), -1).sum(-1)

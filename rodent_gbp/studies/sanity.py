@@ -47,7 +47,7 @@ from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp import scan
 from rodent_gbp.errors import UsageError
-from rodent_gbp.studies import context
+from rodent_gbp.studies.common import context
 from rodent_gbp.studies.placement_study import (layers_from_top, randomised_params,
                                                 spearman_rows, with_params)
 
@@ -212,7 +212,7 @@ def zero_displacement_dice(volumes: Sequence, bundle) -> dict[str, Any]:
 
 def _figure(path, image: np.ndarray, shown: Mapping, depths: Sequence[int],
             order: Sequence[str]) -> pathlib.Path:
-  from rodent_gbp.studies.figures import plt
+  from rodent_gbp.figures import plt
   keys = list(shown)
   cols = len(depths) + 1
   fig, axes = plt.subplots(len(keys), cols, figsize=(1.6 * cols, 1.7 * len(keys)),

@@ -3,7 +3,7 @@
 :func:`build` makes it from the public mouse-epi set, from a seed, in one call
 (``experiments/ship_model.py``):
 
-1. the main job (``studies.reproduce.reproduce``, ``default`` config) on the
+1. the main job (``job.run``, ``default`` config) on the
    split of ``experiments/splits/mouse_epi_shipped.json``: the tissue U-Net
    trained on animals 01-16 (every session) against the set's pseudo-labels,
    selected on 17-18, its template bank, and the paper's tables on 19-22
@@ -35,7 +35,7 @@ from rodent_gbp import metrics
 from rodent_gbp import supervised
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import extraction_cv
-from rodent_gbp.studies import report
+from rodent_gbp import report
 
 #: The extractor's settings: those of the 5-fold cross-validation
 #: (``experiments/results/extraction_cv_mouse_epi``).
@@ -118,14 +118,14 @@ def card_markdown(card: dict[str, Any]) -> str:
 def build(data_root, workdir, out, *, split_file, data_cache=None, seed: int = 0,
           command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
   """Builds the shipped model folder ``out`` (see the module doc); returns the card."""
-  from rodent_gbp.studies import reproduce
+  from rodent_gbp import job
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   split = fileio.read_json(split_file)
   tissue_dir = workdir / "tissue"
   if (tissue_dir / "results.json").is_file():
     log(f"reusing the finished main job in {tissue_dir}")
   else:
-    reproduce.reproduce(configs.get_config("default"), tissue_dir, dataset="mouse_epi",
+    job.run(configs.get_config("default"), tissue_dir, dataset="mouse_epi",
                         data_root=data_root, data_cache=data_cache, split=split_file,
                         seed=seed, log=log)
   results = fileio.read_json(tissue_dir / "results.json")

@@ -24,9 +24,9 @@ from rodent_gbp import metrics
 from rodent_gbp import parallel
 from rodent_gbp import placement as placement_lib
 from rodent_gbp.errors import DataError, UsageError
-from rodent_gbp.studies import evaluation
-from rodent_gbp.studies import improved
-from rodent_gbp.studies import report
+from rodent_gbp import evaluation
+from rodent_gbp import improved
+from rodent_gbp import report
 
 #: Table rows of results.json: no removal, manual removal, then each placer.
 WAYS = ("none", "manual") + evaluation.PLACERS
@@ -175,9 +175,9 @@ def lognormal_verdict(evals: list[dict[str, Any]], *, seed: int,
   Zero-gradient pixels are counted and excluded; the full study with per-slice
   verdicts and a random-network control is ``experiments/lognormal.py``.
   """
-  from rodent_gbp.studies import lognormal
+  from rodent_gbp import distributions
   g = np.concatenate([np.asarray(e["gradient"]).ravel() for e in evals])
-  fit = lognormal.fit_families(g, zeros="exclude", max_samples=max_samples, seed=seed)
+  fit = distributions.fit_families(g, zeros="exclude", max_samples=max_samples, seed=seed)
   return {
       "winner": fit["winner"],
       "runner_up": fit["runner_up"],
@@ -328,7 +328,7 @@ def resolve_data(workdir: pathlib.Path, config: configs_lib.Config, *, data_dir=
   return data_dir, True
 
 
-def reproduce(config: configs_lib.Config, workdir, *, data_dir=None, dataset=None,
+def run(config: configs_lib.Config, workdir, *, data_dir=None, dataset=None,
               data_root=None, data_cache=None, resolution: str = "paper",
               split: dict | str | pathlib.Path | None = None, checkpoint=None,
               seed: int | None = None, figures: bool = True,
@@ -475,7 +475,7 @@ def _write_figures(out: pathlib.Path, evals, volumes, bundle, *, removal: bool =
   import jax.numpy as jnp
   from rodent_gbp import correlate
   from rodent_gbp import enhance
-  from rodent_gbp.studies import figures
+  from rodent_gbp import figures
   from rodent_gbp import guided
 
   out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""What several studies share (and nothing of the main job's, which is in the core)."""
