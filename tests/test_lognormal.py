@@ -1,4 +1,6 @@
-"""Tests for rodent_gbp.studies.lognormal: known laws are recognised, formulas hold."""
+"""Tests for rodent_gbp.studies.lognormal (with the fits of rodent_gbp.distributions
+and the figures of studies.common.lognormal_figures): known laws are recognised,
+formulas hold."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from rodent_gbp import distributions
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies.common import context
+from rodent_gbp.studies.common import gradients
+from rodent_gbp.studies.common import lognormal_figures
 from rodent_gbp.studies import lognormal
 
 N = 20000
@@ -35,7 +40,7 @@ def _sample(law: str, seed: int) -> np.ndarray:
     ("weibull", "shape", 2.5),
 ])
 def test_known_law_wins_by_aic_with_margin(law, param, value):
-  v = lognormal.fit_families(_sample(law, seed=1))
+  v = distributions.fit_families(_sample(law, seed=1))
   assert v["winner"] == law
   assert v["aic_margin"] > 50.0, v["delta_aic"]
   assert v["delta_aic"][law] == 0.0
@@ -46,7 +51,7 @@ def test_known_law_wins_by_aic_with_margin(law, param, value):
 
 def test_lognormal_params_are_closed_form_mle():
   x = _sample("lognormal", seed=2)
-  p = lognormal.fit_families(x)["families"]["lognormal"]["params"]
+  p = distributions.fit_families(x)["families"]["lognormal"]["params"]
   logx = np.log(x)
   assert p["mu"] == pytest.approx(logx.mean(), rel=1e-6)
   assert p["sigma"] == pytest.approx(logx.std(), rel=1e-6)
@@ -56,7 +61,7 @@ def test_exponential_sample():
   # Gamma and Weibull nest the exponential (shape 1): their logL can only be a
   # little higher, so by AIC they lose by <= 2 (their extra parameter) and by
   # BIC by about ln n; the heavy-tailed log-normal and the normal lose clearly.
-  v = lognormal.fit_families(_sample("exponential", seed=3))
+  v = distributions.fit_families(_sample("exponential", seed=3))
   f = v["families"]
   assert v["winner"] == "exponential"
   for nested in ("gamma", "weibull"):
@@ -70,7 +75,7 @@ def test_exponential_sample():
 @pytest.mark.parametrize("law", ["lognormal", "gamma", "weibull", "exponential"])
 def test_ks_matches_scipy_kstest_on_fitted_law(law):
   x = _sample(law, seed=4)[:3000]
-  v = lognormal.fit_families(x)
+  v = distributions.fit_families(x)
   for fam, r in v["families"].items():
     p = r["params"]
     frozen = {
@@ -87,7 +92,7 @@ def test_ks_matches_scipy_kstest_on_fitted_law(law):
 def test_fit_matches_scipy_fit_directly():
   # Fitting in rescaled units must give scipy's own MLE.
   x = _sample("weibull", seed=5)[:5000] * 1e-7
-  p = lognormal.fit_families(x, families=["weibull", "gamma"])["families"]
+  p = distributions.fit_families(x, families=["weibull", "gamma"])["families"]
   c, _, s = stats.weibull_min.fit(x / 1e-7, floc=0)
   assert p["weibull"]["params"]["shape"] == pytest.approx(c, rel=1e-4)
   assert p["weibull"]["params"]["scale"] == pytest.approx(s * 1e-7, rel=1e-4)
@@ -96,7 +101,7 @@ def test_fit_matches_scipy_fit_directly():
 
 
 def test_aic_bic_formulas():
-  v = lognormal.fit_families(_sample("gamma", seed=6)[:4000])
+  v = distributions.fit_families(_sample("gamma", seed=6)[:4000])
   n = v["n_fitted"]
   assert n == 4000
   ks = {"lognormal": 2, "normal": 2, "gamma": 2, "weibull": 2, "exponential": 1}
@@ -111,14 +116,14 @@ def test_aic_bic_formulas():
 
 def test_anderson_on_log_values():
   x = _sample("lognormal", seed=7)[:2000]
-  a = lognormal.fit_families(x)["anderson_log"]
+  a = distributions.fit_families(x)["anderson_log"]
   with pytest.warns(FutureWarning):  # scipy 1.17's legacy interface
     ref = stats.anderson(np.log(x), "norm")
   assert a["statistic"] == pytest.approx(ref.statistic)
   np.testing.assert_allclose(a["critical_values"], ref.critical_values)
   assert a["significance_levels"] == [15.0, 10.0, 5.0, 2.5, 1.0]
   assert not a["reject_5pct"]  # log of a log-normal sample is normal
-  g = lognormal.fit_families(_sample("exponential", seed=7)[:2000])["anderson_log"]
+  g = distributions.fit_families(_sample("exponential", seed=7)[:2000])["anderson_log"]
   assert g["reject_5pct"]
 
 
@@ -126,10 +131,10 @@ def test_zeros_error_or_exclude_counted():
   x = _sample("lognormal", seed=8)[:1000].copy()
   x[:37] = 0.0
   with pytest.raises(DataError, match="37 of 1000 samples are exactly 0"):
-    lognormal.fit_families(x)
-  v = lognormal.fit_families(x, zeros="exclude")
+    distributions.fit_families(x)
+  v = distributions.fit_families(x, zeros="exclude")
   assert (v["n_input"], v["n_zero"], v["n_positive"], v["n_fitted"]) == (1000, 37, 963, 963)
-  ref = lognormal.fit_families(x[37:])
+  ref = distributions.fit_families(x[37:])
   assert v["families"]["lognormal"]["aic"] == pytest.approx(ref["families"]["lognormal"]["aic"])
 
 
@@ -141,22 +146,22 @@ def test_zeros_error_or_exclude_counted():
 ])
 def test_invalid_input_rejected(bad, match):
   with pytest.raises(DataError, match=match):
-    lognormal.fit_families(bad)
+    distributions.fit_families(bad)
 
 
 def test_bad_arguments():
   x = _sample("gamma", seed=9)[:500]
   with pytest.raises(UsageError, match="unknown families"):
-    lognormal.fit_families(x, families=["cauchy"])
+    distributions.fit_families(x, families=["cauchy"])
   with pytest.raises(UsageError, match="zeros"):
-    lognormal.fit_families(x, zeros="drop")
+    distributions.fit_families(x, zeros="drop")
 
 
 def test_subsample_is_seeded_and_bounded():
   x = _sample("lognormal", seed=10)[:10000]
-  a = lognormal.fit_families(x, max_samples=2000, seed=3)
-  b = lognormal.fit_families(x, max_samples=2000, seed=3)
-  c = lognormal.fit_families(x, max_samples=2000, seed=4)
+  a = distributions.fit_families(x, max_samples=2000, seed=3)
+  b = distributions.fit_families(x, max_samples=2000, seed=3)
+  c = distributions.fit_families(x, max_samples=2000, seed=4)
   assert a["n_fitted"] == 2000 and a["n_positive"] == 10000
   assert a["families"]["gamma"]["aic"] == b["families"]["gamma"]["aic"]
   assert a["families"]["gamma"]["aic"] != c["families"]["gamma"]["aic"]
@@ -164,13 +169,13 @@ def test_subsample_is_seeded_and_bounded():
 
 def test_bootstrap_ks_pvalue():
   x = _sample("lognormal", seed=11)
-  v = lognormal.fit_families(x, families=["lognormal", "exponential"],
+  v = distributions.fit_families(x, families=["lognormal", "exponential"],
                              bootstrap=39, bootstrap_samples=800)
   ln, ex = v["families"]["lognormal"]["ks_bootstrap"], v["families"]["exponential"]["ks_bootstrap"]
   assert ln["n"] == 800 and ln["n_boot"] == 39
   assert ln["pvalue"] > 0.05
   assert ex["pvalue"] == pytest.approx(1 / 40)  # smallest attainable
-  assert "ks_bootstrap" not in lognormal.fit_families(x[:500])["families"]["gamma"]
+  assert "ks_bootstrap" not in distributions.fit_families(x[:500])["families"]["gamma"]
 
 
 @pytest.mark.parametrize("law,params", [
@@ -181,7 +186,7 @@ def test_bootstrap_ks_pvalue():
 ])
 def test_every_parameter_of_the_true_law_is_recovered(law, params):
   # n = 20000: the MLE's relative standard error is ~1 % or less for each.
-  got = lognormal.fit_families(_sample(law, seed=12))["families"][law]["params"]
+  got = distributions.fit_families(_sample(law, seed=12))["families"][law]["params"]
   assert set(got) == set(params)
   for name, value in params.items():
     assert got[name] == pytest.approx(value, rel=0.03, abs=0.02), name
@@ -191,7 +196,7 @@ def test_a_gamma_sample_is_not_called_lognormal():
   # Gamma(shape 2): skewed like a log-normal but with a lighter left tail; the
   # log of it is not normal (Anderson-Darling rejects) and log-normal loses.
   x = np.random.default_rng(13).gamma(shape=2.0, scale=1.5, size=N)
-  v = lognormal.fit_families(x)
+  v = distributions.fit_families(x)
   assert v["winner"] == "gamma"
   assert v["delta_aic"]["lognormal"] > 100
   assert v["anderson_log"]["reject_5pct"]
@@ -199,9 +204,9 @@ def test_a_gamma_sample_is_not_called_lognormal():
 
 
 def test_summarise():
-  vs = [lognormal.fit_families(_sample(law, seed=s)[:3000])
+  vs = [distributions.fit_families(_sample(law, seed=s)[:3000])
         for law, s in [("lognormal", 20), ("lognormal", 21), ("gamma", 22), ("weibull", 23)]]
-  s = lognormal.summarise(vs + [None])
+  s = distributions.summarise(vs + [None])
   assert s["n"] == 4 and s["n_skipped"] == 1
   assert s["win_fraction"]["lognormal"] == 0.5
   assert s["win_fraction"]["gamma"] == 0.25 and s["win_fraction"]["normal"] == 0.0
@@ -209,7 +214,7 @@ def test_summarise():
   assert s["median_aic_margin_when_winning"]["lognormal"] == pytest.approx(
       np.median([vs[0]["aic_margin"], vs[1]["aic_margin"]]))
   assert s["median_aic_vs_lognormal"]["lognormal"] == 0.0
-  assert lognormal.summarise([None]) == {"n": 0, "n_skipped": 1}
+  assert distributions.summarise([None]) == {"n": 0, "n_skipped": 1}
 
 
 def test_study_report_layout_and_zero_counts(tmp_path):
@@ -244,7 +249,8 @@ def test_plot_lognormal_writes_figures(tmp_path):
     z = (v - v.mean(axis=(-2, -1), keepdims=True)) / v.std(axis=(-2, -1), keepdims=True)
     return {"expanded": e, "log": v, "z": z, "enhanced": np.exp(-((z - 2) / 0.5)**2)}
 
-  paths = lognormal.plot_lognormal({"trained": g, "random": g * 2}, tmp_path, steps_fn=steps)
+  paths = lognormal_figures.plot_lognormal({"trained": g, "random": g * 2}, tmp_path,
+                                           steps_fn=steps)
   names = sorted(p.name for p in paths)
   assert names == ["lognormal_fig5_random.png", "lognormal_fig5_trained.png", "lognormal_qq.png"]
   assert all(p.stat().st_size > 1000 for p in paths)
@@ -323,7 +329,7 @@ def test_eq1_log_normal_q_is_judged_normal():
   q = np.clip(q, 1e-3, math.log(256) - 1e-3)
   q[0, 0], q[0, 1] = 0.0, math.log(256.0)
   g = _eq1_exact_slice(q)
-  y = lognormal.eq1_values(g)
+  y = gradients.eq1_values(g)
   np.testing.assert_allclose(np.log(y), q, atol=1e-12)
   r = lognormal.study_target(g[None], quantity="eq1_log", max_pixels=None)
   v = r["pooled"]
@@ -360,7 +366,7 @@ def test_eq1_log_zeros_included_and_counted():
   assert rm["pooled"]["n_fitted"] == 2 * 1024 - 160  # dropped
   assert rq["pooled"]["n_fitted"] == 2 * 1024 and rq["pooled"]["n_zero_q"] == 161  # kept
   assert rq["per_slice"][0]["n_zero"] == 160
-  y0 = lognormal.eq1_values(g[0])
+  y0 = gradients.eq1_values(g[0])
   assert y0.min() == 1.0 and y0.max() == 256.0 and np.sum(y0 == 1.0) == 160
   # A constant slice has no G~: skipped, counted as all-zero.
   rc = lognormal.study_target(np.zeros((1, 8, 8)), quantity="eq1_log")
@@ -387,7 +393,7 @@ def test_plot_slice_fits(tmp_path):
   rng = np.random.default_rng(44)
   g = rng.lognormal(-3.0, 1.0, size=(32, 32))
   g[:4] = 0.0
-  p = lognormal.plot_slice_fits(g, tmp_path / "s.png", label="test")
+  p = lognormal_figures.plot_slice_fits(g, tmp_path / "s.png", label="test")
   assert 1000 < p.stat().st_size < 300_000
 
 

@@ -18,6 +18,7 @@ from rodent_gbp import data
 from rodent_gbp import placement
 from rodent_gbp.errors import CheckpointError, DataError, UsageError
 from rodent_gbp.studies.common import context
+from rodent_gbp.studies.common import randomise
 from rodent_gbp.studies import placement_study
 
 
@@ -245,27 +246,27 @@ def test_diagonal_shifts():
 
 def test_spearman_rows_known_answers():
   a = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)
-  rho = placement_study.spearman_rows(a, np.stack([a[0], -a[1], np.exp(a[2])]))
+  rho = randomise.spearman_rows(a, np.stack([a[0], -a[1], np.exp(a[2])]))
   np.testing.assert_allclose(rho, [1.0, -1.0, 1.0], atol=1e-12)
-  assert np.isnan(placement_study.spearman_rows(a[:1], np.zeros_like(a[:1])))[0]
+  assert np.isnan(randomise.spearman_rows(a[:1], np.zeros_like(a[:1])))[0]
 
 
 def test_layers_from_top_order():
   names = ["down0_conv1", "down0_conv2", "down1_conv1", "down1_conv2", "bottom_conv1",
            "bottom_conv2", "up1_conv0", "up1_conv1", "up1_conv2", "up0_conv0", "up0_conv1",
            "up0_conv2", "head"]
-  order = placement_study.layers_from_top({n: None for n in names})
+  order = randomise.layers_from_top({n: None for n in names})
   assert order == ["head", "up0_conv2", "up0_conv1", "up0_conv0", "up1_conv2", "up1_conv1",
                    "up1_conv0", "bottom_conv2", "bottom_conv1", "down1_conv2", "down1_conv1",
                    "down0_conv2", "down0_conv1"]
   with pytest.raises(CheckpointError, match="dense"):
-    placement_study.layers_from_top({"dense": None})
+    randomise.layers_from_top({"dense": None})
 
 
 def test_randomised_params_takes_only_the_named_layers():
   params = {"head": 1, "up0_conv1": 2, "down0_conv1": 3}
   fresh = {"head": 10, "up0_conv1": 20, "down0_conv1": 30}
-  assert placement_study.randomised_params(params, fresh, ["head", "up0_conv1"]) == {
+  assert randomise.randomised_params(params, fresh, ["head", "up0_conv1"]) == {
       "head": 10, "up0_conv1": 20, "down0_conv1": 3}
   assert params == {"head": 1, "up0_conv1": 2, "down0_conv1": 3}
 

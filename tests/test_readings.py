@@ -11,6 +11,7 @@ import pytest
 from rodent_gbp import bank as bank_lib
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies.common import context
+from rodent_gbp.studies.common import gradients
 from rodent_gbp.studies import readings
 
 H = W = 32
@@ -40,7 +41,7 @@ def test_calibrated_centre_places_a_disk_exactly():
   ref_raw = np.zeros_like(maps)
   ref_raw[:, 2] = ref
   p = ref.mean()
-  centre = readings.calibrated_center(ref_raw, np.stack([ref, ref]), (2,))
+  centre = gradients.calibrated_center(ref_raw, np.stack([ref, ref]), (2,))
   assert centre == pytest.approx(np.sqrt((1 - p) / p), rel=1e-5)
   disp, placed = readings.place(maps, ref_raw, np.stack([ref, ref]), np.float32(centre),
                                 np.float32(0.5), classes=(2,), template="mask")

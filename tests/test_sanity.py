@@ -11,7 +11,9 @@ from rodent_gbp import fileio
 from rodent_gbp import model as model_lib
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import sanity
-from rodent_gbp.studies.placement_study import layers_from_top
+from rodent_gbp.studies.common import gradients
+from rodent_gbp.studies.common import randomise
+from rodent_gbp.studies.common.randomise import layers_from_top
 
 
 def _tiny():
@@ -30,11 +32,11 @@ def test_randomising_changes_exactly_the_layers_named_so_far():
   model, params = _tiny()
   order = layers_from_top(params)
   assert order[0] == "head" and order[-1].startswith("down0")
-  fresh = sanity.fresh_params(model, (16, 16), seed=0)
+  fresh = randomise.fresh_params(model, (16, 16), seed=0)
   # Fixed seed: the same fresh params every time.
-  assert _leaves_equal(fresh, sanity.fresh_params(model, (16, 16), seed=0))
+  assert _leaves_equal(fresh, randomise.fresh_params(model, (16, 16), seed=0))
   for k in range(len(order) + 1):
-    p = sanity.cascade_params(params, fresh, order, k)
+    p = randomise.cascade_params(params, fresh, order, k)
     assert set(p) == set(params)
     for name in order[:k]:
       assert _leaves_equal(p[name], fresh[name]), (k, name)
@@ -49,7 +51,7 @@ def test_randomising_changes_exactly_the_layers_named_so_far():
 def test_correlation_is_one_at_step_zero_and_falls_after():
   model, params = _tiny()
   order = layers_from_top(params)
-  fresh = sanity.fresh_params(model, (16, 16), seed=0)
+  fresh = randomise.fresh_params(model, (16, 16), seed=0)
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 1, (3, 16, 16)).astype(np.float32)
   brain = np.array([True, True, False])
@@ -66,7 +68,7 @@ def test_correlation_is_one_at_step_zero_and_falls_after():
       assert rows[-1][f"{m}/{s}"]["spearman_mean"] < 0.999
       assert len(shown[(m, s)]) == 3
   # The map at step 0 is the trained network's gradient image.
-  g = sanity.gradient_images(model, params, images, method="guided", score="logit")
+  g = gradients.gradient_images(model, params, images, method="guided", score="logit")
   np.testing.assert_array_equal(shown[("guided", "logit")][0], g[0])
 
 

@@ -18,7 +18,9 @@ each on the test animals of a model bundle (``<workdir>/model`` of the main job,
    depth the GBP gradient images of the test slices are compared with the
    trained network's (Spearman rank correlation per slice, mean) and the
    improved placement is rerun with the randomised network (its locating
-   template, the reference's raw-slice appearance, is recomputed with it).
+   template, the reference's raw-slice appearance, is recomputed with it;
+   the layer order, the randomised params and the recomputed bundle are
+   ``studies.common.randomise``'s).
 3. ``cross_validation``: k folds over animals. Fold i's test animals are the
    test split of ``data.split_animals(ids, seed_i)``, seeds chosen so the test
    sets are disjoint (a k-fold partition when k * test size = N); each fold
@@ -28,8 +30,8 @@ each on the test animals of a model bundle (``<workdir>/model`` of the main job,
 Everything is written to ``out_dir`` (``rodent_gbp.fileio``, atomically):
 ``placement_study.json``, ``placement_ablation.md`` and PNG figures.
 
-:func:`load_context` is the studies' one way to open a model folder and its
-dataset (the readings, log-normal and saliency studies use it too).
+``load_context`` (``studies.common.context``, imported here) is the studies'
+one way to open a model folder and its dataset.
 """
 
 from __future__ import annotations
@@ -39,19 +41,18 @@ import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from rodent_gbp import bank as bank_lib
 from rodent_gbp import correlate
-from rodent_gbp import enhance
 from rodent_gbp import evaluators
 from rodent_gbp import fileio
-from rodent_gbp import parallel
 from rodent_gbp import placement
-from rodent_gbp.errors import CheckpointError, DataError, UsageError
+from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp import improved
 from rodent_gbp.studies.common.context import Context, floats, load_context  # noqa: F401
+from rodent_gbp.studies.common.randomise import (fresh_params, layers_from_top,
+                                                 randomised_params, spearman_rows, with_params)
 from rodent_gbp.figures import save_figure
 
 #: Methods of the robustness curves: name -> changes from ``placement.IMPROVED``.
@@ -170,105 +171,19 @@ def robustness(ctx: Context, *, shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
 # --------------------------------------------------------------------------
 
 
-def layers_from_top(params: Mapping[str, Any]) -> list[str]:
-  """The U-Net's conv layers from the output down (head, up0_*, ..., down0_*).
-
-  Raises:
-    CheckpointError: a layer name that is not the U-Net's.
-  """
-  names = list(params)
-
-  def depth_key(name: str):
-    if name == "head":
-      return (0, 0, 0)
-    part, sep, conv = name.partition("_conv")
-    if not sep or not conv.isdigit():
-      raise CheckpointError(f"unknown layer {name!r} (not a layer of the U-Net)")
-    conv = -int(conv)
-    if part.startswith("up") and part[2:].isdigit():
-      return (1, int(part[2:]), conv)
-    if part == "bottom":
-      return (2, 0, conv)
-    if part.startswith("down") and part[4:].isdigit():
-      return (3, -int(part[4:]), conv)
-    raise CheckpointError(f"unknown layer {name!r} (not a layer of the U-Net)")
-
-  return sorted(names, key=depth_key)
-
-
-def randomised_params(params, fresh, layers: Sequence[str]):
-  """``params`` with ``layers`` taken from ``fresh`` (a new initialisation)."""
-  out = dict(params)
-  for name in layers:
-    out[name] = fresh[name]
-  return out
-
-
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Spearman rank correlation of each (H, W) pair of (S, H, W) maps; NaN if constant."""
-  from scipy import stats
-  ra = stats.rankdata(a.reshape(len(a), -1), axis=-1)
-  rb = stats.rankdata(b.reshape(len(b), -1), axis=-1)
-  ra -= ra.mean(-1, keepdims=True)
-  rb -= rb.mean(-1, keepdims=True)
-  den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(den > 0, (ra * rb).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
-
-
 def gradient_images(volumes: Sequence, *, bundle) -> list[np.ndarray]:
   """(S, H, W) guided gradient image of each volume's raw slices (the raw pass's)."""
   from rodent_gbp import pipeline
   return [pipeline.raw_pass(v.image, bundle=bundle)["gradient"] for v in volumes]
 
 
-def with_params(bundle, params, volumes: Mapping[str, Any]):
-  """``bundle`` with the tissue network's ``params`` and the bank's appearance under them.
-
-  The raw-slice appearance (what the improved placement locates with) of
-  every bank animal that has one is recomputed with ``params`` from its
-  volume in ``volumes``, exactly as ``bank.build_template_bank`` computes it;
-  masks and the skull-stripped gradient images stay. The copy has its own
-  placer cache.
-
-  Raises:
-    DataError: a bank animal with an appearance is not in ``volumes``.
-  """
-  net = bundle.network("tissue")
-  b = bundle.bank
-  available = (np.asarray(b.appearance_available, bool) if b.appearance_available is not None
-               else np.arange(len(b.animal_ids)) == b.reference)
-  missing = [b.animal_ids[i] for i in np.flatnonzero(available)
-             if b.animal_ids[i] not in volumes]
-  if missing:
-    raise DataError(f"template animals {missing} are not in the dataset; their "
-                    "appearance cannot be recomputed")
-  mesh = parallel.make_mesh()
-  replicated = parallel.replicate(params, mesh)
-  classes = tuple(net.config.gradient_classes)
-  app = np.zeros(b.masks.shape, np.float32)
-  for i in np.flatnonzero(available):
-    raw = volumes[b.animal_ids[i]].image[..., None].astype(np.float32)
-    g = parallel.run_batched(
-        lambda x: bank_lib.unit_gradient_image(replicated, x, model=net.model, classes=classes,
-                                               method=net.config.saliency_method,
-                                               score=net.config.saliency_score),
-        {"x": raw}, net.config.eval_batch_size, mesh)["out"]
-    app[i] = np.asarray(enhance.log_gradient(g))
-  bank = dataclasses.replace(b, appearance=app, appearance_available=available)
-  networks = {**bundle.networks, "tissue": dataclasses.replace(net, params=params)}
-  return dataclasses.replace(bundle, networks=networks, bank=bank, cache={})
-
-
 def cascade(ctx: Context, *, steps: int = 0, seed: int = 0,
             log: Callable[[str], None] = print) -> dict[str, Any]:
   """Layer-by-layer randomisation from the top; ``steps`` > 0 evaluates that
   many depths (0 and all layers included), 0 every depth."""
-  from rodent_gbp import model as model_lib
-
   net = ctx.bundle.network("tissue")
   order = layers_from_top(net.params)
-  fresh = model_lib.init_params(net.model, jax.random.key(seed), ctx.bundle.slice_shape)
+  fresh = fresh_params(net.model, ctx.bundle.slice_shape, seed)
   depths = list(range(len(order) + 1))
   if steps and steps < len(depths):
     depths = sorted({int(round(x)) for x in np.linspace(0, len(order), steps)})
@@ -443,7 +358,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     cascade_steps: depths of the randomisation cascade (0: every layer;
       negative: skip).
     folds: k of the cross-validation (0: skip).
-    ablation: the full ablation table (``studies.improved.ABLATION``, with the
+    ablation: the full ablation table (``improved.ABLATION``, with the
       vanilla-gradient and deconvnet rows the main job leaves out).
     max_test_animals: use only the first test animals (quick runs).
     seed: seed of the randomised params of the cascade.

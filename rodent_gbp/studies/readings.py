@@ -29,6 +29,10 @@ Cost: one saliency pass (all four classes at once) over every animal's raw
 slices and one over the reference's skull-stripped slices; then each reading
 is one jitted call over all slices of all animals, compiled once per
 (class set, template kind); centre and width are traced.
+
+The saliency passes (``abs_maps``) and the calibrated centre are
+``studies.common.gradients``'; pooling folds (:func:`pool_files`) reads and
+summarises them with ``studies.common.pooling``, as the refinement study does.
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ import numpy as np
 from rodent_gbp import bank as bank_lib
 from rodent_gbp import enhance
 from rodent_gbp import fileio
-from rodent_gbp import guided
 from rodent_gbp import metrics
-from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp import report
 from rodent_gbp.studies.common import context
+from rodent_gbp.studies.common import pooling
+from rodent_gbp.studies.common.gradients import abs_maps, calibrated_center
 from rodent_gbp import figures
 
 #: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
@@ -177,28 +181,6 @@ def place_counts(maps: jax.Array, ref_maps: jax.Array, ref_masks: jax.Array,
                        template=template, displacement=displacement,
                        num_volumes=num_volumes)
   return disp, jax.vmap(metrics.binary_counts)(placed, true_masks)
-
-
-def abs_maps(model, params, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """|GBP maps| (S, 4, H, W) float32 of slices (S, H, W), all four classes."""
-  x = images[..., None].astype(np.float32)
-  fn = lambda images: jnp.abs(guided.saliency(model, params, images, target="all"))
-  return parallel.run_batched(fn, {"images": x}, batch_size)["out"]
-
-
-def calibrated_center(ref_raw_maps: np.ndarray, ref_masks: np.ndarray,
-                      classes: tuple[int, ...]) -> float:
-  """Mean Eq. 1 input z of the reference's raw-slice gradient image in its brain.
-
-  Raises:
-    DataError: the reference's brain masks are empty.
-  """
-  g = np.sum(ref_raw_maps[:, list(classes)], axis=1)
-  z = np.asarray(enhance.enhancement_steps(g)["z"])
-  m = ref_masks.astype(bool)
-  if not m.any():
-    raise DataError("the reference animal's brain masks are empty")
-  return float(z[m].mean())
 
 
 @dataclasses.dataclass
@@ -395,11 +377,7 @@ def markdown(result: Mapping[str, Any], *, top: int = 10) -> str:
 
 def figure(result: Mapping[str, Any], path) -> None:
   """Selection brain DSC against Eq. 1's centre, best width and template per class set."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6.5, 4))
+  fig, ax = figures.plt.subplots(figsize=(6.5, 4))
   rows = [r for r in result["rows"] if not r["reading"]["calibrated"]]
   for c in CLASS_SETS:
     mine = [r for r in rows if r["reading"]["classes"] == c]
@@ -497,14 +475,11 @@ def pool(results: Sequence[Mapping[str, Any]], ceilings: Mapping[str, float], *,
     per.update(rows)
     folds.append(rows)
     labels.append(chosen["label"])
-  fold_means = [{c: float(np.mean([r[c] for r in rows.values()])) for c in POOLED}
-                for rows in folds]
-  sd = lambda c: (float(np.std([f[c] for f in fold_means], ddof=1)) if len(folds) > 1
-                  else 0.0)
-  mean = {c: float(np.mean([f[c] for f in fold_means])) for c in POOLED}
+  stats = pooling.fold_statistics(folds, POOLED)
+  fold_means, mean = stats["fold_means"], stats["mean"]
   return {"columns": list(POOLED), "animals": sorted(per), "per_animal": per,
           "fold_means": fold_means, "chosen_readings": labels, "mean": mean,
-          "sd": {c: sd(c) for c in POOLED}, "margin": margin,
+          "sd": stats["sd"], "margin": margin,
           "gap": {c: mean["ceiling"] - mean[c] for c in ("default", "chosen")},
           "folds_within_margin": {
               c: int(sum(f[c] >= f["ceiling"] - margin for f in fold_means))
@@ -527,17 +502,13 @@ def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
            "|---|---|" + "---|" * len(cols)]
   for k, (f, lab) in enumerate(zip(pooled["fold_means"], pooled["chosen_readings"])):
     lines.append(f"| {k} | {lab} | " + " | ".join(f"{f[c]:.4f}" for c in cols) + " |")
-  lines.append("| mean +- sd over folds | | " + " | ".join(
-      f"{pooled['mean'][c]:.4f} +- {pooled['sd'][c]:.4f}" for c in cols) + " |")
+  lines.append("| mean +- sd over folds | | " + pooling.mean_sd_cells(pooled, cols) + " |")
   n = len(pooled["fold_means"])
   lines += ["", f"Ceiling minus placement (mean over folds): default "
             f"{pooled['gap']['default']:.4f}, chosen {pooled['gap']['chosen']:.4f}. Folds "
             f"within {m:g} of their ceiling: default {pooled['folds_within_margin']['default']}"
             f" of {n}, chosen {pooled['folds_within_margin']['chosen']} of {n}.", "",
-            "| animal | fold | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-  for a in pooled["animals"]:
-    r = pooled["per_animal"][a]
-    lines.append(f"| {a} | {r['fold']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+            *pooling.animal_table(pooled, cols)]
   return "\n".join(lines) + "\n"
 
 
@@ -550,25 +521,13 @@ def pool_files(result_paths: Sequence, ceiling_csvs: Sequence, out_dir, *,
   Raises:
     DataError: a search or CSV missing or without the needed columns.
   """
-  import csv
-  results, sources = [], []
-  for p in result_paths:
-    path = pathlib.Path(p)
-    path = path / "readings.json" if path.is_dir() else path
-    if not path.is_file():
-      raise DataError(f"{path}: no readings.json to pool")
-    results.append(fileio.read_json(path))
-    sources.append(str(path))
+  results, sources = pooling.read_reports(result_paths, "readings.json")
   ceilings: dict[str, float] = {}
   for p in ceiling_csvs:
     path = pathlib.Path(p)
     if not path.is_file():
       raise DataError(f"{path}: no per_animal.csv with the ceilings")
-    with open(path, newline="") as f:
-      rows = list(csv.DictReader(f))
-    if not rows or not {"animal", "gbp_ceiling_brain_dsc"} <= set(rows[0]):
-      raise DataError(f"{path}: needs the columns animal and gbp_ceiling_brain_dsc")
-    ceilings.update({r["animal"]: float(r["gbp_ceiling_brain_dsc"]) for r in rows})
+    ceilings.update(pooling.animal_column(path, "gbp_ceiling_brain_dsc"))
   pooled = pool(results, ceilings) | {"searches": sources,
                                       "ceiling_csvs": [str(p) for p in ceiling_csvs]}
   out = pathlib.Path(out_dir)

@@ -5,9 +5,10 @@ On one model bundle and its split (or a fold of a fold file):
 1. Per animal of the split's validation and test parts (the evaluated
    session), the raw slices' GBP gradient image under the trained network
    (the raw pass's reading) and under a fully randomised network (every layer
-   re-initialised, ``studies.sanity``'s cascade at its end), the placements
-   of ``gbp`` and ``gbp_improved`` and the ``oracle`` (best training mask,
-   slice offset, scale and shift per slice, ``evaluators.oracle_counts``).
+   re-initialised, the sanity check's cascade at its end;
+   ``studies.common.randomise``), the placements of ``gbp`` and
+   ``gbp_improved`` and the ``oracle`` (best training mask, slice offset,
+   scale and shift per slice, ``evaluators.oracle_counts``).
 2. The refinement (``rodent_gbp.refine``) of ``gbp_improved``'s chosen mask
    (before its 1-pixel dilation) driven by three evidence images: the trained
    GBP image (``gbp``), the raw intensity's gradient magnitude
@@ -16,7 +17,7 @@ On one model bundle and its split (or a fold of a fold file):
    only (mean brain DSC over a grid; :data:`GRID`), then applied unchanged to
    the TEST animals. The shipped placer ``gbp_refined`` (``refine.REFINED``)
    is run too.
-3. Brain DSC per animal (pooled over its slices, as ``studies.evaluation``)
+3. Brain DSC per animal (pooled over its slices, as ``rodent_gbp.evaluation``)
    of gbp, gbp_improved (its removal mask, as reported everywhere), its chosen
    mask undilated (the refinement's start), each refinement, and the oracle;
    paired per test animal.
@@ -44,8 +45,9 @@ from rodent_gbp import refine
 from rodent_gbp import scan
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies.common import context
-from rodent_gbp.studies import sanity
-from rodent_gbp.studies.placement_study import layers_from_top
+from rodent_gbp.studies.common import pooling
+from rodent_gbp.studies.common.gradients import gradient_images
+from rodent_gbp.studies.common.randomise import cascade_params, fresh_params, layers_from_top
 
 #: Evidence name -> (refinement source, gradient image used).
 EVIDENCE = {"gbp": ("gbp", "trained"), "intensity": ("intensity", None),
@@ -92,8 +94,8 @@ def prepare(volumes: Sequence, bundle, *, seed: int = 0,
   net = bundle.network("tissue")
   cfg = net.config
   order = layers_from_top(net.params)
-  fresh = sanity.fresh_params(net.model, bundle.slice_shape, seed)
-  randomised = sanity.cascade_params(net.params, fresh, order, len(order))
+  fresh = fresh_params(net.model, bundle.slice_shape, seed)
+  randomised = cascade_params(net.params, fresh, order, len(order))
   cands = placement.candidate_bank(bundle).masks()
   n_bank = bundle.bank.masks.shape[1]
   out = {}
@@ -105,15 +107,15 @@ def prepare(volumes: Sequence, bundle, *, seed: int = 0,
     truth = np.asarray(v.brainmask, bool)
     si = scan.bank_slice_index(len(images), n_bank)
     grads = {
-        "trained": sanity.gradient_images(net.model, net.params, images,
-                                          method=cfg.saliency_method, score=cfg.saliency_score,
-                                          classes=cfg.gradient_classes,
-                                          batch_size=cfg.eval_batch_size),
-        "randomised": sanity.gradient_images(net.model, randomised, images,
-                                             method=cfg.saliency_method,
-                                             score=cfg.saliency_score,
-                                             classes=cfg.gradient_classes,
-                                             batch_size=cfg.eval_batch_size)}
+        "trained": gradient_images(net.model, net.params, images,
+                                   method=cfg.saliency_method, score=cfg.saliency_score,
+                                   classes=cfg.gradient_classes,
+                                   batch_size=cfg.eval_batch_size),
+        "randomised": gradient_images(net.model, randomised, images,
+                                      method=cfg.saliency_method,
+                                      score=cfg.saliency_score,
+                                      classes=cfg.gradient_classes,
+                                      batch_size=cfg.eval_batch_size)}
     improved = placement.place("gbp_improved", images, bundle=bundle, slice_index=si,
                                gradient=grads["trained"])
     paper = placement.place("gbp", images, bundle=bundle, slice_index=si,
@@ -346,14 +348,10 @@ def pool(reports: Sequence[Mapping[str, Any]],
     per.update(rows)
     folds.append(rows)
   cols = list(POOLED) + (["supervised"] if supervised is not None else [])
-  fold_means = [{c: float(np.mean([r[c] for r in rows.values()])) for c in cols}
-                for rows in folds]
   animals = sorted(per)
   return {
-      "columns": cols, "animals": animals, "per_animal": per, "fold_means": fold_means,
-      "mean": {c: float(np.mean([f[c] for f in fold_means])) for c in cols},
-      "sd": {c: float(np.std([f[c] for f in fold_means], ddof=1)) if len(folds) > 1
-             else 0.0 for c in cols},
+      "columns": cols, "animals": animals, "per_animal": per,
+      **pooling.fold_statistics(folds, cols),
       "animal_mean": {c: float(np.mean([per[a][c] for a in animals])) for c in cols},
       "wins_vs_gbp_improved": {c: int(sum(per[a][c] > per[a]["gbp_improved"]
                                           for a in animals)) for c in cols},
@@ -374,16 +372,12 @@ def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
            "| fold | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
   for k, f in enumerate(pooled["fold_means"]):
     lines.append(f"| {k} | " + " | ".join(f"{f[c]:.4f}" for c in cols) + " |")
-  lines.append("| mean +- sd over folds | " + " | ".join(
-      f"{pooled['mean'][c]:.4f} +- {pooled['sd'][c]:.4f}" for c in cols) + " |")
+  lines.append("| mean +- sd over folds | " + pooling.mean_sd_cells(pooled, cols) + " |")
   lines += ["", f"Animals ({n}) on which each column beats `gbp_improved`: " + ", ".join(
       f"{c} {pooled['wins_vs_gbp_improved'][c]}" for c in cols if c != "gbp_improved"),
       "", f"Animals on which `refined_gbp` beats each column: " + ", ".join(
           f"{c} {v}" for c, v in pooled["refined_gbp_beats"].items()), "",
-      "| animal | fold | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
-  for a in pooled["animals"]:
-    r = pooled["per_animal"][a]
-    lines.append(f"| {a} | {r['fold']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+      *pooling.animal_table(pooled, cols)]
   return "\n".join(lines) + "\n"
 
 
@@ -395,22 +389,9 @@ def pool_files(report_paths: Sequence, out_dir, *, supervised_csv=None,
   Raises:
     DataError: a report or the CSV unreadable or without the needed columns.
   """
-  import csv
-  reports, sources = [], []
-  for p in report_paths:
-    path = pathlib.Path(p)
-    path = path / "refine.json" if path.is_dir() else path
-    if not path.is_file():
-      raise DataError(f"{path}: no refine.json to pool")
-    reports.append(fileio.read_json(path))
-    sources.append(str(path))
-  supervised = None
-  if supervised_csv is not None:
-    with open(supervised_csv, newline="") as f:
-      rows = list(csv.DictReader(f))
-    if not rows or not {"animal", "brain_dsc"} <= set(rows[0]):
-      raise DataError(f"{supervised_csv}: needs the columns animal and brain_dsc")
-    supervised = {r["animal"]: float(r["brain_dsc"]) for r in rows}
+  reports, sources = pooling.read_reports(report_paths, "refine.json")
+  supervised = (None if supervised_csv is None
+                else pooling.animal_column(supervised_csv, "brain_dsc"))
   pooled = pool(reports, supervised) | {"reports": sources,
                                         "supervised_csv": supervised_csv and str(supervised_csv)}
   out = pathlib.Path(out_dir)

@@ -3,7 +3,7 @@
 Adebayo et al. (2018), "Sanity checks for saliency maps": a map that explains
 the network must change when the network's weights do. The tissue network's
 layers are re-initialised cumulatively from the top (output) layer down
-(``placement_study.layers_from_top``: head, then the expansion from the
+(``common.randomise.layers_from_top``: head, then the expansion from the
 last level up, the bottleneck, the contraction from the deepest level up),
 each with its own initializer (the U-Net's ``init`` under one fixed seed, so
 a layer's fresh params are the same at every step). At every step the
@@ -21,7 +21,7 @@ are constant, rho undefined, are left out and counted).
 After full randomisation the saliency placers ``gbp`` and ``gbp_improved``
 (``placement.place``) run with the randomised params in a copy of the bundle
 whose raw-slice appearance (what ``gbp_improved`` locates with) is
-recomputed under them (``placement_study.with_params``); their brain DSC
+recomputed under them (``common.randomise.with_params``); their brain DSC
 against the true brain mask is reported beside the trained network's, for
 both scores (the bundle's config with ``saliency_score`` replaced; the
 paper's template, the bank's skull-stripped gradient images, stays the
@@ -37,44 +37,22 @@ import dataclasses
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from rodent_gbp import fileio
 from rodent_gbp import guided
 from rodent_gbp import metrics
-from rodent_gbp import parallel
 from rodent_gbp import placement
 from rodent_gbp import scan
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies.common import context
-from rodent_gbp.studies.placement_study import (layers_from_top, randomised_params,
-                                                spearman_rows, with_params)
+from rodent_gbp.studies.common.gradients import gradient_images
+from rodent_gbp.studies.common.randomise import (cascade_params, fresh_params, layers_from_top,
+                                                 spearman_rows, with_params)
 
 METHODS = ("guided", "vanilla", "deconvnet")
 SCORES = guided.SCORES
 PLACERS = ("gbp", "gbp_improved")
-
-
-def fresh_params(model, image_shape: tuple[int, int], seed: int = 0):
-  """A new initialisation of ``model`` (every layer by its own initializer)."""
-  from rodent_gbp import model as model_lib
-  return model_lib.init_params(model, jax.random.key(seed), image_shape)
-
-
-def cascade_params(params, fresh, order: Sequence[str], k: int):
-  """``params`` with the top ``k`` layers of ``order`` taken from ``fresh``."""
-  return randomised_params(params, fresh, list(order[:k]))
-
-
-def gradient_images(model, params, images: np.ndarray, *, method: str, score: str,
-                    classes: Sequence[int] = (1, 2, 3), batch_size: int = 40) -> np.ndarray:
-  """(N, H, W) gradient images of slices (N, H, W) (``guided.gradient_image``)."""
-  classes = tuple(int(c) for c in classes)
-  return np.asarray(parallel.run_batched(
-      lambda x: guided.gradient_image(model, params, x, classes=classes, method=method,
-                                      score=score),
-      {"x": np.asarray(images, np.float32)[..., None]}, batch_size)["out"])
 
 
 def correlations(maps: np.ndarray, trained: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
