@@ -1,6 +1,6 @@
-"""Tests for rodent_gbp.studies.realism: every statistic on arrays whose answer is
-known by construction (ratios, noise sd, bias ratio, edge width, CV), and the
-binary's outputs on a tiny phantom."""
+"""Tests for rodent_gbp.studies.realism and studies.common.borders: every
+statistic on arrays whose answer is known by construction (ratios, noise sd,
+bias ratio, edge width, CV), and the binary's outputs on a tiny phantom."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from rodent_gbp import phantom
 from rodent_gbp.studies import realism as R
+from rodent_gbp.studies.common import borders as B
 
 VS = (0.2, 0.5, 0.2)      # RAS voxel size in mm; coronal slices along axis 1
 
@@ -33,7 +34,7 @@ def _disc(shape, radius, center=None):
 def test_in_plane_distance_is_voxels_times_size_and_inf_without_region():
   mask = np.zeros((30, 3, 20), bool)
   mask[:10, :2] = True                      # slice 2 has no brain
-  d = R.in_plane_distance(mask, VS)
+  d = B.in_plane_distance(mask, VS)
   x = np.arange(30)
   np.testing.assert_allclose(d[:, 0, 5], np.maximum(x - 9, 0) * 0.2)
   assert np.all(np.isinf(d[:, 2]))
@@ -45,7 +46,7 @@ def test_shell_ratio_known_half_space():
   x = _grid(shape)[0]
   mask = x < 10
   image = np.select([mask, x - 9 <= 2, x - 9 <= 8], [2.0, 0.5, 1.0], 3.0)
-  px = R.pixel_mm(VS)
+  px = B.pixel_mm(VS)
   assert R.shell_ratio(image, mask, VS, 0, 2 * px) == pytest.approx(0.25)
   assert R.shell_ratio(image, mask, VS, 2 * px, 8 * px) == pytest.approx(0.5)
   assert math.isnan(R.shell_ratio(image, mask, VS, 50 * px, 60 * px))
@@ -155,17 +156,17 @@ def test_transition_width_of_a_linear_ramp_and_of_its_mirror():
   pos = np.arange(-4.0, 4.01, 0.5)
   ramp = np.clip((pos + 2.0) / 4.0, 0.0, 1.0)      # 0 at -2, 1 at +2
   kw = dict(lo_range=(-4.0, -3.0), hi_range=(3.0, 4.0))
-  w = R.transition_width(pos, 3.0 + 2.0 * ramp, **kw)
+  w = B.transition_width(pos, 3.0 + 2.0 * ramp, **kw)
   assert w["width"] == pytest.approx(3.2)
   assert (w["s10"], w["s90"]) == pytest.approx((-1.6, 1.6))
   assert (w["lo"], w["hi"]) == pytest.approx((3.0, 5.0))
   # Brighter on the negative side: the same width.
-  assert R.transition_width(pos, 5.0 - 2.0 * ramp, **kw)["width"] == pytest.approx(3.2)
+  assert B.transition_width(pos, 5.0 - 2.0 * ramp, **kw)["width"] == pytest.approx(3.2)
   # Levels closer than min_contrast (5 % of the larger): no edge, no width.
-  assert math.isnan(R.transition_width(pos, 1.0 + 0.04 * ramp, **kw)["width"])
-  assert R.transition_width(pos, 1.0 + 0.06 * ramp, **kw)["width"] == pytest.approx(3.2)
+  assert math.isnan(B.transition_width(pos, 1.0 + 0.04 * ramp, **kw)["width"])
+  assert B.transition_width(pos, 1.0 + 0.06 * ramp, **kw)["width"] == pytest.approx(3.2)
   # A profile that never reaches its upper level has no width.
-  assert math.isnan(R.transition_width(pos, ramp * 0.5, lo_range=(-4, -3),
+  assert math.isnan(B.transition_width(pos, ramp * 0.5, lo_range=(-4, -3),
                                        hi_range=(10, 11))["width"])
 
 
@@ -177,7 +178,7 @@ def test_edge_width_of_a_gaussian_blurred_step(blur):
   shape = (100, 2, 20)
   pos = _grid(shape)[0] >= 50
   image = ndimage.gaussian_filter(np.where(pos, 1.0, 0.0), (blur, 0, 0))
-  w = R.edge_width(image, pos, ~pos, VS, lo_range=(-15, -12), hi_range=(12, 15))
+  w = B.edge_width(image, pos, ~pos, VS, lo_range=(-15, -12), hi_range=(12, 15))
   assert w["width"] == pytest.approx(2.5631 * math.sqrt(blur ** 2 + 1 / 12), rel=0.02)
   assert w["width_mm"] == pytest.approx(w["width"] * 0.2)
   assert w["s10"] == pytest.approx(-w["s90"])
@@ -188,10 +189,10 @@ def test_edge_width_of_a_sharp_and_a_blurred_disc():
   disc = _disc(shape, 32)
   sharp = np.where(disc, 1.0, 0.0)
   kw = dict(lo_range=(-10, -8), hi_range=(8, 10))
-  assert 0.5 <= R.edge_width(sharp, disc, ~disc, VS, **kw)["width"] <= 0.85
+  assert 0.5 <= B.edge_width(sharp, disc, ~disc, VS, **kw)["width"] <= 0.85
   # A curved border reads a few per cent narrow (digitised distances).
   blurred = ndimage.gaussian_filter(sharp, (2.0, 0, 2.0))
-  assert R.edge_width(blurred, disc, ~disc, VS, **kw)["width"] == pytest.approx(
+  assert B.edge_width(blurred, disc, ~disc, VS, **kw)["width"] == pytest.approx(
       2.5631 * 2.0, rel=0.08)
 
 
@@ -201,8 +202,8 @@ def test_edge_profile_leaves_out_voxels_near_a_third_region():
   pos, neg = x >= 20, x < 20
   third = np.zeros(shape, bool)
   third[:, :, :10] = True
-  full = R.edge_profile(x, pos, neg, VS, max_voxels=3.5)
-  kept = R.edge_profile(x, pos, neg, VS, max_voxels=3.5, exclude=third, exclude_voxels=2)
+  full = B.edge_profile(x, pos, neg, VS, max_voxels=3.5)
+  kept = B.edge_profile(x, pos, neg, VS, max_voxels=3.5, exclude=third, exclude_voxels=2)
   assert full["count"].sum() == 8 * 2 * 40
   assert kept["count"].sum() == 8 * 2 * (40 - 12)
   np.testing.assert_allclose(full["position"], [-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5])
@@ -217,8 +218,8 @@ def test_between_class_excess_zero_for_sharp_border_large_for_blurred():
   clean = np.where(a, 0.45, 0.62)
   sharp = clean + rng.normal(0, 0.02, shape)
   blurred = ndimage.gaussian_filter(clean, (1.5, 0, 0)) + rng.normal(0, 0.02, shape)
-  assert abs(R.between_class_excess(sharp, a, b, VS)["excess"]) < 0.03
-  assert R.between_class_excess(blurred, a, b, VS)["excess"] > 0.3
+  assert abs(B.between_class_excess(sharp, a, b, VS)["excess"]) < 0.03
+  assert B.between_class_excess(blurred, a, b, VS)["excess"] > 0.3
 
 
 def test_rim_ratio_of_a_dark_outer_ring():
@@ -228,7 +229,7 @@ def test_rim_ratio_of_a_dark_outer_ring():
   cross[1, 0, :] = cross[:, 0, 1] = True
   ring = disc & ~ndimage.binary_erosion(disc, structure=cross)
   image = np.where(ring, 0.5, np.where(disc, 1.0, 0.0))
-  assert R.rim_ratio(image, disc, VS) == pytest.approx(0.5)
+  assert B.rim_ratio(image, disc, VS) == pytest.approx(0.5)
 
 
 # --- size and summaries ---------------------------------------------------------------
