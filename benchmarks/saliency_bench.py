@@ -68,7 +68,7 @@ _DEFAULT_OUT = _HERE / "results" / "saliency.json"
 
 def _params(features: int, depth: int, size: int, checkpoint: str | None, seed: int):
   if checkpoint:
-    from rodent_gbp import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+    from rodent_gbp.training import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
     loaded = ckpt.load_model(checkpoint)
     c = loaded.config
     return (model_lib.UNet(features=c.features, depth=c.depth, num_classes=c.num_classes),

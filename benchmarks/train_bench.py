@@ -6,14 +6,14 @@ training slices (6 animals x 40 slices of 96 x 96, 48 steps per epoch), soft
 Dice + cross-entropy, SGD with Nesterov momentum, flips and intensity scale.
 Three variants, each in its own subprocess, interleaved ``--repeats`` times:
 
-* ``before``: ``train.train_and_evaluate`` of the commit ``--before`` (default:
+* ``before``: ``tissue.train_and_evaluate`` of the commit ``--before`` (default:
   the parent of the commit that made the epoch device-resident), checked out
   with ``git worktree add``: each step gathers its batch on the host and
   ``device_put``s it;
 * ``after``: the same of this tree: the training set is on the device once,
   each step gathers its batch there by index;
 * ``torch``: ``benchmarks/torch_unet.TorchUNet`` (the same graph) trained on
-  the same slices, batches (``train.epoch_rows``), loss, optimiser and
+  the same slices, batches (``trainer.epoch_rows``), loss, optimiser and
   augmentation with PyTorch on the CPU (all cores: ``torch.get_num_threads()``).
 
 The JAX rates are the ``images_per_s`` the training record gives per epoch
@@ -79,12 +79,15 @@ def _config(epochs: int):
 def _child_jax(args) -> dict:
   """train_and_evaluate of whichever rodent_gbp is first on sys.path."""
   import jax
-  from rodent_gbp import train
+  try:
+    from rodent_gbp.training import tissue
+  except ImportError:  # a commit from before rodent_gbp/training/
+    from rodent_gbp import train as tissue
   config = _config(args.epochs)
-  r = train.train_and_evaluate(config, args.workdir, data_dir=args.data_dir,
+  r = tissue.train_and_evaluate(config, args.workdir, data_dir=args.data_dir,
                                log=lambda msg: None)
   return {"images_per_s": [h["images_per_s"] for h in r.history],
-          "loss": [h["loss"] for h in r.history], "module": train.__file__,
+          "loss": [h["loss"] for h in r.history], "module": tissue.__file__,
           "jax": jax.__version__}
 
 
@@ -95,7 +98,8 @@ def _child_torch(args) -> dict:
   import torch.nn.functional as F
   sys.path.insert(0, str(REPO / "benchmarks"))
   from torch_unet import TorchUNet  # pylint: disable=g-import-not-at-top
-  from rodent_gbp import data, train
+  from rodent_gbp import data
+  from rodent_gbp.training import trainer
 
   config = _config(args.epochs)
   volumes = {v.animal_id: v for v in data.load_dataset(pathlib.Path(args.data_dir))}
@@ -122,13 +126,13 @@ def _child_torch(args) -> dict:
   rates, losses = [], []
   for epoch in range(config.epochs):
     rows = torch.from_numpy(
-        train.epoch_rows(n, b, seed=config.seed, epoch=epoch).astype(np.int64))
+        trainer.epoch_rows(n, b, seed=config.seed, epoch=epoch).astype(np.int64))
     if epoch == 0:
       rows = rows[:_TORCH_WARMUP_STEPS]  # nothing to compile: a short warm-up
     t0, epoch_losses = time.perf_counter(), []
     for idx in rows:
       x, y = images[idx], labels[idx]
-      flip = torch.rand(b, generator=gen) < 0.5  # the H (R-L) axis, as train.augment
+      flip = torch.rand(b, generator=gen) < 0.5  # the H (R-L) axis, as augment.flip_and_scale
       x = torch.where(flip[:, None, None, None], x.flip(2), x)
       y = torch.where(flip[:, None, None], y.flip(1), y)
       x = x * torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=gen)

@@ -20,6 +20,7 @@ import sys
 from absl import app
 from absl import flags
 
+from rodent_gbp.training import flags as training_flags
 from rodent_gbp import cli
 from rodent_gbp import datasets
 from rodent_gbp import fileio
@@ -40,7 +41,7 @@ _FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "
 _BASELINE_DIR = flags.DEFINE_string("baseline_dir", str(_HERE / "results" / "cv_mouse_epi"),
                                     "Folder of the placers' committed fold<k>/per_animal.csv.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these fold numbers (e.g. 0,1).")
-cli.define_extractor_flags(flags.FLAGS)
+training_flags.define_extractor_flags(flags.FLAGS)
 _FIGURES = flags.DEFINE_bool("figures", True, "Write QC and saliency figures.")
 
 
@@ -55,7 +56,7 @@ def main(argv):
   folder = _DATA_DIR.value or datasets.prepare(
       "mouse_epi", data_root=_DATA_ROOT.value, cache_dir=_DATA_CACHE.value, log=_log)
   folds = crossval.read_fold_file(_FOLDS.value)
-  config, options = cli.extractor_settings(flags.FLAGS)
+  config, options = training_flags.extractor_settings(flags.FLAGS)
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
   workdir = pathlib.Path(_WORKDIR.value)
 

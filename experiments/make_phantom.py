@@ -3,14 +3,16 @@
   python experiments/make_phantom.py --out /tmp/phantom --animals 10 --seed 0
 
 Each animal gets ``<out>/<animal_id>/{image,labels,brainmask}.nii.gz`` (RAS+,
-shape (96, 40, 96), voxels 0.375 x 0.5 x 0.375 mm) and ``meta.json``.
+shape (96, 40, 96), voxels 0.375 x 0.5 x 0.375 mm) and ``meta.json``. A folder
+that already holds a complete standard phantom is left as it is.
 """
 
 from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp import phantom
+from rodent_gbp import configs
+from rodent_gbp import sources
 from rodent_gbp.errors import UsageError
 
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
@@ -26,8 +28,10 @@ def main(argv):
   for flag in (_ANIMALS, _SIZE):
     if flag.value < 1:
       raise UsageError(f"--{flag.name} {flag.value}: must be >= 1")
-  phantom.write_phantom(_OUT.value, animals=_ANIMALS.value, seed=_SEED.value,
-                        size=_SIZE.value, log=lambda msg: print(msg, flush=True))
+  config = configs.override(configs.get_config("default"), animals=_ANIMALS.value,
+                            phantom_seed=_SEED.value, image_size=_SIZE.value,
+                            phantom="standard")
+  sources.ensure_phantom(_OUT.value, config, log=lambda msg: print(msg, flush=True))
 
 
 if __name__ == "__main__":

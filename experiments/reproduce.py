@@ -88,7 +88,7 @@ def run_config() -> configs.Config:
   if _CHECKPOINT.value is None:
     return configs.override(configs.get_config(_CONFIG.value), phantom=_PHANTOM.value,
                             saliency_score=_SCORE.value, displacement=_DISPLACEMENT.value)
-  from rodent_gbp import checkpoint
+  from rodent_gbp.training import checkpoint
   stored = checkpoint.read_config(_CHECKPOINT.value)
   if _PHANTOM.value is not None and _PHANTOM.value != stored.phantom:
     raise UsageError(f"--phantom {_PHANTOM.value} conflicts with the config of --checkpoint "

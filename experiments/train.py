@@ -12,7 +12,7 @@ from absl import flags
 
 from rodent_gbp import cli
 from rodent_gbp import configs
-from rodent_gbp import train
+from rodent_gbp.training import tissue
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
 _DATA_DIR = flags.DEFINE_string(
@@ -36,7 +36,7 @@ def main(argv):
   config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
                             learning_rate=_LR.value, batch_size=_BATCH.value,
                             clip_grad_norm=_CLIP.value, saliency_score=_SCORE.value)
-  train.train_and_evaluate(config, _WORKDIR.value, data_dir=_DATA_DIR.value,
+  tissue.train_and_evaluate(config, _WORKDIR.value, data_dir=_DATA_DIR.value,
                            resume=_RESUME.value,
                            log=lambda msg: print(msg, flush=True))
 

@@ -8,9 +8,9 @@
 
 The U-Net (2 classes) is trained on raw normalised slices of every session of
 the training animals against their brain masks, with the on-device
-augmentation of ``rodent_gbp.augment``, for a fixed number of epochs; the
+augmentation of ``rodent_gbp.training.augment``, for a fixed number of epochs; the
 epoch with the best brain Dice on the validation animals (session 1) is kept
-(``rodent_gbp.supervised``). The split comes from ``--split_file`` (JSON
+(``rodent_gbp.training.extraction``). The split comes from ``--split_file`` (JSON
 ``{"train", "val", "test"}``) or fold ``--fold`` of ``--folds``. Writes the
 bundle folder (``--out``: new, extractor only; or ``--bundle``: an existing
 bundle, whose voxel size, slice shape and normalisation must match) and
@@ -22,10 +22,11 @@ import pathlib
 from absl import app
 from absl import flags
 
+from rodent_gbp.training import flags as training_flags
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import cli
 from rodent_gbp import fileio
-from rodent_gbp import supervised
+from rodent_gbp.training import extraction
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
 from rodent_gbp import report
@@ -42,7 +43,7 @@ _FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "
 _OUT = flags.DEFINE_string("out", None, "New bundle folder (extractor only).")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Existing bundle folder to add the "
                               "extractor to.")
-cli.define_extractor_flags(flags.FLAGS)
+training_flags.define_extractor_flags(flags.FLAGS)
 
 
 def _log(msg: str) -> None:
@@ -61,19 +62,19 @@ def main(argv):
   if (_SPLIT_FILE.value is None) == (_FOLD.value is None):
     raise UsageError("give exactly one of --split_file and --fold")
   split, source = crossval.split_from(_SPLIT_FILE.value, _FOLD.value, _FOLDS.value)
-  config, options = cli.extractor_settings(flags.FLAGS)
-  vols = supervised.load_split(_DATA_DIR.value, split, log=_log,
+  config, options = training_flags.extractor_settings(flags.FLAGS)
+  vols = extraction.load_split(_DATA_DIR.value, split, log=_log,
                               source=source)
-  result = supervised.train_extractor(vols["train"], vols["val"], config, options=options,
+  result = extraction.train_extractor(vols["train"], vols["val"], config, options=options,
                                       log=_log)
   info = {"data_dir": str(_DATA_DIR.value), "augment": dict(options.__dict__),
           "provenance": report.provenance(config.seed)}
   if _OUT.value is not None:
-    folder = bundle_lib.save_bundle(_OUT.value, supervised.make_bundle(
+    folder = bundle_lib.save_bundle(_OUT.value, extraction.make_bundle(
         result, vols["train"], split, **info))
   else:
     folder = pathlib.Path(_BUNDLE.value)
-    supervised.add_to_bundle(folder, result, vols["train"], split, **info)
+    extraction.add_to_bundle(folder, result, vols["train"], split, **info)
   fileio.write_json(folder / "extractor_history.json", {
       "split": split, "config": config.to_dict(), "history": result.history,
       "kept_epoch": result.kept_epoch, "val_brain_dsc": result.best_val_dice})

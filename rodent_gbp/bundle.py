@@ -12,10 +12,10 @@ A bundle folder holds:
 
 It can hold more than one named network: ``tissue`` (the segmentation U-Net
 whose saliency places the mask) and, when trained, others such as the brain
-extraction network ``extractor`` (``rodent_gbp.supervised``). A bundle of an
+extraction network ``extractor`` (``rodent_gbp.extractor``). A bundle of an
 ``extractor`` alone (``experiments/train_extractor.py`` without ``--bundle``)
 has no ``tissue`` network and no template bank; its ``bundle.json`` records
-the slice shape (``info["slice_shape"]``) instead. Training checkpoints (Orbax, ``rodent_gbp.checkpoint``)
+the slice shape (``info["slice_shape"]``) instead. Training checkpoints (Orbax, ``rodent_gbp.training.checkpoint``)
 are the training run's state; the bundle is what is handed to users.
 
 Example::
@@ -240,3 +240,29 @@ def load_bundle(folder: os.PathLike | str) -> Bundle:
   return Bundle(networks=networks, normalisation=rule, bank=bank, voxel_size=vs,
                 voxel_size_source=str(meta.get("voxel_size_source", "bundle.json")),
                 split=meta.get("split"), info=info, folder=folder)
+
+
+def make_bundle(config: configs.Config, params, train_volumes, *, normalisation: dict,
+                normalisation_source: os.PathLike | str, split: dict | None,
+                info: dict | None = None) -> Bundle:
+  """The model bundle of a trained tissue network: the network, the normalisation
+  rule of its training run, the template bank of its training volumes, their
+  voxel size, the split.
+
+  Args:
+    config, params: the tissue network.
+    train_volumes: the training animals' evaluated sessions (the bank's animals).
+    normalisation: the run's normalisation record (``data.normalisation_record``),
+      read from ``normalisation_source`` (named in errors).
+    split: the run's split.
+    info: recorded with the network (checkpoint folder, kept epoch, ...).
+  """
+  bank = bank_lib.build_template_bank(
+      model_lib.build_unet(config), params, train_volumes,
+      classes=tuple(config.gradient_classes), method=config.saliency_method,
+      score=config.saliency_score, batch_size=config.eval_batch_size)
+  vs, source = voxel_size_of(train_volumes, config)
+  return Bundle(
+      networks={"tissue": Network(config=config, params=params, info=dict(info or {}))},
+      normalisation=normalisation_rule(normalisation, normalisation_source),
+      bank=bank, voxel_size=vs, voxel_size_source=source, split=split)

@@ -513,3 +513,16 @@ def iterate_batches(arrays: Mapping[str, np.ndarray], batch_size: int, *, seed: 
   for start in range(0, stop, batch_size):
     idx = order[start:start + batch_size]
     yield {k: v[idx] for k, v in arrays.items()}
+
+
+def normalisation_record(volumes) -> dict:
+  """What ``normalisation.json`` holds: the rule, and each animal's params.
+
+  The top level is a params dict ``data.apply_normalisation`` accepts (for the
+  per-volume ``robust_max`` rule without a fixed ``scale``: inference recomputes
+  it per scan, as training did); ``per_animal`` keeps every volume's params.
+  """
+  rule = dict(volumes[0].normalisation)
+  if rule.get("method") == "robust_max":
+    rule.pop("scale", None)
+  return {**rule, "per_animal": {v.animal_id: dict(v.normalisation) for v in volumes}}

@@ -23,7 +23,7 @@ the model's voxel size and slice shape (``bundle.slice_shape``):
   GBP image's brain edge (``rodent_gbp.refine``): fits the individual brain,
   still with no raw-image training.
 * ``supervised``: the bundle's ``extractor`` network, trained on raw slices
-  against brain masks (``rodent_gbp.supervised``); no saliency.
+  against brain masks (``rodent_gbp.extractor``); no saliency.
 
 The mask a placer returns is the removal mask: the one applied before the
 network segments again and the one written to disk. Evaluators that need the
@@ -55,6 +55,7 @@ from rodent_gbp import candidates as candidates_lib
 from rodent_gbp import configs
 from rodent_gbp import correlate
 from rodent_gbp import enhance
+from rodent_gbp import extractor
 from rodent_gbp import guided
 from rodent_gbp import parallel
 from rodent_gbp import search
@@ -421,9 +422,8 @@ def intensity(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
 
 
 def supervised(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
-  """The bundle's ``extractor`` network's brain mask (``rodent_gbp.supervised``); no saliency."""
-  from rodent_gbp import supervised as supervised_lib
-  out = supervised_lib.extract(_check(slices, bundle, slice_index)[0], bundle=bundle)
+  """The bundle's ``extractor`` network's brain mask (``rodent_gbp.extractor``); no saliency."""
+  out = extractor.extract(_check(slices, bundle, slice_index)[0], bundle=bundle)
   return Placement(mask=out["mask"], details={"probability": out["probability"]})
 
 
@@ -487,8 +487,7 @@ def check_placer(name: str, bundle) -> None:
   if name not in PLACERS:
     raise UsageError(f"unknown placement {name!r}; one of {', '.join(PLACERS)}")
   if name == "supervised":
-    from rodent_gbp import supervised as supervised_lib
-    supervised_lib.check_bundle(bundle)
+    extractor.check_bundle(bundle)
   if name in ("gbp_improved", "gbp_refined") and bundle.bank.appearance is None:
     raise CheckpointError(f"{bundle.where('templates.npz')}: the template bank has no "
                           f"raw-slice appearance, which {name} needs; rebuild the "

@@ -6,7 +6,7 @@
 
 Runs, on a mesh of ONE device and on a mesh of ALL devices of the run (every
 process's): three training steps with a large learning rate (the library's
-``train.train_step``, jitted once per mesh), a deliberately wrong step on all
+``tissue.train_step``, jitted once per mesh), a deliberately wrong step on all
 devices (each device's local loss and gradient, no cross-device mean), and the
 GBP removal pipeline (template bank, ``pipeline.raw_pass``, the paper's
 placement, ``pipeline.remove_and_segment``) on a tiny phantom animal.
@@ -16,7 +16,7 @@ multi-process run the one-device reference uses this process's first device.
   python tests/_parallel_worker.py --devices 1 --out p0.npz --train_loop WORKDIR \
       --data_dir DATA --coordinator 127.0.0.1:PORT --num_processes 2 --process_id 0
 
-With ``--train_loop`` it runs ``train.train_and_evaluate`` instead (smoke
+With ``--train_loop`` it runs ``tissue.train_and_evaluate`` instead (smoke
 config, ``--epochs``, ``--max_train_seconds``) and writes its per-epoch steps
 and losses. The environment variable ``RODENT_GBP_TEST_CLOCK_RATE`` (test only)
 makes this process's training clock run that many times faster than the real
@@ -83,7 +83,8 @@ from rodent_gbp import model as model_lib  # noqa: E402
 from rodent_gbp import phantom  # noqa: E402
 from rodent_gbp import pipeline  # noqa: E402
 from rodent_gbp import placement  # noqa: E402
-from rodent_gbp import train  # noqa: E402
+from rodent_gbp.training import trainer  # noqa: E402
+from rodent_gbp.training import tissue  # noqa: E402
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -113,7 +114,7 @@ def training_batches(vol, config):
 
 def initial_state(config, image_shape):
   """Host copy of the initial train state (one jitted init, not op by op)."""
-  init = jax.jit(train.create_train_state, static_argnums=(0, 2))
+  init = jax.jit(trainer.create_train_state, static_argnums=(0, 2))
   return jax.device_get(init(config, jax.random.PRNGKey(0), tuple(image_shape)))
 
 
@@ -132,7 +133,7 @@ def local_only_step(mesh, model, config):
   Each device takes the step on its own shard's loss; the replicated output
   spec (unchecked) then keeps one device's params.
   """
-  step = functools.partial(train.train_step, model=model, config=config)
+  step = functools.partial(tissue.train_step, model=model, config=config)
   return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("data")),
                                out_specs=(P(), P()), check_vma=False))
 
@@ -143,10 +144,10 @@ def train_loop():
   if rate != 1:
     import time
     t0 = time.perf_counter()
-    train._clock = lambda: t0 + rate * (time.perf_counter() - t0)
+    trainer.clock = lambda: t0 + rate * (time.perf_counter() - t0)
   config = configs.override(configs.get_config("smoke"), animals=3, image_size=48,
                             epochs=ARGS.epochs, max_train_seconds=ARGS.max_train_seconds)
-  r = train.train_and_evaluate(config, ARGS.train_loop, data_dir=ARGS.data_dir,
+  r = tissue.train_and_evaluate(config, ARGS.train_loop, data_dir=ARGS.data_dir,
                                log=lambda msg: print(msg, flush=True))
   np.savez(ARGS.out, steps=np.array([h["step"] for h in r.history]),
            losses=np.array([h["loss"] for h in r.history]),
@@ -170,7 +171,7 @@ def main():
          "process_count": np.int32(jax.process_count())}
   for name in ARGS.meshes.split(","):
     mesh = meshes[name]
-    step_fn = jax.jit(functools.partial(train.train_step, model=model, config=config))
+    step_fn = jax.jit(functools.partial(tissue.train_step, model=model, config=config))
     params, losses = run_training(mesh, state0, batches, step_fn)
     out[f"{name}/loss"] = losses
     for k, v in jax.tree_util.tree_leaves_with_path(params):

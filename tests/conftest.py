@@ -44,20 +44,24 @@ SMOKE_ANIMALS = 5
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> pathlib.Path:
-  """A 5-animal phantom at the default geometry, written once per session."""
-  from rodent_gbp import phantom
-  root = tmp_path_factory.mktemp("phantom")
-  phantom.write_phantom(root, animals=SMOKE_ANIMALS, seed=0, size=96)
-  return root
+  """A 5-animal phantom at the default geometry, written once per session
+  (by ``sources.ensure_phantom``, as the main job writes its phantom)."""
+  from rodent_gbp import configs
+  from rodent_gbp import sources
+  config = configs.override(configs.get_config("smoke"), animals=SMOKE_ANIMALS,
+                            phantom_seed=0, image_size=96, phantom="standard")
+  return sources.ensure_phantom(tmp_path_factory.mktemp("phantom"), config,
+                                log=lambda msg: None)
 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, phantom_dir):
   """The ``smoke`` config trained once on ``phantom_dir``; shared, read-only."""
-  from rodent_gbp import configs, train
+  from rodent_gbp import configs
+  from rodent_gbp.training import tissue
   workdir = tmp_path_factory.mktemp("smoke_run")
   config = configs.get_config("smoke")
-  result = train.train_and_evaluate(config, workdir, data_dir=phantom_dir)
+  result = tissue.train_and_evaluate(config, workdir, data_dir=phantom_dir)
   return result
 
 
@@ -114,7 +118,7 @@ def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
   """The smoke model's bundle folder ``<workdir>/model``, built once per session.
 
   Built by the code ``job.run`` writes its
-  ``<workdir>/model`` with: ``job.make_bundle`` of the training animals
+  ``<workdir>/model`` with: ``bundle.make_bundle`` of the training animals
   (tissue network, normalisation, template bank with the reference's
   raw-slice appearance, voxel size), then ``bundle.save_bundle``. The test
   animals are not evaluated here (``test_reproduce`` runs the whole job).
@@ -125,11 +129,14 @@ def segment_model(tmp_path_factory, smoke_run, phantom_dir) -> pathlib.Path:
   import shutil
   from rodent_gbp import bundle as bundle_lib
   from rodent_gbp import data
-  from rodent_gbp import job
+  from rodent_gbp import fileio
   shutil.rmtree(folder, ignore_errors=True)
   volumes = [data.load_animal(phantom_dir / a) for a in smoke_run.split["train"]]
-  bundle = job.make_bundle(smoke_run.config, smoke_run.params, volumes,
-                                 pathlib.Path(smoke_run.checkpoint_dir), smoke_run.split)
+  record = pathlib.Path(smoke_run.checkpoint_dir) / "normalisation.json"
+  bundle = bundle_lib.make_bundle(
+      smoke_run.config, smoke_run.params, volumes, normalisation=fileio.read_json(record),
+      normalisation_source=record, split=smoke_run.split,
+      info={"checkpoint_dir": str(smoke_run.checkpoint_dir)})
   bundle_lib.save_bundle(folder, bundle)
   return folder
 

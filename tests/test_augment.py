@@ -1,4 +1,4 @@
-"""Known answers of the on-device augmentation (rodent_gbp.augment)."""
+"""Known answers of the on-device augmentation (rodent_gbp.training.augment)."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rodent_gbp import augment
+from rodent_gbp.training import augment
 
 
 def _disk(n: int, r: float, centre=None) -> np.ndarray:

@@ -17,7 +17,7 @@ import json
 import jax
 import numpy as np
 
-from rodent_gbp import train
+from rodent_gbp.training import tissue
 
 _VOLATILE = ("timing", "provenance")
 _VOLATILE_EPOCH = ("seconds", "train_seconds", "images_per_s")
@@ -33,7 +33,7 @@ def _steady(record: dict) -> dict:
 
 
 def test_same_seed_same_training(tmp_path, smoke_run, phantom_dir):
-  again = train.train_and_evaluate(smoke_run.config, tmp_path / "again", data_dir=phantom_dir)
+  again = tissue.train_and_evaluate(smoke_run.config, tmp_path / "again", data_dir=phantom_dir)
   assert again.split == smoke_run.split
   steady = lambda hist: [{k: v for k, v in h.items() if k not in _VOLATILE_EPOCH}
                          for h in hist]

@@ -269,7 +269,7 @@ def test_time_cap_is_one_decision_for_all_processes(tmp_path):
     np.testing.assert_array_equal(r["steps"], [1])
     np.testing.assert_array_equal(r["partial"], [True])
   np.testing.assert_array_equal(runs[0]["losses"], runs[1]["losses"])
-  from rodent_gbp import checkpoint
+  from rodent_gbp.training import checkpoint
   assert checkpoint.read_meta(tmp_path / "run" / "checkpoints", "latest")["step"] == 1
 
 
@@ -315,7 +315,7 @@ def test_train_binary_on_two_processes_matches_one(tmp_path, binary):
                      "--config=smoke", *extra])
 
   import shutil
-  from rodent_gbp import checkpoint
+  from rodent_gbp.training import checkpoint
   read = lambda d: checkpoint.read_meta(tmp_path / d / "checkpoints", "latest")
   one_process(["--epochs=1"])
   epoch1 = read("one")

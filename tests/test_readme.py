@@ -46,7 +46,7 @@ def test_readme_binary_example_runs(tmp_path, binary):
     argv = shlex.split(line)[2:]
     argv = [a.replace("runs/train", str(tmp_path / "train")) for a in argv]
     binary("train", argv)
-  from rodent_gbp import checkpoint
+  from rodent_gbp.training import checkpoint
   meta = checkpoint.read_meta(tmp_path / "train" / "checkpoints", "latest")
   # 2 epochs, then --resume continues to the 3rd: three history records.
   assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]

@@ -82,15 +82,15 @@ def test_results_json_layout(smoke_reproduce, smoke_run):
 def test_time_cap_warning_in_tables(smoke_reproduce):
   """tables.md warns when max_train_seconds cut training short (and only then).
 
-  Which epoch a run keeps is ``train.training_summary``'s business (test_train).
+  Which epoch a run keeps is ``tissue.training_summary``'s business (test_train).
   """
   from rodent_gbp import report
-  from rodent_gbp import train
+  from rodent_gbp.training import tissue
   config = configs.override(configs.get_config("smoke"), epochs=5, max_train_seconds=30)
   history = [{"epoch": e, "seconds": t, "val_mean_tissue_dice": d, "val_dice": {},
               "partial_epoch": e == 2}
              for e, t, d in ((0, 10.0, 0.5), (1, 12.0, 0.7), (2, 8.5, 0.6))]
-  tr = train.training_summary(history, config)
+  tr = tissue.training_summary(history, config)
   assert (tr["epochs_planned"], tr["epochs_completed"]) == (5, 2)
   assert tr["stopped_by_time_cap"] is True
   assert tr["epochs_seconds"] == pytest.approx(30.5)
@@ -223,7 +223,7 @@ def test_checkpoint_config_is_used_without_config_flag(smoke_run):
 def test_a_checkpoint_is_evaluated_with_the_given_displacement(smoke_run, tmp_path):
   from rodent_gbp import job
   given = configs.override(smoke_run.config, displacement="volume")
-  config, _, split, _, _ = job._load_or_train(
+  config, _, split, _, _ = job.load_or_train(
       given, tmp_path, None, smoke_run.checkpoint_dir, {}, lambda _: None)
   assert config == given and split == smoke_run.split
 
@@ -243,7 +243,7 @@ def test_conflicting_config_and_checkpoint_are_refused(smoke_run, tmp_path, bina
 
 def test_config_fields_differing_from_the_checkpoint_are_named(smoke_run, tmp_path):
   """A checkpoint of the smoke config with 2 epochs conflicts with --config smoke."""
-  from rodent_gbp import checkpoint
+  from rodent_gbp.training import checkpoint
   from rodent_gbp import fileio
   ckpt = tmp_path / "checkpoints"
   ckpt.mkdir()

@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from rodent_gbp import checkpoint
+from rodent_gbp.training import checkpoint
 from rodent_gbp import phantom
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -10,11 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from rodent_gbp.training import flags as training_flags
+from rodent_gbp import extractor
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import data
 from rodent_gbp import metrics
 from rodent_gbp import placement
-from rodent_gbp import supervised
+from rodent_gbp.training import extraction
 from rodent_gbp.errors import CheckpointError
 
 N = 32
@@ -46,12 +48,12 @@ def _volume(animal: str, seed: int, slices: int = 8) -> data.Volume:
 def trained():
   train = [_volume("a", 0), _volume("b", 1)]
   val = [_volume("c", 2)]
-  config = supervised.extractor_config(features=4, depth=2, epochs=4, batch_size=4,
+  config = extraction.extractor_config(features=4, depth=2, epochs=4, batch_size=4,
                                        learning_rate=1e-2, decay=0.0)
   # optax.adam's bias correction (``decay ** count``, a Python float to an
   # int32 power) has no promotion path under the suite's strict dtype mode.
   with jax.numpy_dtype_promotion("standard"):
-    result = supervised.train_extractor(train, val, config, log=lambda _: None)
+    result = extraction.train_extractor(train, val, config, log=lambda _: None)
   return train, val, result
 
 
@@ -72,13 +74,13 @@ def test_postprocess_keeps_the_largest_component_and_fills_holes():
   cavity = np.zeros((5, 9, 9), bool)
   cavity[:, 1:8, 1:8] = True
   cavity[1:4, 3:6, 3:6] = False             # closed in 3D, open in no slice? (slices 0, 4 shut it)
-  out = supervised.postprocess(mask)
+  out = extractor.postprocess(mask)
   expect = np.zeros_like(mask)
   expect[:, 2:9, 2:9] = True
   np.testing.assert_array_equal(out, expect)
-  np.testing.assert_array_equal(supervised.postprocess(cavity), np.pad(
+  np.testing.assert_array_equal(extractor.postprocess(cavity), np.pad(
       np.ones((5, 7, 7), bool), ((0, 0), (1, 1), (1, 1))))
-  assert not supervised.postprocess(np.zeros((2, 4, 4), bool)).any()
+  assert not extractor.postprocess(np.zeros((2, 4, 4), bool)).any()
 
 
 def test_hd95_known_answers():
@@ -116,20 +118,20 @@ def test_placer_refuses_a_bundle_without_an_extractor(tmp_path, trained):
 
 def test_extractor_bundle_round_trip_and_placer(tmp_path, trained):
   train, val, result = trained
-  folder = bundle_lib.save_bundle(tmp_path / "ext", supervised.make_bundle(
+  folder = bundle_lib.save_bundle(tmp_path / "ext", extraction.make_bundle(
       result, train, {"train": ["a", "b"], "val": ["c"], "test": []}))
   loaded = bundle_lib.load_bundle(folder)
   assert loaded.bank is None and loaded.slice_shape == (N, N)
   assert set(loaded.networks) == {"extractor"}
   v = val[0]
   placed = placement.place("supervised", v.image, bundle=loaded)
-  direct = supervised.extract_with(result.params, v.image, model=result.network().model)
+  direct = extractor.extract_with(result.params, v.image, model=result.network().model)
   np.testing.assert_array_equal(placed.mask, direct["mask"])
   assert placed.mask.dtype == bool and placed.mask.shape == v.image.shape
   # The post-processed mask is one component without holes.
-  assert np.array_equal(supervised.postprocess(placed.mask), placed.mask)
+  assert np.array_equal(extractor.postprocess(placed.mask), placed.mask)
   # Rotating the input a quarter turn rotates the (orientation-averaged) probability.
-  turned = supervised.extract_with(result.params, np.rot90(v.image, 1, axes=(1, 2)).copy(),
+  turned = extractor.extract_with(result.params, np.rot90(v.image, 1, axes=(1, 2)).copy(),
                                    model=result.network().model)
   np.testing.assert_allclose(turned["probability"],
                              np.rot90(direct["probability"], 1, axes=(1, 2)), atol=1e-5)
@@ -139,7 +141,7 @@ def test_extractor_bundle_round_trip_and_placer(tmp_path, trained):
   b.voxel_size = loaded.voxel_size
   b.normalisation = loaded.normalisation
   bundle_lib.save_bundle(tmp_path / "both", b)
-  supervised.add_to_bundle(tmp_path / "both", result, train, None)
+  extraction.add_to_bundle(tmp_path / "both", result, train, None)
   both = bundle_lib.load_bundle(tmp_path / "both")
   assert set(both.networks) == {"tissue", "extractor"}
 
@@ -156,13 +158,13 @@ def test_extractor_flags_default_to_the_measured_setting():
   for script, extra in required.items():
     with imported_binary(script):
       flags.FLAGS([script, "--seed=3", "--features=4", *extra])
-      config, options = cli.extractor_settings(flags.FLAGS)
+      config, options = training_flags.extractor_settings(flags.FLAGS)
       flags.FLAGS.unparse_flags()
     assert (config.depth, config.epochs, config.batch_size) == (
         ship.EXTRACTOR["depth"], ship.EXTRACTOR["epochs"], ship.EXTRACTOR["batch_size"])
     assert (config.features, config.seed, config.num_classes) == (4, 3, 2)
     assert options.resolution == 1.5
-  assert supervised.extractor_config().features == ship.EXTRACTOR["features"]
+  assert extraction.extractor_config().features == ship.EXTRACTOR["features"]
 
 
 def test_split_from_a_file_a_fold_or_neither(tmp_path):

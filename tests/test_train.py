@@ -12,15 +12,18 @@ import numpy as np
 import optax
 import pytest
 
-from rodent_gbp import checkpoint
+from rodent_gbp.training import checkpoint
 from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import errors
-from rodent_gbp import losses
+from rodent_gbp.training import losses
 from rodent_gbp import metrics
 from rodent_gbp import model as model_lib
 from rodent_gbp import phantom
-from rodent_gbp import train
+from rodent_gbp.training import trainer
+from rodent_gbp.training import optim
+from rodent_gbp.training import augment
+from rodent_gbp.training import tissue
 
 # ---------------------------------------------------------------- Dice loss --
 
@@ -31,7 +34,6 @@ _PROBS = jnp.array([[[[1.0, 0.0], [0.25, 0.75], [0.5, 0.5], [0.0, 1.0]]]], jnp.f
 
 
 def test_dice_perfect_is_zero():
-  assert train.dice_loss is losses.dice_loss  # still importable from train
   assert float(losses.dice_loss(_TRUTH, _TRUTH)) == 0.0
   assert float(losses.dice_loss(_TRUTH, _TRUTH, smooth=0.0)) == 0.0
 
@@ -91,7 +93,7 @@ def test_paper_config_is_exact():
 
 
 def test_learning_rate_time_based_decay():
-  lr = train.learning_rate_fn(configs.get_config("paper"))
+  lr = optim.learning_rate_fn(configs.get_config("paper"))
   for t in (0, 1, 1000):
     assert float(lr(t)) == pytest.approx(3e-4 / (1 + 1.5e-6 * t), rel=1e-6)
   assert float(lr(1000)) == pytest.approx(2.9955067e-4, rel=1e-6)
@@ -99,13 +101,13 @@ def test_learning_rate_time_based_decay():
 
 def test_optimizer_is_sgd_momentum_on_the_schedule():
   c = configs.get_config("paper")
-  tx = train.make_optimizer(c)
+  tx = optim.make_optimizer(c)
   p = {"w": jnp.zeros(3, jnp.float32)}
   g1, g2 = {"w": jnp.array([1.0, 2, 3])}, {"w": jnp.array([0.5, 0, -1])}
   s = tx.init(p)
   u1, s = tx.update(g1, s, p)
   u2, s = tx.update(g2, s, p)
-  lr = train.learning_rate_fn(c)
+  lr = optim.learning_rate_fn(c)
   np.testing.assert_allclose(u1["w"], -lr(0) * g1["w"], rtol=1e-6)
   np.testing.assert_allclose(u2["w"], -lr(1) * (g2["w"] + 0.9 * g1["w"]), rtol=1e-6)
 
@@ -124,7 +126,7 @@ def _tiny_batch():
 def test_one_real_step_lowers_the_loss():
   config = configs.override(configs.get_config("smoke"), augment=False)
   model = model_lib.build_unet(config)
-  state = train.create_train_state(config, jax.random.PRNGKey(0), (16, 16))
+  state = trainer.create_train_state(config, jax.random.PRNGKey(0), (16, 16))
   batch = _tiny_batch()
 
   def loss_of(params):
@@ -132,7 +134,7 @@ def test_one_real_step_lowers_the_loss():
     return float(losses.segmentation_loss(logits, batch["label"], config.loss)[0])
 
   before = loss_of(state.params)
-  step = jax.jit(functools.partial(train.train_step, model=model, config=config),
+  step = jax.jit(functools.partial(tissue.train_step, model=model, config=config),
                  donate_argnums=0)
   grads = jax.grad(lambda p: losses.segmentation_loss(
       model.apply({"params": p}, batch["image"]), batch["label"], config.loss)[0])(state.params)
@@ -148,19 +150,19 @@ def test_clipping_scales_a_large_gradient_to_the_norm():
   c = configs.override(configs.get_config("paper"), clip_grad_norm=1.0)
   assert configs.get_config("paper").clip_grad_norm == 0.0   # the paper clips nothing
   assert configs.get_config("default").clip_grad_norm > 0
-  tx = train.make_optimizer(c)
+  tx = optim.make_optimizer(c)
   p = {"a": jnp.zeros(2, jnp.float32), "b": jnp.zeros(1, jnp.float32)}
   g = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([4.0])}     # global norm 5
   u, s = tx.update(g, tx.init(p), p)
-  lr = float(train.learning_rate_fn(c)(0))
+  lr = float(optim.learning_rate_fn(c)(0))
   np.testing.assert_allclose(u["a"], [-lr * 3 / 5, 0.0], rtol=1e-6)
   np.testing.assert_allclose(u["b"], [-lr * 4 / 5], rtol=1e-6)
   small = {"a": jnp.array([0.3, 0.0]), "b": jnp.array([0.4])}  # norm 0.5: untouched
   u2, _ = tx.update(small, s, p)
-  np.testing.assert_allclose(u2["b"], [-float(train.learning_rate_fn(c)(1)) * (0.4 + 0.9 * 0.8)],
+  np.testing.assert_allclose(u2["b"], [-float(optim.learning_rate_fn(c)(1)) * (0.4 + 0.9 * 0.8)],
                              rtol=1e-6)
   # The paper's optimiser passes the same large gradient unclipped.
-  paper = train.make_optimizer(configs.get_config("paper"))
+  paper = optim.make_optimizer(configs.get_config("paper"))
   u, _ = paper.update(g, paper.init(p), p)
   np.testing.assert_allclose(u["a"], [-lr * 3, 0.0], rtol=1e-6)
   np.testing.assert_allclose(u["b"], [-lr * 4], rtol=1e-6)
@@ -175,16 +177,16 @@ def test_a_clipped_step_applies_the_clipped_gradient():
   base = configs.override(configs.get_config("smoke"), augment=False)
   model = model_lib.build_unet(base)
   batch = _tiny_batch()
-  state = train.create_train_state(base, jax.random.PRNGKey(0), (16, 16))
+  state = trainer.create_train_state(base, jax.random.PRNGKey(0), (16, 16))
   grads = jax.device_get(jax.grad(lambda p: losses.segmentation_loss(
       model.apply({"params": p}, batch["image"]), batch["label"], base.loss)[0])(state.params))
   norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in jax.tree.leaves(grads)))
   clip = float(norm) / 4
   config = configs.override(base, clip_grad_norm=clip)
-  lr0 = float(train.learning_rate_fn(config)(0))
+  lr0 = float(optim.learning_rate_fn(config)(0))
   want = jax.tree.map(lambda p, g: np.asarray(p) - lr0 * np.asarray(g) * (clip / norm),
                       jax.device_get(state.params), grads)
-  step = jax.jit(functools.partial(train.train_step, model=model, config=config))
+  step = jax.jit(functools.partial(tissue.train_step, model=model, config=config))
   new, metrics = step(state, batch)
   assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-4)  # before clipping
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7),
@@ -209,11 +211,11 @@ def test_a_stored_config_without_clip_grad_norm_loads_unclipped():
 def test_check_finite_names_the_first_bad_step_and_what_to_change(tmp_path):
   ok = np.ones(5, np.float32)
   smoke, default = configs.get_config("smoke"), configs.get_config("default")
-  train.check_finite(ok, ok, config=smoke, epoch=0, first_step=0, checkpoint_dir=tmp_path)
+  optim.check_finite(ok, ok, config=smoke, epoch=0, first_step=0, checkpoint_dir=tmp_path)
   norms = np.array([1.0, 2.0, np.nan, np.inf, 1.0], np.float32)
   losses_ = np.array([0.5, 0.4, 0.3, np.nan, np.nan], np.float32)
   with pytest.raises(errors.TrainingError) as e:
-    train.check_finite(losses_, norms, config=smoke, epoch=2, first_step=10,
+    optim.check_finite(losses_, norms, config=smoke, epoch=2, first_step=10,
                        checkpoint_dir=tmp_path)
   msg = str(e.value)
   # Steps 11-15 of the run; the third (step 13) has a finite loss, a NaN gradient.
@@ -224,7 +226,7 @@ def test_check_finite_names_the_first_bad_step_and_what_to_change(tmp_path):
     assert advice in msg, advice
   # A run that already clips, with the default config: only the learning rate is left.
   with pytest.raises(errors.TrainingError) as e:
-    train.check_finite(losses_, ok, config=default, epoch=0, first_step=0,
+    optim.check_finite(losses_, ok, config=default, epoch=0, first_step=0,
                        checkpoint_dir=tmp_path)
   msg = str(e.value)
   assert "non-finite loss at epoch 1, step 4" in msg and "--learning_rate" in msg
@@ -235,8 +237,8 @@ def test_check_finite_names_the_first_bad_step_and_what_to_change(tmp_path):
 def test_augment_is_deterministic_and_flips_label_with_image():
   batch = _tiny_batch()
   key = jax.random.fold_in(jax.random.PRNGKey(0), 7)
-  a_img, a_lab = train.augment(key, batch["image"], batch["label"])
-  b_img, b_lab = train.augment(key, batch["image"], batch["label"])
+  a_img, a_lab = augment.flip_and_scale(key, batch["image"], batch["label"])
+  b_img, b_lab = augment.flip_and_scale(key, batch["image"], batch["label"])
   np.testing.assert_array_equal(a_img, b_img)
   np.testing.assert_array_equal(a_lab, b_lab)
   for i in range(2):
@@ -252,7 +254,7 @@ def test_augment_is_deterministic_and_flips_label_with_image():
 def test_eval_step_counts_match_numpy_and_mask_input():
   config = configs.get_config("smoke")
   model = model_lib.build_unet(config)
-  params = train.create_train_state(config, jax.random.PRNGKey(2), (16, 16)).params
+  params = trainer.create_train_state(config, jax.random.PRNGKey(2), (16, 16)).params
   batch = _tiny_batch()
   out = losses.eval_step(params, batch, model=model)
   pred, truth = np.asarray(out["pred"]), batch["label"]
@@ -285,16 +287,16 @@ def test_dice_from_counts_nan_policy():
 def test_epoch_rows_are_the_data_layers_batches():
   n, b = 23, 4
   for epoch in (0, 3):
-    rows = train.epoch_rows(n, b, seed=5, epoch=epoch)
+    rows = trainer.epoch_rows(n, b, seed=5, epoch=epoch)
     want = [x["i"] for x in data.iterate_batches({"i": np.arange(n)}, b, seed=5,
                                                   epoch=epoch, shuffle=True,
                                                   drop_remainder=True)]
     assert rows.shape == (n // b, b) and rows.dtype == np.int32
     np.testing.assert_array_equal(rows, np.stack(want))
   # A permutation per epoch: no slice twice, epochs differ.
-  assert len(set(train.epoch_rows(n, b, seed=5, epoch=0).ravel())) == (n // b) * b
-  assert not np.array_equal(train.epoch_rows(n, b, seed=5, epoch=0),
-                            train.epoch_rows(n, b, seed=5, epoch=1))
+  assert len(set(trainer.epoch_rows(n, b, seed=5, epoch=0).ravel())) == (n // b) * b
+  assert not np.array_equal(trainer.epoch_rows(n, b, seed=5, epoch=0),
+                            trainer.epoch_rows(n, b, seed=5, epoch=1))
 
 
 def test_indexed_step_is_the_step_on_the_gathered_batch():
@@ -305,10 +307,10 @@ def test_indexed_step_is_the_step_on_the_gathered_batch():
             "label": rng.integers(0, 4, (6, 16, 16)).astype(np.int32)}
   rows = np.array([[4, 0], [5, 2], [1, 3]], np.int32)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  indexed = jax.jit(functools.partial(train.indexed_train_step, model=model, config=config,
-                                      sharding=sharding))
-  plain = jax.jit(functools.partial(train.train_step, model=model, config=config))
-  a = b = train.create_train_state(config, jax.random.PRNGKey(0), (16, 16))
+  indexed = jax.jit(lambda s, sl, r, i: tissue.train_step(
+      s, trainer.gather(sl, r, i, sharding), model=model, config=config))
+  plain = jax.jit(functools.partial(tissue.train_step, model=model, config=config))
+  a = b = trainer.create_train_state(config, jax.random.PRNGKey(0), (16, 16))
   for i in range(3):
     a, ma = indexed(a, slices, rows, np.int32(i))
     b, mb = plain(b, {k: v[rows[i]] for k, v in slices.items()})
@@ -324,7 +326,7 @@ def _import_graph() -> dict[str, set[str]]:
   """rodent_gbp module -> the rodent_gbp modules it imports (anywhere in the file)."""
   import ast
   import pathlib
-  root = pathlib.Path(train.__file__).parent
+  root = pathlib.Path(tissue.__file__).parent.parent
   names = {}
   for path in root.rglob("*.py"):
     parts = path.relative_to(root.parent).with_suffix("").parts
@@ -354,8 +356,8 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_no_module_imports_itself_through_a_cycle():
   graph = _import_graph()
-  assert len(graph) > 10 and "rodent_gbp.checkpoint" in _reaches(graph, "rodent_gbp.train")
-  assert "rodent_gbp.train" not in _reaches(graph, "rodent_gbp.checkpoint")
+  assert len(graph) > 10 and "rodent_gbp.training.checkpoint" in _reaches(graph, "rodent_gbp.training.tissue")
+  assert "rodent_gbp.training.tissue" not in _reaches(graph, "rodent_gbp.training.checkpoint")
   cyclic = sorted(name for name in graph if name in _reaches(graph, name))
   assert not cyclic, f"modules on an import cycle: {cyclic}"
   assert checkpoint.CheckpointError is errors.CheckpointError
@@ -388,12 +390,12 @@ def test_manager_keeps_the_latest_and_the_best_by_score(tmp_path):
   assert on_disk == [1, 2, 3]  # fresh: the earlier run's epochs are gone
   assert checkpoint.read_meta(tmp_path, "best")["epoch"] == 1
   assert checkpoint.restore(tmp_path, "best", template)[0]["params"]["w"][0, 0] == 1
-  # train.kept_index picks what Orbax picks.
+  # trainer.kept_index picks what Orbax picks.
   history = [{"epoch": e, "val_dice": {}, "val_mean_tissue_dice": s}
              for e, s in enumerate([0.1, 0.9, 0.3, 0.2])]
-  assert train.kept_index(history) == 1
-  assert train.kept_index(history[:1] + [dict(history[0], epoch=1)]) == 1  # tie: later
-  assert train.kept_index([dict(h, val_mean_tissue_dice=None) for h in history]) == 3
+  assert trainer.kept_index(history) == 1
+  assert trainer.kept_index(history[:1] + [dict(history[0], epoch=1)]) == 1  # tie: later
+  assert trainer.kept_index([dict(h, val_mean_tissue_dice=None) for h in history]) == 3
 
 
 def test_manager_without_validation_keeps_the_latest(tmp_path):
@@ -430,7 +432,7 @@ def test_smoke_run_end_to_end(smoke_run):
     meta = checkpoint.read_meta(d, which)
     assert (meta["epoch"], meta["step"], meta["kept"], meta["kept_epoch"]) == (0, 30, "best", 0)
     assert meta["history"][0]["loss"] == pytest.approx(h["loss"])
-  summary = train.training_summary(r.history, r.config)
+  summary = tissue.training_summary(r.history, r.config)
   assert (summary["kept"], summary["best_epoch"]) == ("best", 1)
   assert json.loads((d / "config.json").read_text()) == r.config.to_dict()
   # Inference can re-apply the training normalisation from the stored record.
@@ -453,17 +455,17 @@ def test_resume_continues_from_latest(smoke_run, phantom_dir, tmp_path):
   # Resuming epoch 1 of a copy must match two epochs trained straight through.
   two = configs.override(smoke_run.config, epochs=2)
   shutil.copytree(smoke_run.checkpoint_dir, tmp_path / "resumed" / "checkpoints")
-  resumed = train.train_and_evaluate(two, tmp_path / "resumed", data_dir=phantom_dir,
+  resumed = tissue.train_and_evaluate(two, tmp_path / "resumed", data_dir=phantom_dir,
                                      resume=True)
   assert [h["epoch"] for h in resumed.history] == [0, 1]
   assert resumed.history[0] == smoke_run.history[0]
   assert resumed.history[1]["step"] == 2 * smoke_run.history[0]["step"]
-  straight = train.train_and_evaluate(two, tmp_path / "straight", data_dir=phantom_dir)
+  straight = tissue.train_and_evaluate(two, tmp_path / "straight", data_dir=phantom_dir)
   latest = lambda r: checkpoint.restore(r.checkpoint_dir, "latest",
-                                        train.abstract_checkpoint_state(two))[0]
+                                        trainer.abstract_checkpoint_state(two))[0]
   _leaves_equal(latest(resumed), latest(straight))
   assert resumed.history[1]["loss"] == straight.history[1]["loss"]
-  kept = train.kept_index(straight.history)
+  kept = trainer.kept_index(straight.history)
   for r in (resumed, straight):
     meta = checkpoint.read_meta(r.checkpoint_dir, "best")
     assert meta["epoch"] == meta["kept_epoch"] == kept
@@ -502,7 +504,7 @@ def test_checkpoint_errors_name_the_folder(smoke_run, tmp_path):
 def test_interrupted_save_keeps_a_whole_checkpoint(smoke_run, phantom_dir, tmp_path):
   d = tmp_path / "checkpoints"
   shutil.copytree(smoke_run.checkpoint_dir, d)
-  template = train.abstract_checkpoint_state(smoke_run.config)
+  template = trainer.abstract_checkpoint_state(smoke_run.config)
   want = checkpoint.restore(d, "latest", template)[0]
   # Killed while Orbax wrote epoch 1: its temporary folder is not a checkpoint.
   partial = d / "epochs" / "1.orbax-checkpoint-tmp"
@@ -511,14 +513,14 @@ def test_interrupted_save_keeps_a_whole_checkpoint(smoke_run, phantom_dir, tmp_p
   _leaves_equal(checkpoint.restore(d, "latest", template)[0], want)
   # Resuming from it trains epoch 1 and removes the leftover.
   two = configs.override(smoke_run.config, epochs=2)
-  train.train_and_evaluate(two, tmp_path, data_dir=phantom_dir, resume=True)
+  tissue.train_and_evaluate(two, tmp_path, data_dir=phantom_dir, resume=True)
   assert not partial.exists()
   assert checkpoint.read_meta(d, "latest")["epoch"] == 1
 
 
 def test_max_train_seconds_stops_early(smoke_run, phantom_dir, tmp_path):
   config = configs.override(smoke_run.config, epochs=3, max_train_seconds=1e-3)
-  r = train.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
+  r = tissue.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
   assert len(r.history) == 1 and r.history[0]["partial_epoch"]
   assert r.history[0]["step"] == 1  # the limit is checked after every step
   assert checkpoint.exists(r.checkpoint_dir, "latest")
@@ -526,10 +528,10 @@ def test_max_train_seconds_stops_early(smoke_run, phantom_dir, tmp_path):
   # on the epoch's first batch, is the epoch's max and median.
   volumes = {v.animal_id: v for v in data.load_dataset(phantom_dir)}
   stack = data.stack_slices([volumes[a] for a in r.split["train"]])
-  rows = train.epoch_rows(len(stack["label"]), config.batch_size, seed=config.seed, epoch=0)
+  rows = trainer.epoch_rows(len(stack["label"]), config.batch_size, seed=config.seed, epoch=0)
   image, label = stack["stripped"][rows[0]], stack["label"][rows[0]]
   model = model_lib.build_unet(config)
-  state = train.create_train_state(config, jax.random.PRNGKey(config.seed), image.shape[1:3])
+  state = trainer.create_train_state(config, jax.random.PRNGKey(config.seed), image.shape[1:3])
   grads = jax.grad(lambda p: losses.segmentation_loss(
       model.apply({"params": p}, image), label, config.loss)[0])(state.params)
   norm = float(optax.tree.norm(grads))
@@ -542,9 +544,9 @@ def test_without_validation_animals_the_latest_is_kept(tmp_path):
   phantom.write_phantom(data_dir, animals=3, seed=0, size=48)  # 2 train, 0 val, 1 test
   config = configs.override(configs.get_config("smoke"), animals=3, image_size=48,
                             epochs=2, learning_rate=0.5)
-  r = train.train_and_evaluate(config, tmp_path / "run", data_dir=data_dir)
+  r = tissue.train_and_evaluate(config, tmp_path / "run", data_dir=data_dir)
   assert r.split["val"] == [] and [h["step"] for h in r.history] == [20, 40]
-  summary = train.training_summary(r.history, config)
+  summary = tissue.training_summary(r.history, config)
   assert (summary["kept"], summary["best_epoch"]) == ("latest", 2)
   assert summary["best_val_mean_tissue_dice"] is None
   meta = checkpoint.read_meta(r.checkpoint_dir, "best")
@@ -557,18 +559,18 @@ def test_without_validation_animals_the_latest_is_kept(tmp_path):
 def test_a_planted_exploding_step_stops_training(phantom_dir, tmp_path, monkeypatch):
   # The 41st update (epoch 2: 30 steps per epoch) sees an infinite image.
   planted = 40
-  step = train.train_step
+  step = tissue.train_step
 
   def exploding(state, batch, **kw):
     scale = jnp.where(state.step == planted, jnp.inf, 1.0)
     return step(state, batch | {"image": batch["image"] * scale}, **kw)
 
-  monkeypatch.setattr(train, "train_step", exploding)
+  monkeypatch.setattr(tissue, "train_step", exploding)
   config = configs.override(configs.get_config("smoke"), epochs=3, augment=False)
   with pytest.raises(errors.TrainingError, match=r"non-finite loss at epoch 2, step 41"
                      r" \(config 'smoke'\): training stopped; lower the learning rate.*"
                      r"clip gradients.*earlier epochs in .*checkpoints are kept"):
-    train.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
+    tissue.train_and_evaluate(config, tmp_path, data_dir=phantom_dir)
   meta = checkpoint.read_meta(tmp_path / "checkpoints", "latest")
   assert meta["epoch"] == 0 and np.isfinite(meta["history"][0]["loss"])
   on_disk = [d.name for d in (tmp_path / "checkpoints" / checkpoint.EPOCHS_DIR).iterdir()]

@@ -1,7 +1,7 @@
 """Cross-validation by animal of the supervised extractor, paired with the placers.
 
 For each fold of a fold file (``experiments/folds/<set>.json``): train the
-extractor (``rodent_gbp.supervised``) on the training animals (every
+extractor (``rodent_gbp.training.extraction``) on the training animals (every
 session), keep the epoch best on the validation animals, extract the test
 animals' evaluated session (session 1) and score it against the manual brain
 mask: 3D brain Dice, HD95 (``metrics.hd95``: 95th percentile of the pooled
@@ -25,13 +25,14 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from rodent_gbp import augment as augment_lib
+from rodent_gbp.training import augment as augment_lib
+from rodent_gbp import extractor
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import metrics
-from rodent_gbp import supervised
+from rodent_gbp.training import extraction
 from rodent_gbp.errors import DataError
 
 #: Committed placers' brain Dice columns paired with the extractor.
@@ -63,15 +64,15 @@ def run_fold(split: dict, fold_dir: pathlib.Path, *, data_dir, config: configs.C
              figures: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains, selects, extracts the test animals and writes the fold's files."""
   fold_dir = pathlib.Path(fold_dir)
-  vols = supervised.load_split(data_dir, split, log=log)
-  result = supervised.train_extractor(vols["train"], vols["val"], config, options=options,
+  vols = extraction.load_split(data_dir, split, log=log)
+  result = extraction.train_extractor(vols["train"], vols["val"], config, options=options,
                                       log=log)
-  bundle = supervised.make_bundle(result, vols["train"], split, data_dir=str(data_dir))
+  bundle = extraction.make_bundle(result, vols["train"], split, data_dir=str(data_dir))
   bundle_lib.save_bundle(fold_dir / "model", bundle)
-  model = bundle.network(supervised.NETWORK).model
+  model = bundle.network(extractor.NETWORK).model
   animals, slices, extractions = {}, [], {}
   for v in vols["test"]:
-    out = supervised.extract(v.image, bundle=bundle)
+    out = extractor.extract(v.image, bundle=bundle)
     extractions[v.animal_id] = out
     spacing = slice_spacing(v)
     animals[v.animal_id] = {
@@ -94,7 +95,7 @@ def run_fold(split: dict, fold_dir: pathlib.Path, *, data_dir, config: configs.C
     v = vols["test"][0]
     saliency_figure(fold_dir / "figures" / f"saliency_{v.animal_id}.png", v,
                                 extractions[v.animal_id], model=model,
-                                params=bundle.network(supervised.NETWORK).params)
+                                params=bundle.network(extractor.NETWORK).params)
   res = {"split": split, "config": config.to_dict(), "augment": options.__dict__,
          "history": result.history, "kept_epoch": result.kept_epoch,
          "val_brain_dsc": result.best_val_dice, "per_animal": animals,
@@ -148,7 +149,7 @@ def saliency_figure(path: pathlib.Path, volume, extraction: dict, *, model, para
   plt = figures.plt
   idx = _slices_to_show(volume.brainmask, count)
   maps = np.asarray(guided.saliency(model, params, jnp.asarray(volume.image[idx][..., None]),
-                                    method="guided", target=supervised.BRAIN))
+                                    method="guided", target=extractor.BRAIN))
   fig, axes = plt.subplots(len(idx), 3, figsize=(5.4, 1.9 * len(idx)), squeeze=False)
   for row, s in enumerate(idx):
     figures.show(axes[row, 0], volume.image[s], f"{volume.animal_id} slice {s}: input",

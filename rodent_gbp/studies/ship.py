@@ -8,7 +8,7 @@
    trained on animals 01-16 (every session) against the set's pseudo-labels,
    selected on 17-18, its template bank, and the paper's tables on 19-22
    (held out of everything);
-2. the supervised brain extractor (``rodent_gbp.supervised``) trained on the
+2. the supervised brain extractor (``rodent_gbp.training.extraction``) trained on the
    same animals and selected on the same validation animals, added to that
    bundle as the ``extractor`` network;
 3. the extractor scored on 19-22 (brain Dice, HD95 against the manual masks);
@@ -28,11 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rodent_gbp import augment as augment_lib
+from rodent_gbp.training import augment as augment_lib
+from rodent_gbp import extractor
 from rodent_gbp import configs
 from rodent_gbp import fileio
 from rodent_gbp import metrics
-from rodent_gbp import supervised
+from rodent_gbp.training import extraction
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import extraction_cv
 from rodent_gbp import report
@@ -61,7 +62,7 @@ def extractor_scores(bundle, volumes) -> dict[str, dict[str, float]]:
   """Brain Dice and HD95 (mm) of the bundle's extractor per volume (its truth mask)."""
   out = {}
   for v in volumes:
-    mask = supervised.extract(v.image, bundle=bundle)["mask"]
+    mask = extractor.extract(v.image, bundle=bundle)["mask"]
     out[v.animal_id] = {
         "brain_dsc": metrics.mask_dice(mask, v.brainmask),
         "brain_hd95_mm": metrics.hd95(mask, v.brainmask, extraction_cv.slice_spacing(v))}
@@ -133,15 +134,15 @@ def build(data_root, workdir, out, *, split_file, data_cache=None, seed: int = 0
     raise UsageError(f"{tissue_dir / 'results.json'}: its split differs from {split_file}; "
                      "use another --workdir")
   data_dir = pathlib.Path(results["data"]["folder"])
-  vols = supervised.load_split(data_dir, split, log=log, source=str(split_file))
-  config = supervised.extractor_config(seed=seed, **EXTRACTOR)
+  vols = extraction.load_split(data_dir, split, log=log, source=str(split_file))
+  config = extraction.extractor_config(seed=seed, **EXTRACTOR)
   options = augment_lib.AugmentOptions()
-  result = supervised.train_extractor(vols["train"], vols["val"], config, options=options,
+  result = extraction.train_extractor(vols["train"], vols["val"], config, options=options,
                                       log=log)
   if out.exists():
     shutil.rmtree(out)
   shutil.copytree(tissue_dir / "model", out)
-  bundle = supervised.add_to_bundle(out, result, vols["train"], split,
+  bundle = extraction.add_to_bundle(out, result, vols["train"], split,
                                     augment=dict(options.__dict__),
                                     provenance=report.provenance(seed))
   scores = extractor_scores(bundle, vols["test"])
