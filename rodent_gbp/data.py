@@ -526,3 +526,9 @@ def normalisation_record(volumes) -> dict:
   if rule.get("method") == "robust_max":
     rule.pop("scale", None)
   return {**rule, "per_animal": {v.animal_id: dict(v.normalisation) for v in volumes}}
+
+
+def slice_spacing(volume) -> tuple[float, float, float]:
+  """(S, H, W) voxel size in mm of a volume's slices (its RAS sizes in plane order)."""
+  vs = data.voxel_sizes_ras(volume.affine)
+  return tuple(float(vs[a]) for a in data.plane_axes(volume.plane))

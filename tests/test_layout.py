@@ -1,5 +1,8 @@
-"""The package's layout: no import cycles, the core never imports the studies,
-no module reaches into another's private names, core modules stay short.
+"""The package's layout: no import cycles, the core never imports the studies, no
+study imports another (they share through ``studies/common/``), no module reaches
+into another's private names, every module stays short, one epoch loop in the
+repository (``trainer.fit``), and the user's path (``import rodent_gbp``, a
+``rodent-gbp-segment`` run) loads no training code, optax or orbax.
 
 Read from the source (``ast``), nothing is imported: every ``import`` and
 ``from ... import`` of a ``rodent_gbp`` module counts, at module level and
@@ -16,7 +19,7 @@ import pytest
 
 PACKAGE = "rodent_gbp"
 ROOT = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
-MAX_CORE_LINES = 550
+MAX_LINES = 550
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -253,8 +256,165 @@ def test_no_module_uses_another_modules_private_names():
   assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.glob("*.py")), ids=lambda p: p.name)
-def test_core_modules_are_short(path):
-  lines = len(path.read_text().splitlines())
-  assert lines <= MAX_CORE_LINES, (
-      f"{path.relative_to(ROOT.parent)}: {lines} lines (> {MAX_CORE_LINES}); split it by stage")
+def _too_long(name: str, text: str) -> str | None:
+  lines = len(text.splitlines())
+  return (f"{name}: {lines} lines (> {MAX_LINES}); split it by stage"
+          if lines > MAX_LINES else None)
+
+
+def test_length_rule_finds_a_planted_long_module():
+  assert _too_long("rodent_gbp/studies/x.py", "x = 1\n" * (MAX_LINES + 1))
+  assert _too_long("rodent_gbp/x.py", "x = 1\n" * MAX_LINES) is None
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_is_short(name):
+  """Every module of the package, sub-packages included."""
+  path = MODULES[name]
+  assert not _too_long(str(path.relative_to(ROOT.parent)), path.read_text())
+
+
+# --- studies stand alone -------------------------------------------------------------
+
+COMMON = f"{PACKAGE}.studies.common"
+
+
+def _is_study(module: str) -> bool:
+  return (module.startswith(f"{PACKAGE}.studies.") and module != COMMON
+          and not module.startswith(COMMON + "."))
+
+
+def _imported_studies(module: str, tree: ast.AST | None = None) -> list[str]:
+  """The study modules (not ``studies.common``) that ``module`` imports."""
+  where = MODULES[module].relative_to(ROOT.parent)
+  return [f"{where}:{line}: imports {target}"
+          for line, target, _, _ in _imports(module, tree)
+          if _is_study(target) and target != module]
+
+
+def test_study_to_study_finder_finds_planted_imports():
+  source = """
+from rodent_gbp.studies import sanity
+from rodent_gbp.studies.common import context
+from rodent_gbp.studies.common.randomise import layers_from_top
+def f():
+  from rodent_gbp.studies.placement_study import layers_from_top
+  from rodent_gbp import job
+"""
+  found = _imported_studies(f"{PACKAGE}.studies.refine_study", ast.parse(source))
+  assert [f.split(": ", 1)[1] for f in found] == [
+      "imports rodent_gbp.studies.sanity", "imports rodent_gbp.studies.placement_study"]
+
+
+def test_no_study_imports_another_study():
+  studies = [m for m in MODULES if m.startswith(f"{PACKAGE}.studies")]
+  bad = [f for m in studies for f in _imported_studies(m)]
+  assert not bad, "studies import other studies (share through studies/common/):\n" + "\n".join(bad)
+
+
+# --- one trainer ----------------------------------------------------------------------
+
+REPO = ROOT.parent
+#: Epoch loops allowed besides the trainer's, with the reason.
+OTHER_EPOCH_LOOPS = {
+    # The same training in PyTorch, the benchmark's speed reference: not a network
+    # the project trains.
+    ("benchmarks/train_bench.py", "_child_torch"),
+}
+
+
+def _epoch_loops(tree: ast.AST) -> list[tuple[int, str]]:
+  """(line, enclosing function) of every ``for`` over a ``range`` that names ``epochs``
+  (``range(config.epochs)``, ``range(start, cfg.epochs)``, ``range(n_epochs)``)."""
+  found = []
+
+  def visit(node, func):
+    for child in ast.iter_child_nodes(node):
+      name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+      if (isinstance(child, ast.For) and isinstance(child.iter, ast.Call)
+          and isinstance(child.iter.func, ast.Name) and child.iter.func.id == "range"
+          and any("epochs" in (getattr(n, "attr", None) or getattr(n, "id", None) or "")
+                  for a in child.iter.args for n in ast.walk(a))):
+        found.append((child.lineno, func))
+      visit(child, name)
+
+  visit(tree, "<module>")
+  return found
+
+
+def test_epoch_loop_finder_finds_planted_loops():
+  source = """
+def fit(config):
+  for epoch in range(config.epochs):
+    pass
+def train_extractor(cfg, start):
+  for e in range(start, cfg.epochs):
+    pass
+def fine():
+  for epoch in (0, 3):
+    pass
+  for i in range(steps_per_epoch):
+    pass
+n_epochs = 3
+for k in range(n_epochs):
+  pass
+"""
+  assert _epoch_loops(ast.parse(source)) == [(3, "fit"), (6, "train_extractor"),
+                                            (14, "<module>")]
+
+
+def test_exactly_one_epoch_loop_in_the_repository():
+  loops = []
+  for top in ("rodent_gbp", "experiments", "benchmarks", "tests"):
+    for path in sorted((REPO / top).rglob("*.py")):
+      rel = str(path.relative_to(REPO))
+      for line, func in _epoch_loops(ast.parse(path.read_text())):
+        if (rel, func) not in OTHER_EPOCH_LOOPS:
+          loops.append(f"{rel}:{line} in {func}")
+  assert loops == [loops[0]] and loops[0].startswith("rodent_gbp/training/trainer.py:"), (
+      "one epoch loop (trainer.fit) trains every network; found:\n" + "\n".join(loops))
+
+
+# --- the user's path is free of training code ------------------------------------------
+
+TRAINING = (f"{PACKAGE}.training", "optax", "orbax")
+
+_USER_PATH = """
+import json, sys
+import rodent_gbp
+after_import = sorted(sys.modules)
+from rodent_gbp import cli
+code = 0
+try:
+  cli.segment_main(["rodent-gbp-segment", "--input", sys.argv[1], "--out_dir", sys.argv[2]])
+except SystemExit as e:
+  code = e.code
+print(json.dumps({"import": after_import, "run": sorted(sys.modules), "code": code}))
+"""
+
+
+def _training_modules(names) -> list[str]:
+  return sorted(n for n in names if any(n == t or n.startswith(t + ".") for t in TRAINING))
+
+
+def test_training_module_rule_names_planted_modules():
+  assert _training_modules(["rodent_gbp.training.trainer", "optax._src.base", "orbax",
+                            "rodent_gbp.extractor", "optaxx", "jax"]) == [
+                                "optax._src.base", "orbax", "rodent_gbp.training.trainer"]
+
+
+def test_segment_run_imports_no_training_code(scan, tmp_path):
+  """``import rodent_gbp`` and a ``rodent-gbp-segment`` run with the shipped model on a
+  small scan load no training module, optax or orbax."""
+  import json
+  import subprocess
+  import sys
+  run = subprocess.run([sys.executable, "-c", _USER_PATH, str(scan), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert run.returncode == 0, run.stderr[-2000:]
+  got = json.loads(run.stdout.strip().splitlines()[-1])
+  assert got["code"] in (0, None), run.stdout[-2000:]
+  assert (tmp_path / "out" / "image_brainmask.nii.gz").is_file()
+  assert "rodent_gbp.extractor" in got["run"] and "rodent_gbp.inference" in got["run"]
+  assert _training_modules(got["import"]) == []
+  assert _training_modules(got["run"]) == []

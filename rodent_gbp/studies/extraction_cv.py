@@ -44,12 +44,6 @@ POSITION_BINS = 5
 # --- metrics ----------------------------------------------------------------------------
 
 
-def slice_spacing(volume) -> tuple[float, float, float]:
-  """(S, H, W) voxel size in mm of a volume's slices (its RAS sizes in plane order)."""
-  vs = data.voxel_sizes_ras(volume.affine)
-  return tuple(float(vs[a]) for a in data.plane_axes(volume.plane))
-
-
 def position_bin(s: int, n: int) -> int:
   """Relative position bin (0 .. POSITION_BINS - 1) of slice ``s`` of ``n``."""
   rel = s / max(n - 1, 1)
@@ -74,7 +68,7 @@ def run_fold(split: dict, fold_dir: pathlib.Path, *, data_dir, config: configs.C
   for v in vols["test"]:
     out = extractor.extract(v.image, bundle=bundle)
     extractions[v.animal_id] = out
-    spacing = slice_spacing(v)
+    spacing = data.slice_spacing(v)
     animals[v.animal_id] = {
         "brain_dsc": metrics.mask_dice(out["mask"], v.brainmask),
         "brain_hd95_mm": metrics.hd95(out["mask"], v.brainmask, spacing),

@@ -28,15 +28,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rodent_gbp.training import augment as augment_lib
-from rodent_gbp import extractor
 from rodent_gbp import configs
+from rodent_gbp import data
+from rodent_gbp import extractor
 from rodent_gbp import fileio
+from rodent_gbp import job
 from rodent_gbp import metrics
-from rodent_gbp.training import extraction
-from rodent_gbp.errors import UsageError
-from rodent_gbp.studies import extraction_cv
 from rodent_gbp import report
+from rodent_gbp.errors import UsageError
+from rodent_gbp.training import augment as augment_lib
+from rodent_gbp.training import extraction
 
 #: The extractor's settings: those of the 5-fold cross-validation
 #: (``experiments/results/extraction_cv_mouse_epi``).
@@ -65,7 +66,7 @@ def extractor_scores(bundle, volumes) -> dict[str, dict[str, float]]:
     mask = extractor.extract(v.image, bundle=bundle)["mask"]
     out[v.animal_id] = {
         "brain_dsc": metrics.mask_dice(mask, v.brainmask),
-        "brain_hd95_mm": metrics.hd95(mask, v.brainmask, extraction_cv.slice_spacing(v))}
+        "brain_hd95_mm": metrics.hd95(mask, v.brainmask, data.slice_spacing(v))}
   return out
 
 
@@ -119,7 +120,6 @@ def card_markdown(card: dict[str, Any]) -> str:
 def build(data_root, workdir, out, *, split_file, data_cache=None, seed: int = 0,
           command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
   """Builds the shipped model folder ``out`` (see the module doc); returns the card."""
-  from rodent_gbp import job
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   split = fileio.read_json(split_file)
   tissue_dir = workdir / "tissue"
