@@ -530,5 +530,5 @@ def normalisation_record(volumes) -> dict:
 
 def slice_spacing(volume) -> tuple[float, float, float]:
   """(S, H, W) voxel size in mm of a volume's slices (its RAS sizes in plane order)."""
-  vs = data.voxel_sizes_ras(volume.affine)
-  return tuple(float(vs[a]) for a in data.plane_axes(volume.plane))
+  vs = voxel_sizes_ras(volume.affine)
+  return tuple(float(vs[a]) for a in plane_axes(volume.plane))
