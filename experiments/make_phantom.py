@@ -1,4 +1,4 @@
-"""Writes the synthetic rodent MRI phantom as NIfTI (DESIGN.md section 2).
+"""Writes the synthetic rodent MRI phantom as NIfTI (docs/design.md#phantom-and-real-data).
 
   python experiments/make_phantom.py --out /tmp/phantom --animals 10 --seed 0
 

@@ -1,4 +1,4 @@
-"""The paper's placement under every reading DESIGN.md leaves open.
+"""The paper's placement under every reading the paper leaves open (docs/design.md#readings-the-paper-leaves-open).
 
   # the full grid on the main job's model (~2 min on 2 CPU cores):
   python experiments/paper_readings.py --checkpoint runs/main/model \

@@ -68,7 +68,7 @@ _SCORE = flags.DEFINE_enum(
     "rodent-gbp-segment. With --checkpoint it must match the checkpoint's config.")
 _DISPLACEMENT = flags.DEFINE_enum(
     "displacement", None, list(configs.DISPLACEMENTS), "The paper's placement (gbp): one "
-    "displacement per slice (DESIGN.md's reading) or one per acquisition from the sum of its "
+    "displacement per slice (the paper config's, docs/design.md#readings-the-paper-leaves-open) or one per acquisition from the sum of its "
     "slices' correlation maps (default the config's: volume in default, slice in paper). "
     "Evaluation only, so it may differ from a --checkpoint's config.")
 _FIGURES = flags.DEFINE_bool("figures", True, "Write the PNG figures (--nofigures skips them).")

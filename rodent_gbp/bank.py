@@ -1,6 +1,6 @@
 """The template bank: the training animals' brain masks and gradient images per slice.
 
-What every placer draws its templates from (DESIGN.md: reference, shape
+What every placer draws its templates from (docs/design.md#template-bank-and-reference, the shape
 template). Built once from the training volumes after training, saved in the
 model bundle, so a user's scan needs nothing else:
 
@@ -148,7 +148,7 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
   """Template bank from training volumes (with brain masks).
 
   The gradient image of each training slice is computed on its skull-stripped
-  slice (DESIGN.md: shape template), so the template has no artifacts; the
+  slice (docs/design.md#shape-template), so the template has no artifacts; the
   appearance on the raw slices of ``appearance_animals`` (bank indices;
   default the reference only: each animal costs a saliency pass).
   ``mesh`` (default: all devices) splits each batch over devices. ``method``,

@@ -1,4 +1,4 @@
-"""Console scripts and the error edge shared by the binaries (DESIGN.md section 3).
+"""Console scripts and the error edge shared by the binaries (docs/design.md#the-command-line).
 
 A console script must point into the package, so the ``main`` functions behind
 installed commands live here; ``experiments/*.py`` call the same functions.
@@ -165,7 +165,7 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     + ".", flag_values=fv)
   # A string, checked by segment_scan: a bad value ends in the one-line error.
   flags.DEFINE_string("displacement", None, "For --placement gbp: one displacement per "
-                      "slice (DESIGN.md's reading) or per scan (volume: the argmax of the "
+                      "slice (the paper config's, docs/design.md#readings-the-paper-leaves-open) or per scan (volume: the argmax of the "
                       "sum of the slices' correlation maps). Default: the model's config "
                       "(volume for a model of the default config; the shipped model was "
                       "built with slice).", flag_values=fv)

@@ -23,17 +23,17 @@ from typing import Any, Mapping
 #: softmax probability (the paper's) or of its logit.
 SALIENCY_SCORES = ("probability", "logit")
 #: The paper's placement (``placement.place_paper``): one argmax per slice
-#: (DESIGN.md's reading) or one displacement per acquisition.
+#: (the ``paper`` config's, docs/design.md#displacement-per-slice-or-per-acquisition) or one displacement per acquisition.
 DISPLACEMENTS = ("slice", "volume")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """All settings of a run. See DESIGN.md section 1 for the paper's values."""
+  """All settings of a run. See docs/design.md#named-configurations for the paper's values."""
 
   name: str = "default"
 
-  # --- data (DESIGN.md section 2) ---
+  # --- data (docs/design.md#data) ---
   animals: int = 10            # phantom animals generated when no data_dir is given
   image_size: int = 96         # phantom in-plane matrix (size x 40 x size)
   phantom_seed: int = 0        # phantom generator seed
@@ -59,7 +59,7 @@ class Config:
   max_train_seconds: float = 0.0  # >0 stops training after this wall time (not deterministic)
   clip_grad_norm: float = 0.0  # >0 clips gradients to this global norm (optax) first
 
-  # --- saliency and background removal (DESIGN.md section 1) ---
+  # --- saliency and background removal (docs/design.md#correlation-and-placement) ---
   saliency_method: str = "guided"   # guided | deconvnet | vanilla | smoothgrad
   gradient_classes: tuple[int, ...] = (1, 2, 3)  # classes summed into the gradient image
   saliency_score: str = "probability"  # what the target sums: probability (paper) | logit
@@ -124,7 +124,7 @@ _DEFAULT = Config(
     # One displacement per acquisition for the paper's placement (the paper:
     # "during image acquisition ... small displacements can occur"): on
     # mouse_epi it beat the per-slice argmax on every fold's selection animals
-    # (training and validation mice but the reference; DESIGN.md's reading
+    # (training and validation mice but the reference; the default reading of docs/design.md#readings-the-paper-leaves-open
     # otherwise: tissue classes, centre 2, width 0.5, mask x gradient), brain
     # DSC 84.8 -> 92.1, 93.2 -> 94.7, 92.7 -> 94.5, 89.0 -> 93.6, 93.2 -> 94.3
     # (experiments/paper_readings.py on the fold models).

@@ -1,6 +1,6 @@
 """NIfTI datasets of rodent MRI: loading, validation, slicing, splits, batches.
 
-Folder layout (DESIGN.md section 2): ``<root>/<animal>/image.nii.gz``,
+Folder layout (docs/design.md#folder-layout): ``<root>/<animal>/image.nii.gz``,
 ``labels.nii.gz``, ``brainmask.nii.gz`` and optionally ``meta.json`` (``.nii``
 also accepted). Volumes are brought to RAS+ (the reorientation of
 ``nib.as_closest_canonical``) and cut into 2D slices (S, H, W):
@@ -390,7 +390,7 @@ def _round_half_up_fifth(n: int) -> int:
 
 
 def split_animals(animal_ids, seed: int) -> dict[str, list[str]]:
-  """Splits animals (never slices) into train / val / test (DESIGN.md section 1).
+  """Splits animals (never slices) into train / val / test (docs/design.md#splits).
 
   test = round_half_up(0.2 N) animals, val = round_half_up(0.2 (N - test)),
   the rest train; which animals go where is a permutation of the sorted ids

@@ -8,7 +8,7 @@ in the U-Net through its ``activation`` field, so the guided network is
 ``model.clone(activation=guided_relu)`` applied to the *same* params.
 
 The saliency target for class ``c`` is the sum over pixels of the softmax
-probability of ``c`` (DESIGN.md section 1), or with ``score="logit"`` the sum
+probability of ``c`` (docs/design.md#saliency-targets), or with ``score="logit"`` the sum
 of its logit (which, unlike the probability, does not saturate where the
 network is confident). Images of a batch are independent
 (no normalisation layers), so the gradient of the batch sum is the stack of
@@ -365,7 +365,7 @@ def saliency(model: nn.Module, params, images: jax.Array, *,
   through the network whose ReLUs follow ``method``'s backward rule, with the
   same ``params`` for every method. ``s`` is the softmax probability
   ``softmax(model(x))[..., c]`` (``score="probability"``, the paper's target,
-  DESIGN.md section 1) or the logit ``model(x)[..., c]`` (``score="logit"``).
+  docs/design.md#saliency-targets) or the logit ``model(x)[..., c]`` (``score="logit"``).
   ``d p_c / d z_c = p_c (1 - p_c)`` vanishes where the network is confident,
   so the probability target's maps fade over confidently labelled pixels; the
   logit target's do not.
@@ -434,7 +434,7 @@ def gradient_image(model: nn.Module, params, images: jax.Array, *,
                    score: str = "probability") -> jax.Array:
   """The paper's gradient image: ``G = sum_{c in classes} |saliency_c|``.
 
-  DESIGN.md section 1: by default the tissue classes WM, GM and CSF (1, 2, 3)
+  docs/design.md#the-gradient-image: by default the tissue classes WM, GM and CSF (1, 2, 3)
   with Guided Backpropagation, all from one forward pass, the sum taken in
   the same compiled program.
 

@@ -4,7 +4,7 @@ Every metric derives from per-class one-vs-rest confusion counts over pixels,
 ``[TP, FP, FN, TN]``: pixel p counts for class c as predicted-positive when
 ``pred[p] == c`` and truth-positive when ``truth[p] == c``. Counts add, so they
 are pooled over all slices of one animal by summation before any ratio is
-taken (DESIGN.md section 1); metrics are then computed per animal and the
+taken (docs/design.md#metrics); metrics are then computed per animal and the
 tables give the mean over animals.
 
   accuracy    (TP + TN) / (TP + FP + FN + TN)

@@ -1,4 +1,4 @@
-"""One parallel path for 1 or N devices, on one or many hosts (DESIGN.md section 3).
+"""One parallel path for 1 or N devices, on one or many hosts (docs/design.md#parallelism).
 
 A 1-D ``jax.sharding.Mesh`` with the axis ``"data"`` spans every device of the
 run (one device is a mesh of one). Batches are split along their first axis

@@ -1,4 +1,4 @@
-"""Synthetic rodent coronal MRI phantom with the difficulty of DESIGN.md section 2.
+"""Synthetic rodent coronal MRI phantom with the difficulty of docs/design.md#phantom-and-real-data.
 
 Each animal is a volume (X, Y, Z) = (size, n_slices, size) in RAS+ order, voxels
 0.375 (R-L) x 0.5 (A-P) x 0.375 (S-I) mm at ``size=96``; coronal slice j is
@@ -25,7 +25,7 @@ is exactly the tissue whose intensity the voxel carries.
 
 Two kinds (``KINDS``), the same anatomy and draws:
 
-* ``standard`` (the main job's, DESIGN.md section 2): as above.
+* ``standard`` (the main job's, docs/design.md#phantom-and-real-data): as above.
 * ``measured``: the appearance brought to what ``experiments/data_statistics.py``
   measured on the real sets (README, "The phantom held against real scans"):
   anatomy rendered on a 2x finer in-plane grid and averaged (partial volume at

@@ -18,7 +18,7 @@ REF_SIZE = 96
 VOXEL_MM = (0.375, 0.5, 0.375)
 LABELS = {0: "background", 1: "WM", 2: "GM", 3: "CSF"}
 
-# Intensities, arbitrary units (DESIGN.md section 2).
+# Intensities, arbitrary units (docs/design.md#phantom-and-real-data).
 CSF, GM, WM = 1.0, 0.62, 0.45
 FAT, BONE, AIR = 0.9, 0.08, 0.0
 MUSCLE_RANGE = (0.45, 0.65)

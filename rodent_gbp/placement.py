@@ -9,7 +9,7 @@ the model's voxel size and slice shape (``bundle.slice_shape``):
   template (Fig. 7a); the test slice's GBP gradient image, enhanced by Eq. 1,
   is correlated with it (FFT); the argmax moves the reference mask
   (zero-filled). The config's ``displacement`` says whose argmax: each
-  slice's own (``slice``, DESIGN.md's reading) or one displacement for the
+  slice's own (``slice``, the ``paper`` config's, docs/design.md#displacement-per-slice-or-per-acquisition) or one displacement for the
   acquisition, the argmax of the sum of its slices' correlation maps
   (``volume``, :func:`volume_displacement`).
 * ``gbp_improved``: the log GBP gradient image of the raw slices against the

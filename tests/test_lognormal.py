@@ -242,7 +242,7 @@ def test_plot_lognormal_writes_figures(tmp_path):
   rng = np.random.default_rng(31)
   g = rng.lognormal(-3.0, 1.0, size=(2, 16, 16)).astype(np.float32)
 
-  def steps(x):  # DESIGN.md section 1 enhancement, for the test only
+  def steps(x):  # docs/design.md#enhancement-eq-1 enhancement, for the test only
     e = 1 + 255 * (x - x.min(axis=(-2, -1), keepdims=True)) / np.ptp(
         x, axis=(-2, -1), keepdims=True)
     v = np.log(e)

@@ -1,6 +1,6 @@
 """What the converters share: writing one animal folder of the project's layout.
 
-An animal folder (DESIGN.md section 2) holds ``image.nii.gz`` (float32),
+An animal folder (docs/design.md#folder-layout) holds ``image.nii.gz`` (float32),
 ``labels.nii.gz`` (uint8: 0 background, 1 WM, 2 GM, 3 CSF),
 ``brainmask.nii.gz`` (uint8 0/1) and ``meta.json``, all on one grid (one
 affine, qform and sform code 1, millimetres), readable by

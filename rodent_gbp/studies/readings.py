@@ -1,6 +1,6 @@
-"""The paper's placement under every reading DESIGN.md leaves open.
+"""The paper's placement under every reading the paper leaves open (docs/design.md#readings-the-paper-leaves-open).
 
-DESIGN.md fixes a default reading of the paper's mask placement (section 4.3,
+docs/design.md#readings-the-paper-leaves-open fixes a default reading of the paper's mask placement (section 4.3,
 Fig. 7) and names the alternatives: which classes' GBP maps make the gradient
 image, Eq. 1's centre and width, and the template (reference mask x the
 reference's gradient image, x its enhancement, or the bare mask). This module
@@ -9,7 +9,7 @@ the paper's: the reference animal (the bank's, median brain volume) at the
 same slice index, plain 'same'-mode FFT correlation of the template with the
 enhanced gradient image of each raw slice, argmax, zero-filled shift of the
 reference mask (``placement.place_mask``). One more axis: whose argmax, each
-slice's own (DESIGN.md) or one per acquisition from the sum of its slices'
+slice's own (the default of docs/design.md#displacement-per-slice-or-per-acquisition) or one per acquisition from the sum of its slices'
 maps (``placement.volume_displacement``). The score is the brain DSC of the
 placed mask, confusion counts pooled per animal, mean over animals.
 
@@ -58,7 +58,7 @@ from rodent_gbp.studies.common import pooling
 from rodent_gbp.studies.common.gradients import abs_maps, calibrated_center
 from rodent_gbp import figures
 
-#: Gradient images: name -> classes whose |GBP map| are summed (DESIGN.md §1).
+#: Gradient images: name -> classes whose |GBP map| are summed (docs/design.md#the-gradient-image).
 CLASS_SETS: dict[str, tuple[int, ...]] = {
     "tissue": (1, 2, 3), "wm": (1,), "gm": (2,), "csf": (3,),
     "background": (0,), "all": (0, 1, 2, 3)}
@@ -66,7 +66,7 @@ TEMPLATES = ("gradient", "enhanced", "mask")
 CENTERS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
 WIDTHS = (0.5, 1.0, 1.5)
 DISPLACEMENTS = placement.DISPLACEMENTS
-#: DESIGN.md's reading (the ``paper`` config's).
+#: The default reading of docs/design.md#readings-the-paper-leaves-open (the ``paper`` config's).
 DEFAULT = {"classes": "tissue", "center": 2.0, "width": 0.5, "template": "gradient",
            "displacement": "slice"}
 
@@ -359,7 +359,7 @@ def markdown(result: Mapping[str, Any], *, top: int = 10) -> str:
            f"percent (counts pooled per animal, mean over animals){err_note}. "
            f"{len(result['rows'])} readings.", ""]
   lines += ["## Headline", ""] + head
-  for key, name in (("default", "default (DESIGN.md)"),
+  for key, name in (("default", "default (docs/design.md#readings-the-paper-leaves-open)"),
                     ("chosen_on_selection", "chosen on the selection animals"),
                     ("best_calibrated_on_selection", "best calibrated centre (on selection)"),
                     ("best_on_test_in_hindsight", "best on the test animals (hindsight)")):
@@ -491,7 +491,7 @@ def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
   cols = pooled["columns"]
   m = pooled["margin"]
   lines = ["# The paper's placement, reading chosen per fold, pooled over folds", "",
-           "Searches: " + ", ".join(f"`{s}`" for s in sources) + ". `default`: DESIGN.md's "
+           "Searches: " + ", ".join(f"`{s}`" for s in sources) + ". `default`: the default (docs/design.md#readings-the-paper-leaves-open) "
            "reading (tissue classes, centre 2, width 0.5, template gradient, one displacement "
            "per slice); `chosen`: the "
            "reading ranked first on the fold's own selection animals (its training and "

@@ -51,7 +51,7 @@ def gradient_stacks(model, params, images: np.ndarray, *, classes: Sequence[int]
     model: the U-Net (``model.build_unet``).
     params: its params (trained or freshly initialised).
     images: raw (not skull-stripped) slices (N, H, W, 1), as the pipeline
-      computes gradient images (DESIGN.md section 1).
+      computes gradient images (docs/design.md#the-gradient-image).
     classes: class targets; each gives ``|saliency_c|`` under its name
       (``wm``, ``gm``, ``csf``), and ``sum`` is the paper's gradient image
       ``G = sum_c |saliency_c|`` (equal to ``guided.gradient_image``).

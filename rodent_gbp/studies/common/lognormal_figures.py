@@ -36,7 +36,7 @@ def plot_lognormal(gradients: Mapping[str, Any], out_dir: str | pathlib.Path, *,
   Args:
     gradients: ``{label: (S, H, W) gradient images}`` (e.g. "trained", "random").
     out_dir: folder for the PNGs.
-    steps_fn: the enhancement of DESIGN.md section 1 returning
+    steps_fn: the enhancement of docs/design.md#enhancement-eq-1 returning
       ``{"expanded", "log", "z", "enhanced"}`` per slice; defaults to
       ``rodent_gbp.enhance.enhancement_steps``.
     max_points: values plotted per panel (seeded subsample).
