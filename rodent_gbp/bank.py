@@ -27,6 +27,7 @@ from rodent_gbp import data
 from rodent_gbp import enhance
 from rodent_gbp import fileio
 from rodent_gbp import guided
+from rodent_gbp import nifti
 from rodent_gbp import parallel
 from rodent_gbp.errors import CheckpointError, DataError
 
@@ -198,7 +199,7 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
 
 def common_voxel_size(volumes: Sequence[data.Volume]) -> np.ndarray | None:
   """RAS voxel size (3,) shared by the volumes; None if unknown or mixed."""
-  sizes = [data.voxel_sizes_ras(v.affine) for v in volumes
+  sizes = [nifti.voxel_sizes_ras(v.affine) for v in volumes
            if getattr(v, "affine", None) is not None]
   if not sizes or not all(np.allclose(s, sizes[0], rtol=1e-4) for s in sizes):
     return None

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 import nibabel as nib
 import numpy as np
 
+from rodent_gbp import nifti
 from rodent_gbp.errors import DataError, UsageError
 
 NUM_CLASSES = 4
@@ -42,7 +43,6 @@ LABEL_PRESETS = {
     "fsl_fast": {0: 0, 1: 3, 2: 2, 3: 1},
     "identity": {0: 0, 1: 1, 2: 2, 3: 3},
 }
-_RAS = nib.orientations.axcodes2ornt("RAS")
 
 
 @dataclasses.dataclass
@@ -156,7 +156,7 @@ def to_nifti(slices: np.ndarray, volume: Volume) -> nib.Nifti1Image:
   if slices.dtype == bool:
     slices = slices.astype(np.uint8)
   ras = from_slices(slices, volume.plane)
-  inverse = nib.orientations.ornt_transform(_RAS, nib.orientations.io_orientation(
+  inverse = nib.orientations.ornt_transform(nifti.RAS, nib.orientations.io_orientation(
       volume.affine))
   data = np.ascontiguousarray(nib.orientations.apply_orientation(ras, inverse))
   assert data.shape == tuple(volume.shape), (data.shape, volume.shape)
@@ -177,21 +177,9 @@ def _find(folder: pathlib.Path, stem: str) -> pathlib.Path | None:
 
 
 def _read(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a 3D NIfTI volume (a trailing singleton 4th axis is dropped)."""
-  try:
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
-  except Exception as e:  # nibabel raises several types for corrupt files.
-    raise DataError(f"{path}: cannot read as NIfTI ({e})") from e
-  while data.ndim > 3 and data.shape[-1] == 1:
-    data = data[..., 0]
-  if data.ndim != 3:
-    raise DataError(f"{path}: expected a 3D volume, got shape {data.shape}")
-  affine = img.affine
-  if affine is None or not np.all(np.isfinite(affine)) or abs(
-      np.linalg.det(affine[:3, :3])) < 1e-12:
-    raise DataError(f"{path}: invalid affine")
-  return data, affine
+  """A 3D NIfTI volume as stored (``nifti.read``; a trailing singleton 4th axis dropped)."""
+  volume, img = nifti.read(path, series=False, dtype=None)
+  return volume, img.affine
 
 
 def _check_same_grid(path, data, affine, ref_path, ref_data, ref_affine) -> None:
@@ -234,40 +222,14 @@ def _to_labels(path: pathlib.Path, data: np.ndarray, label_map) -> np.ndarray:
   return labels.astype(np.int32)
 
 
-def _reorient(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
-  return nib.orientations.apply_orientation(data, ornt), ornt
-
-
-def voxel_sizes_ras(affine: np.ndarray) -> np.ndarray:
-  """Voxel edge lengths (3,) in mm along the RAS+ axes of the reoriented volume."""
-  sizes = np.sqrt(np.sum(np.asarray(affine, np.float64)[:3, :3] ** 2, axis=0))
-  ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
-  out = np.empty(3)
-  out[ornt[:, 0].astype(int)] = sizes
-  return out
-
-
-def load_scan(path: str | pathlib.Path, *, plane: str = "coronal",
-              animal_id: str | None = None) -> Volume:
-  """Loads one image file without labels (e.g. a user's scan for inference)."""
-  _check_plane(plane)
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise DataError(f"{path}: file not found")
-  data, affine = _read(path)
-  return _make_volume(path, data, affine, plane=plane, animal_id=animal_id or
-                      path.name.split(".")[0], label=None, brainmask=None, meta={})
-
-
 def _make_volume(path, data, affine, *, plane, animal_id, label, brainmask, meta):
   image = np.asarray(data, np.float32)
   if not np.all(np.isfinite(image)):
     raise DataError(f"{path}: image contains NaN or inf")
-  ras, ornt = _reorient(image, affine)
+  ras, ornt = nifti.reorient_ras(image, affine)
   normalised, params = normalise_intensity(ras)
   def sliced(a):
-    return None if a is None else to_slices(_reorient(a, affine)[0], plane)
+    return None if a is None else to_slices(nifti.reorient_ras(a, affine)[0], plane)
   return Volume(animal_id=animal_id, image=to_slices(normalised, plane),
                 label=sliced(label), brainmask=sliced(brainmask), meta=meta,
                 normalisation=params, affine=np.asarray(affine, np.float64),
@@ -530,5 +492,5 @@ def normalisation_record(volumes) -> dict:
 
 def slice_spacing(volume) -> tuple[float, float, float]:
   """(S, H, W) voxel size in mm of a volume's slices (its RAS sizes in plane order)."""
-  vs = voxel_sizes_ras(volume.affine)
+  vs = nifti.voxel_sizes_ras(volume.affine)
   return tuple(float(vs[a]) for a in plane_axes(volume.plane))

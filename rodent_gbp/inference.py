@@ -65,6 +65,7 @@ from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import metrics
+from rodent_gbp import nifti
 from rodent_gbp import models
 from rodent_gbp import pipeline
 from rodent_gbp import placement as placement_lib
@@ -273,7 +274,7 @@ def segment_scan(input_path: str | os.PathLike,
   vol = scan.to_volume(image, affine, plane=plane, name=name,
                        normalisation=bundle.normalisation)
   axes = scan.INPLANE_AXES[plane]
-  vs_scan = data.voxel_sizes_ras(affine)[axes]
+  vs_scan = nifti.voxel_sizes_ras(affine)[axes]
   # The networks and the bank are trained on coronal slices: whatever plane the
   # scan is cut in, its slices go to the model's coronal in-plane voxel size.
   vs_model = bundle.voxel_size[scan.INPLANE_AXES[MODEL_PLANE]]
@@ -325,7 +326,7 @@ def segment_scan(input_path: str | os.PathLike,
   dtypes["brain"] = np.float32
   rows = _slice_rows(placed, native["brainmask"], bank_index, vs_model, bundle.bank,
                      placement)
-  vs_file = scan.voxel_sizes(affine)
+  vs_file = nifti.voxel_sizes(affine)
   brain_warning, brain_volume = _brain_volume(float(mask_file.sum() * np.prod(vs_file)))
   if brain_warning:
     warnings.append(brain_warning)
@@ -366,7 +367,7 @@ def segment_scan(input_path: str | os.PathLike,
         "checkpoint": str(checkpoint_dir), "checkpoint_source": checkpoint_source,
         "voxel_scale": {"factor": factor, "mode": "auto" if voxel_scale is None else "given",
                         "reason": scale_reason,
-                        "header_voxel_size_mm": scan.voxel_sizes(img.affine).tolist(),
+                        "header_voxel_size_mm": nifti.voxel_sizes(img.affine).tolist(),
                         "voxel_size_mm": vs_file.tolist()},
         "slice_axis": {"axis": slice_axis, "plane": plane, "reason": plane_reason,
                        "slices": n_slices},
@@ -377,7 +378,7 @@ def segment_scan(input_path: str | os.PathLike,
                        "input_grid": [h, w], "model_grid": list(grid),
                        "fitted_to": list(bank_hw),
                        "resampled": bool(grid != (h, w) or not np.allclose(vs_scan, vs_model)),
-                       "slice_thickness_mm": float(data.voxel_sizes_ras(affine)[
+                       "slice_thickness_mm": float(nifti.voxel_sizes_ras(affine)[
                            data.plane_axes(plane)[0]])},
         "brain_volume": brain_volume, "placement": placement,
         "displacement": config.displacement if placement == "gbp" else None,

@@ -22,6 +22,7 @@ from rodent_gbp import figures
 from rodent_gbp import guided
 from rodent_gbp import improved
 from rodent_gbp import metrics
+from rodent_gbp import nifti
 from rodent_gbp import placement as placement_lib
 from rodent_gbp import qc
 from rodent_gbp import report
@@ -50,7 +51,7 @@ def baseline_counts(volume, *, mixture: bool, num_classes: int = 4
   truth = volume.label.astype(np.int32)
   out = {"all_gm": np.where(volume.brainmask, 2, 0).astype(np.int32)}
   if mixture:
-    spacing = data.voxel_sizes_ras(volume.affine)[list(data.plane_axes(volume.plane))]
+    spacing = nifti.voxel_sizes_ras(volume.affine)[list(data.plane_axes(volume.plane))]
     out["mixture"] = pseudo_labels.tissue_pseudo_labels(
         volume.image, volume.brainmask, spacing=spacing)[0].astype(np.int32)
   return {k: np.asarray(metrics.confusion_counts(v, truth, num_classes))

@@ -19,9 +19,9 @@ import numpy as np
 from scipy import ndimage
 
 from rodent_gbp import data
+from rodent_gbp import nifti
 from rodent_gbp.errors import DataError, UsageError
 
-_RAS = nib.orientations.axcodes2ornt("RAS")
 # In-plane RAS axes of the slices of each plane.
 INPLANE_AXES = {"coronal": [0, 2], "axial": [0, 1], "sagittal": [1, 2]}
 
@@ -35,58 +35,13 @@ def stem(path: pathlib.Path) -> str:
 
 
 def read_series(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
-  """Reads a NIfTI scan as it is stored (3D, or a 4D series), validated.
-
-  Args:
-    path: a ``.nii`` or ``.nii.gz`` file.
-
-  Returns:
-    (data (X, Y, Z) or (X, Y, Z, T) float32 in the file's axis order, with
-    trailing singleton axes beyond the 4th dropped; the nibabel image).
+  """A NIfTI scan as it is stored (3D, or a 4D series), validated (``nifti.read``):
+  (data (X, Y, Z) or (X, Y, Z, T) float32 in the file's axis order; the nibabel image).
 
   Raises:
     DataError: naming the file and the problem.
   """
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise DataError(f"{path}: file not found")
-  if not path.is_file():
-    raise DataError(f"{path}: not a file")
-  if path.stat().st_size == 0:
-    raise DataError(f"{path}: file is empty")
-  try:
-    img = nib.load(str(path))
-  except Exception as e:  # nibabel raises several types for non-NIfTI files.
-    raise DataError(f"{path}: not a readable NIfTI file ({e})") from None
-  if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-    raise DataError(f"{path}: not a NIfTI file ({type(img).__name__})")
-  if img.get_data_dtype().fields is not None:
-    raise DataError(f"{path}: unsupported voxel type {img.get_data_dtype()} "
-                         "(RGB or structured); need one scalar per voxel")
-  try:
-    raw = np.asanyarray(img.dataobj)
-  except Exception as e:  # EOFError, zlib.error, OSError, ValueError
-    raise DataError(f"{path}: cannot read the voxel data, the file is truncated "
-                         f"or corrupt ({type(e).__name__}: {e})") from None
-  if np.iscomplexobj(raw):
-    raise DataError(f"{path}: complex voxel values are not supported")
-  while raw.ndim > 4 and raw.shape[-1] == 1:
-    raw = raw[..., 0]
-  if raw.ndim < 3 or raw.ndim > 4:
-    raise DataError(f"{path}: expected a 3D volume or a 4D series, got shape "
-                         f"{raw.shape}")
-  if 0 in raw.shape:
-    raise DataError(f"{path}: an axis of shape {raw.shape} is empty")
-  affine = img.affine
-  if affine is None or not np.all(np.isfinite(affine)) or abs(
-      np.linalg.det(affine[:3, :3])) < 1e-12:
-    raise DataError(f"{path}: singular or invalid affine (voxel axes have no "
-                         "extent or are not independent)")
-  series = np.asarray(raw, np.float32)
-  bad = int(np.size(series) - np.count_nonzero(np.isfinite(series)))
-  if bad:
-    raise DataError(f"{path}: {bad} voxels are NaN or inf")
-  return series, img
+  return nifti.read(path, series=True)
 
 
 def collapse(series: np.ndarray, path: str | os.PathLike, *, volume: int | None = None,
@@ -131,26 +86,6 @@ def collapse(series: np.ndarray, path: str | os.PathLike, *, volume: int | None 
   return image, what
 
 
-def read_scan(path: str | os.PathLike, *, volume: int | None = None,
-              average: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
-  """Reads a NIfTI scan as one 3D float32 volume, validated.
-
-  Args:
-    path: a ``.nii`` or ``.nii.gz`` file.
-    volume: index of the volume to take from a 4D series.
-    average: take the mean over the 4th axis of a 4D series (the paper averaged
-      its b0 images); a 4D series without ``volume`` is averaged anyway.
-
-  Returns:
-    (data (X, Y, Z) float32 in the file's axis order, the nibabel image).
-
-  Raises:
-    DataError: naming the file and the problem.
-  """
-  series, img = read_series(path)
-  return collapse(series, path, volume=volume, average=average)[0], img
-
-
 # --- header heuristics ----------------------------------------------------------
 #
 # Slice axis: the header's anterior-posterior voxel axis, unless one voxel axis
@@ -176,9 +111,7 @@ _PLANE_OF_RAS_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
 PLANE_CHOICES = ("auto", *data.PLANES, "0", "1", "2")
 
 
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-  """Voxel edge lengths (3,) in mm along the file's own voxel axes."""
-  return np.sqrt(np.sum(np.asarray(affine, np.float64)[:3, :3] ** 2, axis=0))
+voxel_sizes = nifti.voxel_sizes
 
 
 def scale_affine(affine: np.ndarray, factor: float) -> np.ndarray:
@@ -310,7 +243,7 @@ def remove_offset(image: np.ndarray) -> tuple[np.ndarray, float, str]:
 def to_volume(image: np.ndarray, affine: np.ndarray, *, plane: str, name: str,
               normalisation: dict) -> data.Volume:
   """Reorients to RAS+, normalises by the training rule and slices ``plane``."""
-  ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
+  ornt = nifti.to_ras(affine)
   ras = nib.orientations.apply_orientation(image, ornt)
   ras = data.apply_normalisation(ras, normalisation)
   return data.Volume(animal_id=name, image=data.to_slices(ras, plane), label=None,

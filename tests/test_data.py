@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rodent_gbp import data
+from rodent_gbp import nifti
 
 
 def _save(path: pathlib.Path, array: np.ndarray, affine: np.ndarray) -> None:
@@ -186,11 +187,8 @@ def test_label_map_fsl_fast(tmp_path):
     data.load_animal(tmp_path / "a", label_map="spm")
 
 
-def test_load_scan_and_missing_labels(tmp_path):
+def test_missing_labels(tmp_path):
   image, labels = _small_animal(tmp_path / "a")
-  v = data.load_scan(tmp_path / "a" / "image.nii.gz")
-  assert v.animal_id == "image" and v.label is None and v.brainmask is None
-  assert v.image.shape == (6, 8, 7)
   (tmp_path / "a" / "labels.nii.gz").unlink()
   (tmp_path / "a" / "brainmask.nii.gz").unlink()
   v = data.load_animal(tmp_path / "a", require_labels=False)
@@ -275,7 +273,7 @@ def test_empty_or_missing_dataset(tmp_path):
   with pytest.raises(data.DataError, match="no animal folders"):
     data.load_dataset(tmp_path / "empty")
   with pytest.raises(data.DataError, match="not found"):
-    data.load_scan(tmp_path / "missing.nii.gz")
+    data.load_animal(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("axes,flips", [((0, 1, 2), (1, 1, 1)), ((1, 2, 0), (-1, 1, 1)),
@@ -289,8 +287,8 @@ def test_voxel_sizes_ras_follow_the_axes(axes, flips):
     affine[ax, i] = f * sizes[i]
   want = np.empty(3)
   want[list(axes)] = sizes
-  np.testing.assert_allclose(data.voxel_sizes_ras(affine), want)
+  np.testing.assert_allclose(nifti.voxel_sizes_ras(affine), want)
   # A small rotation keeps the nearest axes and the edge lengths.
   c, s = np.cos(0.1), np.sin(0.1)
   rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
-  np.testing.assert_allclose(data.voxel_sizes_ras(rot @ affine), want, rtol=1e-12)
+  np.testing.assert_allclose(nifti.voxel_sizes_ras(rot @ affine), want, rtol=1e-12)

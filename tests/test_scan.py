@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from rodent_gbp import data
+from rodent_gbp import nifti
 from rodent_gbp import scan
 from rodent_gbp.errors import DataError
+
+
+def _read_scan(path, **kw):
+  """A 3D volume of a scan as the CLI takes it: ``read_series`` then ``collapse``."""
+  series, img = scan.read_series(path)
+  return scan.collapse(series, path, **kw)[0], img
 
 
 def _save(tmp_path: pathlib.Path, array, affine=None, name="s.nii.gz") -> pathlib.Path:
@@ -32,7 +39,7 @@ def test_stem():
 def test_read_scan_3d_keeps_the_file_axis_order(tmp_path):
   v = _volume()
   affine = np.diag([-0.3, 0.5, 0.25, 1.0])
-  image, img = scan.read_scan(_save(tmp_path, v.astype(np.float64), affine))
+  image, img = _read_scan(_save(tmp_path, v.astype(np.float64), affine))
   assert image.dtype == np.float32 and image.shape == (4, 3, 5)
   np.testing.assert_array_equal(image, v)
   np.testing.assert_allclose(img.affine, affine, rtol=1e-6)
@@ -41,22 +48,22 @@ def test_read_scan_3d_keeps_the_file_axis_order(tmp_path):
 def test_read_scan_4d_volume_average_and_trailing_axes(tmp_path):
   series = np.stack([_volume(seed=i) for i in range(3)], axis=-1)     # (4, 3, 5, 3)
   path = _save(tmp_path, series)
-  np.testing.assert_array_equal(scan.read_scan(path, volume=2)[0], series[..., 2])
-  np.testing.assert_allclose(scan.read_scan(path, average=True)[0], series.mean(-1),
+  np.testing.assert_array_equal(_read_scan(path, volume=2)[0], series[..., 2])
+  np.testing.assert_allclose(_read_scan(path, average=True)[0], series.mean(-1),
                              rtol=1e-6)
   # Without --volume a series is segmented on its mean.
-  np.testing.assert_allclose(scan.read_scan(path)[0], series.mean(-1), rtol=1e-6)
+  np.testing.assert_allclose(_read_scan(path)[0], series.mean(-1), rtol=1e-6)
   full, _ = scan.read_series(path)
   np.testing.assert_array_equal(full, series)
   assert scan.collapse(full, path)[1].startswith("mean of 3 volumes")
   assert scan.collapse(full, path, volume=0)[1] == "volume 0 of 3"
   with pytest.raises(DataError, match="out of range"):
-    scan.read_scan(path, volume=3)
+    _read_scan(path, volume=3)
   # One volume in 4D, and a 5D file with singleton trailing axes, read as 3D.
   one = _save(tmp_path, series[..., :1], name="one.nii.gz")
-  np.testing.assert_array_equal(scan.read_scan(one)[0], series[..., 0])
+  np.testing.assert_array_equal(_read_scan(one)[0], series[..., 0])
   five = _save(tmp_path, series[..., :1, None], name="five.nii.gz")
-  np.testing.assert_array_equal(scan.read_scan(five)[0], series[..., 0])
+  np.testing.assert_array_equal(_read_scan(five)[0], series[..., 0])
 
 
 @pytest.mark.parametrize("case,match", [
@@ -82,7 +89,7 @@ def test_read_scan_errors_name_the_file(tmp_path, case, match):
     path = tmp_path / "sing.nii.gz"
     nib.save(nib.Nifti1Image(v, None, header=header), path)
   with pytest.raises(DataError, match=match) as e:
-    scan.read_scan(path)
+    _read_scan(path)
   assert str(path) in str(e.value)
 
 
@@ -101,7 +108,7 @@ def test_to_volume_reorients_normalises_and_slices():
   affine = np.array([[-vs[0], 0, 0, 0], [0, 0, vs[1], 0], [0, vs[2], 0, 0], [0, 0, 0, 1.0]])
   moved = scan.to_volume(stored, affine, plane="coronal", name="b", normalisation=rule)
   np.testing.assert_array_equal(moved.image, plain.image)
-  np.testing.assert_allclose(data.voxel_sizes_ras(affine), vs)
+  np.testing.assert_allclose(nifti.voxel_sizes_ras(affine), vs)
   # The way back writes the file's own layout.
   back = np.asanyarray(data.to_nifti(moved.image, moved).dataobj)
   np.testing.assert_allclose(back, stored / 2.0, rtol=1e-6)

@@ -25,6 +25,7 @@ import pytest
 
 from rodent_gbp import cli
 from rodent_gbp import data
+from rodent_gbp import nifti
 from rodent_gbp import placement
 
 PLANTED = (3, -2)  # (dy, dx) in model voxels of the coronal slices (RAS x, z)
@@ -91,7 +92,7 @@ def unmoved_and_moved(tmp_path_factory, scan, model_dir):
 def test_the_scan_is_on_the_model_grid(scan, smoke_bundle):
   """The planted move is in model voxels only if the scan is at the model's voxel size."""
   img = nib.load(str(scan))
-  np.testing.assert_allclose(data.voxel_sizes_ras(img.affine), smoke_bundle.voxel_size)
+  np.testing.assert_allclose(nifti.voxel_sizes_ras(img.affine), smoke_bundle.voxel_size)
   assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
 
 

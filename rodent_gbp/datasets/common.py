@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from rodent_gbp import fileio
+from rodent_gbp import nifti as nifti_lib
 
 TISSUE_CLASSES = {"background": 0, "wm": 1, "gm": 2, "csf": 3}
 
@@ -61,4 +62,4 @@ def class_counts(labels: np.ndarray) -> dict[str, int]:
 
 def voxel_sizes(affine: np.ndarray) -> list[float]:
   """Edge lengths (3,) in mm of the voxel axes of ``affine`` (array order)."""
-  return [float(v) for v in np.sqrt(np.sum(np.asarray(affine)[:3, :3] ** 2, axis=0))]
+  return [float(v) for v in nifti_lib.voxel_sizes(affine)]

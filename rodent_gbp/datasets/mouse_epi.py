@@ -48,6 +48,7 @@ import numpy as np
 import scipy.io
 
 from rodent_gbp import fileio
+from rodent_gbp import nifti
 from rodent_gbp.datasets import common, pseudo_labels
 from rodent_gbp.datasets.download import FileCheck
 from rodent_gbp.datasets.registry import MOUSE_EPI
@@ -100,13 +101,7 @@ def read_session(image_path: pathlib.Path, mask_path: pathlib.Path
   if image.ndim != 3 or not np.all(np.isfinite(image)):
     raise DataError(f"{image_path}: 'N' must be a finite 3D volume, got shape "
                     f"{image.shape}")
-  try:
-    img = nib.load(str(mask_path))
-    mask = np.asarray(img.dataobj, np.float64)
-  except Exception as e:  # nibabel raises several types for a damaged file.
-    raise DataError(f"{mask_path}: cannot read as NIfTI ({e})") from e
-  while mask.ndim > 3 and mask.shape[-1] == 1:
-    mask = mask[..., 0]
+  mask, img = nifti.read(mask_path, series=False, dtype=np.float64)
   if mask.shape != image.shape:
     raise DataError(f"{mask_path}: shape {mask.shape} differs from {image_path.name}'s "
                     f"{image.shape}")

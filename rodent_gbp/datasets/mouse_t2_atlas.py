@@ -38,6 +38,7 @@ import nibabel as nib
 import numpy as np
 
 from rodent_gbp import fileio
+from rodent_gbp import nifti
 from rodent_gbp.datasets import common
 from rodent_gbp.datasets.download import FileCheck
 from rodent_gbp.datasets.registry import MOUSE_T2_ATLAS
@@ -92,11 +93,8 @@ def read_mouse(image_path: pathlib.Path, label_path: pathlib.Path
   """
   arrays = []
   for path in (image_path, label_path):
-    try:
-      img = nib.as_closest_canonical(nib.load(str(path)))
-      arrays.append((np.asarray(img.dataobj, np.float64), img.affine))
-    except Exception as e:  # nibabel raises several types for a damaged file.
-      raise DataError(f"{path}: cannot read as NIfTI ({e})") from e
+    img = nib.as_closest_canonical(nifti.read(path, series=False, dtype=None)[1])
+    arrays.append((np.asarray(img.dataobj, np.float64), img.affine))
   (image, affine), (labels, label_affine) = arrays
   if image.shape != labels.shape or not np.allclose(affine, label_affine, atol=1e-4):
     raise DataError(f"{label_path}: grid differs from {image_path}")

@@ -33,6 +33,7 @@ import numpy as np
 
 from rodent_gbp import fileio
 from rodent_gbp import metrics
+from rodent_gbp import nifti
 from rodent_gbp.errors import DataError
 
 EPI_ANIMALS = ("19", "20", "21", "22")
@@ -46,7 +47,7 @@ def epi_case(epi_root: pathlib.Path, animal: str, folder: pathlib.Path) -> list[
   if not mat.is_file() or not mask_path.is_file():
     raise DataError(f"{mat} or {mask_path}: not found")
   image = np.asarray(scipy.io.loadmat(str(mat))["N"], np.float32)
-  mask_img = nib.load(str(mask_path))
+  mask_img = nifti.read(mask_path, dtype=None)[1]
   header = mask_img.header.copy()
   header.set_data_dtype(np.float32)
   stored = nib.Nifti1Image(image, mask_img.affine, header)   # x10 voxel sizes, as stored
@@ -72,9 +73,9 @@ def epi_case(epi_root: pathlib.Path, animal: str, folder: pathlib.Path) -> list[
 def t2_case(t2_root: pathlib.Path, mouse: str, folder: pathlib.Path) -> dict:
   """A mouse-t2-atlas brain with its truth label > 0 (and ``mask/`` kept for a second score)."""
   image = t2_root / "template_after_brain_extraction" / f"{mouse}.nii.gz"
-  label = nib.load(str(t2_root / "label" / f"{mouse}.nii.gz"))
+  labels, label = nifti.read(t2_root / "label" / f"{mouse}.nii.gz", series=False)
   truth = folder / f"t2_{mouse}_truth.nii.gz"
-  nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.uint8), label.affine),
+  nib.save(nib.Nifti1Image((labels > 0).astype(np.uint8), label.affine),
            truth)
   return {"case": f"t2_{mouse}", "input": image, "truth": truth, "set": "mouse_t2_atlas",
           "animal": mouse, "mask_file": t2_root / "mask" / f"{mouse}.nii.gz"}
@@ -103,13 +104,13 @@ def run_case(case: dict, out_root: pathlib.Path, *, extra: Sequence[str] = ()) -
     return row
   report = fileio.read_json(out / f"{case['case']}_report.json")
   row["report"] = report
-  src = nib.load(str(case["input"]))
-  mask = nib.load(str(out / f"{case['case']}_brainmask.nii.gz"))
+  src = nifti.read(case["input"])[1]
+  m, mask = nifti.read(out / f"{case['case']}_brainmask.nii.gz", series=False)
   row["same_geometry"] = bool(mask.shape == src.shape[:3]
                               and np.allclose(mask.affine, src.affine, atol=1e-5))
   if case.get("mask_file"):
-    m = np.asarray(mask.dataobj) > 0
-    other = np.asarray(nib.load(str(case["mask_file"])).dataobj) > 0
+    m = m > 0
+    other = nifti.read(case["mask_file"], series=False)[0] > 0
     row["dice_vs_mask_file"] = metrics.mask_dice(m, other)
   return row
 
