@@ -108,7 +108,7 @@ def _lower_bounds() -> dict[str, tuple[int, ...]]:
 _API_FLOORS = (
     ("jax", (0, 5, 3), "rodent_gbp/parallel.py", "AxisType"),          # jax.sharding.AxisType
     ("jax", (0, 5, 3), "rodent_gbp/parallel.py", "axis_types="),       # make_mesh(axis_types=)
-    ("orbax-checkpoint", (0, 11, 17), "rodent_gbp/checkpoint.py", "BestN("),  # default reverse
+    ("orbax-checkpoint", (0, 11, 17), "rodent_gbp/training/checkpoint.py", "BestN("),  # default reverse
 )
 
 
