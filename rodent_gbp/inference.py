@@ -171,59 +171,9 @@ def _brain_volume(mm3: float) -> tuple[str | None, dict[str, Any]]:
                    "note": "voxels of the written (applied, dilated) mask x voxel volume"}
 
 
-def segment_scan(input_path: str | os.PathLike,
-                 checkpoint_dir: str | os.PathLike | None,
-                 out_dir: str | os.PathLike, *, plane: str | int = "auto",
-                 volume: int | None = None, average: bool = False,
-                 voxel_scale: float | None = None,
-                 truth: str | os.PathLike | None = None,
-                 name: str | None = None, overwrite: bool = False, qc: bool = True,
-                 batch_size: int | None = None, placement: str = DEFAULT_PLACEMENT,
-                 displacement: str | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Segments one scan with a model bundle; writes the outputs and a report.
-
-  Every decision taken from the header is printed (``log``) and written to
-  ``<name>_report.json``: the slice axis and why (:func:`scan.choose_plane`),
-  the voxel scale and why (:func:`scan.voxel_scale`), an intensity offset
-  removed (:func:`scan.remove_offset`), the in-plane resolution in and out,
-  the brain volume with a warning outside :data:`scan.BRAIN_VOLUME_MM3`, the
-  placer, CPU seconds, and with ``truth`` the Dice and HD95 against it.
-
-  Args:
-    input_path: a NIfTI scan (3D, or a 4D series: segmented on its mean, or on
-      ``volume``; the skull-stripped output masks every volume).
-    checkpoint_dir: a model bundle folder (``<workdir>/model`` of the main
-      job); None: the shipped default (``rodent_gbp.models``).
-    out_dir: output folder (created if needed).
-    plane: "auto" (default: the header's anterior-posterior axis unless one
-      voxel axis is much thicker), "coronal", "axial", "sagittal", or a voxel
-      axis 0, 1, 2.
-    volume: volume index of a 4D series.
-    average: mean over the volumes of a 4D series (also the default for 4D).
-    voxel_scale: factor for the header's voxel sizes (0.1 for sizes stored
-      x10); None: decided by the field of view.
-    truth: a brain mask on the input's grid to score the result against.
-    name: output file prefix; default the input file's name without ``.nii[.gz]``.
-    overwrite: replace existing outputs of the same name.
-    qc: write the QC figure.
-    batch_size: slices per network call; default ``config.eval_batch_size``.
-    placement: a placer name of ``placement.PLACERS``.
-    displacement: for ``gbp``, one displacement per ``slice`` or per scan
-      (``volume``); None: what the model's config says.
-    log: progress sink.
-
-  Returns:
-    dict with ``paths`` (output files), ``slices`` (CSV rows), ``report`` (the
-    report's content), the model-grid arrays ``mask`` (the removal mask),
-    ``labels``, ``image``, and ``placement``.
-
-  Raises:
-    UsageError, InferenceError, DataError, CheckpointError: one line naming
-    the file or flag and the problem.
-  """
-  cpu0, wall0 = time.process_time(), time.perf_counter()
-  # --- arguments and outputs, before anything expensive ---
+def check_arguments(input_path, out_dir, *, plane, placement, displacement, volume,
+                    average, voxel_scale) -> None:
+  """Refuses bad arguments before anything is read (one ``UsageError`` line each)."""
   if not input_path:
     raise UsageError("--input is required (a NIfTI scan)")
   if not out_dir:
@@ -243,52 +193,99 @@ def segment_scan(input_path: str | os.PathLike,
   if voxel_scale is not None and not (np.isfinite(voxel_scale) and voxel_scale > 0):
     raise UsageError(f"--voxel_scale {voxel_scale}: must be a positive number (0.1 reads "
                      "voxel sizes stored x10)")
-  input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
-  name = scan.stem(input_path) if name is None else name
-  paths = _check_outputs(input_path, out_dir, name, overwrite)
-  if checkpoint_dir:
-    checkpoint_source = "--checkpoint"
-  else:
-    checkpoint_dir, checkpoint_source = models.default_model_dir(), "default (shipped)"
 
-  # --- inputs and the header decisions ---
+
+def load_model(model_dir, *, bundle=None, displacement: str | None = None
+               ) -> tuple[bundle_lib.Bundle, str, str]:
+  """(the bundle to segment with, its folder, where it came from).
+
+  ``bundle``: an already loaded bundle (not changed: a ``displacement``
+  gives a copy whose tissue config says it); else ``model_dir`` or the
+  shipped default.
+  """
+  if bundle is not None:
+    folder, source = bundle.folder, "given bundle"
+  elif model_dir:
+    folder, source = model_dir, "--model_dir"
+  else:
+    folder, source = models.default_model_dir(), "default (shipped)"
+  if bundle is None:
+    bundle = bundle_lib.load_bundle(folder)
+  if displacement is not None and "tissue" in bundle.networks:
+    net = bundle.networks["tissue"]
+    net = dataclasses.replace(net, config=configs.override(net.config,
+                                                           displacement=displacement))
+    bundle = dataclasses.replace(bundle, networks={**bundle.networks, "tissue": net})
+  return bundle, str(folder), source
+
+
+@dataclasses.dataclass
+class Input:
+  """A scan as read: the stored ``series`` (3D or 4D) and its nibabel ``img``, the 3D
+  ``image`` segmented, what was ``taken`` from a series, the ``truth`` mask or None."""
+
+  path: pathlib.Path
+  series: np.ndarray
+  img: nib.Nifti1Image
+  image: np.ndarray
+  taken: str
+  truth: np.ndarray | None
+
+
+def read_input(input_path: pathlib.Path, *, volume, average, truth) -> Input:
+  """Reads and checks the scan (and its truth mask) on the input's own grid."""
   series, img = scan.read_series(input_path)
   image, taken = scan.collapse(series, input_path, volume=volume, average=average)
   truth_mask = None if truth is None else _read_truth(pathlib.Path(truth), image.shape,
                                                       img.affine)
-  bundle = bundle_lib.load_bundle(checkpoint_dir)
-  if displacement is not None and "tissue" in bundle.networks:
-    net = bundle.networks["tissue"]
-    bundle.networks["tissue"] = dataclasses.replace(
-        net, config=configs.override(net.config, displacement=displacement))
-  placement = choose_placement(placement, bundle)
-  placement_lib.check_placer(placement, bundle)
-  config = bundle.network("tissue").config
-  warnings: list[str] = []
-  factor, scale_reason, scale_warning = scan.voxel_scale(image.shape, img.affine,
+  return Input(input_path, series, img, image, taken, truth_mask)
+
+
+@dataclasses.dataclass
+class ModelGrid:
+  """The scan on the model's grid, and every header decision taken to get there."""
+
+  vol: data.Volume
+  affine: np.ndarray
+  plane: str
+  slice_axis: int
+  vs_scan: np.ndarray
+  vs_model: np.ndarray
+  grid: tuple[int, int]
+  slices: np.ndarray
+  bank_index: np.ndarray
+  decisions: dict[str, Any]
+  warnings: list[str]
+
+
+def fit_to_model(inp: Input, bundle, *, plane, voxel_scale, name: str,
+                 log: Callable[[str], None]) -> ModelGrid:
+  """Voxel scale, slice axis and intensity offset from the header and the image;
+  reorient, slice, normalise, resample in-plane to the model's voxel size and fit
+  to the bank's slice shape."""
+  factor, scale_reason, scale_warning = scan.voxel_scale(inp.image.shape, inp.img.affine,
                                                          voxel_scale)
-  affine = scan.scale_affine(img.affine, factor)
+  affine = scan.scale_affine(inp.img.affine, factor)
   plane, slice_axis, plane_reason, plane_warning = scan.choose_plane(affine, plane)
-  image, offset, offset_reason = scan.remove_offset(image)
-  warnings += [w for w in (scale_warning, plane_warning) if w]
+  image, offset, offset_reason = scan.remove_offset(inp.image)
+  warnings = [w for w in (scale_warning, plane_warning) if w]
   vol = scan.to_volume(image, affine, plane=plane, name=name,
                        normalisation=bundle.normalisation)
-  axes = scan.INPLANE_AXES[plane]
-  vs_scan = nifti.voxel_sizes_ras(affine)[axes]
+  vs_scan = nifti.voxel_sizes_ras(affine)[scan.INPLANE_AXES[plane]]
   # The networks and the bank are trained on coronal slices: whatever plane the
   # scan is cut in, its slices go to the model's coronal in-plane voxel size.
   vs_model = bundle.voxel_size[scan.INPLANE_AXES[MODEL_PLANE]]
   n_slices, h, w = vol.image.shape
   grid = tuple(max(1, int(round(n * a / b))) for n, a, b in zip((h, w), vs_scan, vs_model))
-  factor_net = 2**config.depth
-  if min(grid) < factor_net:
+  depth = max(net.config.depth for net in bundle.networks.values())
+  if min(grid) < 2**depth:
     raise DataError(
-        f"{input_path}: too small for the network: {h} x {w} voxels of "
+        f"{inp.path}: too small for the network: {h} x {w} voxels of "
         f"{vs_scan[0]:g} x {vs_scan[1]:g} mm in the {plane} plane are {grid[0]} x "
         f"{grid[1]} at the model's {vs_model[0]:g} x {vs_model[1]:g} mm; need at "
-        f"least {factor_net} x {factor_net}")
+        f"least {2**depth} x {2**depth}")
   bank_hw = bundle.slice_shape
-  log(f"{input_path}: {img.shape}, segmenting {taken}")
+  log(f"{inp.path}: {inp.img.shape}, segmenting {inp.taken}")
   log(f"voxel scale {factor:g}: {scale_reason}")
   log(f"slice axis {slice_axis} ({plane}): {plane_reason}")
   log(f"intensity: {offset_reason}")
@@ -297,51 +294,80 @@ def segment_scan(input_path: str | os.PathLike,
       f"({bundle.voxel_size_source}), fitted to {bank_hw[0]} x {bank_hw[1]}")
   for warning in warnings:
     log(f"warning: {warning}")
+  slices = scan.fit_to(scan.resample_inplane(vol.image, vs_scan, vs_model, grid, order=1),
+                       bank_hw)
+  decisions = {
+      "voxel_scale": {"factor": factor, "mode": "auto" if voxel_scale is None else "given",
+                      "reason": scale_reason,
+                      "header_voxel_size_mm": nifti.voxel_sizes(inp.img.affine).tolist(),
+                      "voxel_size_mm": nifti.voxel_sizes(affine).tolist()},
+      "slice_axis": {"axis": slice_axis, "plane": plane, "reason": plane_reason,
+                     "slices": n_slices},
+      "intensity": {"offset": offset, "reason": offset_reason,
+                    "normalisation": bundle.normalisation},
+      "resolution": {"input_inplane_mm": [float(v) for v in vs_scan],
+                     "model_inplane_mm": [float(v) for v in vs_model],
+                     "input_grid": [h, w], "model_grid": list(grid),
+                     "fitted_to": list(bank_hw),
+                     "resampled": bool(grid != (h, w) or not np.allclose(vs_scan, vs_model)),
+                     "slice_thickness_mm": float(nifti.voxel_sizes_ras(affine)[
+                         data.plane_axes(plane)[0]])}}
+  return ModelGrid(vol, affine, plane, slice_axis, vs_scan, vs_model, grid, slices,
+                   scan.bank_slice_index(n_slices, bundle.bank.masks.shape[1]),
+                   decisions, warnings)
 
-  # --- the pipeline on the model grid ---
-  model_slices = scan.fit_to(scan.resample_inplane(vol.image, vs_scan, vs_model, grid,
-                                                   order=1), bank_hw)
-  bank_index = scan.bank_slice_index(n_slices, bundle.bank.masks.shape[1])
-  raw, removals = pipeline.run(model_slices, [placement], bundle=bundle,
-                               slice_index=bank_index, batch_size=batch_size)
-  placed = removals[placement].placement
-  labels = removals[placement].labels
 
-  # --- back to the input grid ---
+def to_input_grid(inp: Input, fit: ModelGrid, placed, labels, gradient
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(outputs on the input's slices, outputs in the file's axes): undo the fit, the
+  resampling (nearest for mask and labels, linear for saliency) and the reorientation;
+  ``brain`` is the stored series zero outside the mask."""
+  h, w = fit.vol.image.shape[1:]
+
   def back(x: np.ndarray, order: int) -> np.ndarray:
-    return scan.resample_inplane(scan.unfit(x, grid), vs_model, vs_scan, (h, w), order=order)
+    return scan.resample_inplane(scan.unfit(x, fit.grid), fit.vs_model, fit.vs_scan, (h, w),
+                                 order=order)
 
   native = {"brainmask": back(placed.mask.astype(np.uint8), 0),
             "labels": back(labels.astype(np.uint8), 0),
-            "saliency": back(raw["gradient"].astype(np.float32), 1)}
+            "saliency": back(gradient.astype(np.float32), 1)}
   # Labels lie inside the applied mask on the model grid; clipping after the
   # nearest-neighbour resampling keeps that true on the input grid too.
   native["labels"] = native["labels"] * (native["brainmask"] > 0)
-  dtypes = {"brainmask": np.uint8, "labels": np.uint8, "saliency": np.float32}
-  arrays = {key: np.asanyarray(data.to_nifti(native[key], vol).dataobj) for key in OUTPUTS}
-  mask_file = arrays["brainmask"] > 0                    # (X, Y, Z), the file's axes
-  # The skull-stripped image: the stored values (every volume of a series)
-  # zero outside the mask.
-  arrays["brain"] = series * (mask_file if series.ndim == 3 else mask_file[..., None])
-  dtypes["brain"] = np.float32
-  rows = _slice_rows(placed, native["brainmask"], bank_index, vs_model, bundle.bank,
-                     placement)
-  vs_file = nifti.voxel_sizes(affine)
+  arrays = {key: np.asanyarray(data.to_nifti(native[key], fit.vol).dataobj) for key in OUTPUTS}
+  mask_file = arrays["brainmask"] > 0
+  arrays["brain"] = inp.series * (mask_file if inp.series.ndim == 3 else mask_file[..., None])
+  return native, arrays
+
+
+def score(inp: Input, fit: ModelGrid, mask_file: np.ndarray, truth,
+          log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+  """(brain volume record, scores against the truth or None); warnings added to ``fit``."""
+  vs_file = nifti.voxel_sizes(fit.affine)
   brain_warning, brain_volume = _brain_volume(float(mask_file.sum() * np.prod(vs_file)))
   if brain_warning:
-    warnings.append(brain_warning)
+    fit.warnings.append(brain_warning)
     log(f"warning: {brain_warning}")
   log(f"brain volume {brain_volume['mm3']:.1f} mm^3 ({brain_volume['cm3']:.3g} cm^3)")
-  scores = None
-  if truth_mask is not None:
-    scores = {"path": str(truth), "dice": float(metrics.mask_dice(mask_file, truth_mask)),
-              "hd95_mm": metrics.hd95(mask_file, truth_mask, vs_file),
-              "truth_volume_mm3": float(truth_mask.sum() * np.prod(vs_file)),
-              "note": "on the input's voxel grid and (scaled) voxel sizes; HD95 pools "
-                      "both directions' boundary distances"}
-    log(f"against {truth}: Dice {scores['dice']:.4f}, HD95 {scores['hd95_mm']:.3f} mm")
+  if inp.truth is None:
+    return brain_volume, None
+  scores = {"path": str(truth), "dice": float(metrics.mask_dice(mask_file, inp.truth)),
+            "hd95_mm": metrics.hd95(mask_file, inp.truth, vs_file),
+            "truth_volume_mm3": float(inp.truth.sum() * np.prod(vs_file)),
+            "note": "on the input's voxel grid and (scaled) voxel sizes; HD95 pools "
+                    "both directions' boundary distances"}
+  log(f"against {truth}: Dice {scores['dice']:.4f}, HD95 {scores['hd95_mm']:.3f} mm")
+  return brain_volume, scores
 
-  # --- write everything into a temporary folder, then rename into place ---
+
+def write_outputs(paths: dict[str, pathlib.Path], out_dir: pathlib.Path, name: str,
+                  inp: Input, fit: ModelGrid, arrays, native, rows, report, *,
+                  qc: bool, title: str) -> None:
+  """Writes every output into a temporary folder in ``out_dir``, then renames them into
+  place (the report last); on any error the temporary folder (and a folder this
+  call created) is removed."""
+  dtypes = {"brainmask": np.uint8, "labels": np.uint8, "saliency": np.float32,
+            "brain": np.float32}
   created = not out_dir.exists()
   try:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -350,42 +376,14 @@ def segment_scan(input_path: str | os.PathLike,
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
   try:
     for key in (*OUTPUTS, "brain"):
-      nib.save(scan.like_input(arrays[key], img, dtypes[key]), tmp / paths[key].name)
+      nib.save(scan.like_input(arrays[key], inp.img, dtypes[key]), tmp / paths[key].name)
     fileio.write_csv(tmp / paths["csv"].name, rows)
     if qc:
-      from rodent_gbp import qc as qc_lib
+      from rodent_gbp import qc as qc_lib  # matplotlib, loaded only to draw a figure
       qc_lib.segment_figure(
-          tmp / paths["qc"].name, vol.image, native["brainmask"], tuple(vs_scan),
-          truth=None if truth_mask is None else scan.file_to_slices(truth_mask, vol),
-          title=(f"{name}: {plane} slices across voxel axis {slice_axis}, {placement}; "
-                 f"brain {brain_volume['mm3']:.0f} mm$^3$"
-                 + ("" if scores is None else
-                    f"; Dice {scores['dice']:.3f}, HD95 {scores['hd95_mm']:.2f} mm")))
-    report = {
-        "input": str(input_path), "shape": [int(n) for n in series.shape],
-        "segmented": taken,
-        "checkpoint": str(checkpoint_dir), "checkpoint_source": checkpoint_source,
-        "voxel_scale": {"factor": factor, "mode": "auto" if voxel_scale is None else "given",
-                        "reason": scale_reason,
-                        "header_voxel_size_mm": nifti.voxel_sizes(img.affine).tolist(),
-                        "voxel_size_mm": vs_file.tolist()},
-        "slice_axis": {"axis": slice_axis, "plane": plane, "reason": plane_reason,
-                       "slices": n_slices},
-        "intensity": {"offset": offset, "reason": offset_reason,
-                      "normalisation": bundle.normalisation},
-        "resolution": {"input_inplane_mm": [float(v) for v in vs_scan],
-                       "model_inplane_mm": [float(v) for v in vs_model],
-                       "input_grid": [h, w], "model_grid": list(grid),
-                       "fitted_to": list(bank_hw),
-                       "resampled": bool(grid != (h, w) or not np.allclose(vs_scan, vs_model)),
-                       "slice_thickness_mm": float(nifti.voxel_sizes_ras(affine)[
-                           data.plane_axes(plane)[0]])},
-        "brain_volume": brain_volume, "placement": placement,
-        "displacement": config.displacement if placement == "gbp" else None,
-        "truth": scores, "warnings": warnings,
-        "outputs": {k: p.name for k, p in paths.items() if qc or k != "qc"},
-        "cpu_seconds": time.process_time() - cpu0,
-        "wall_seconds": time.perf_counter() - wall0}
+          tmp / paths["qc"].name, fit.vol.image, native["brainmask"], tuple(fit.vs_scan),
+          truth=None if inp.truth is None else scan.file_to_slices(inp.truth, fit.vol),
+          title=title)
     fileio.write_json(tmp / paths["report"].name, report)
     for key, p in paths.items():
       if (tmp / p.name).exists():
@@ -396,6 +394,63 @@ def segment_scan(input_path: str | os.PathLike,
     raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | None,
+                 out_dir: str | os.PathLike, *, bundle: bundle_lib.Bundle | None = None,
+                 plane: str | int = "auto", volume: int | None = None,
+                 average: bool = False, voxel_scale: float | None = None,
+                 truth: str | os.PathLike | None = None, name: str | None = None,
+                 overwrite: bool = False, qc: bool = True, batch_size: int | None = None,
+                 placement: str = DEFAULT_PLACEMENT, displacement: str | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Segments one scan with a model bundle; writes the outputs and a report.
+
+  Read (:func:`read_input`), fit to the model grid (:func:`fit_to_model`: every
+  header decision printed and reported), the pipeline with one placer, back to
+  the input grid (:func:`to_input_grid`), score (:func:`score`), write
+  (:func:`write_outputs`). ``model_dir``: a model folder (None: the shipped
+  default); ``bundle``: a loaded bundle instead (never changed, so one bundle
+  serves many calls). The other arguments are the console script's flags
+  (``rodent_gbp.cli``). Returns ``paths``, ``slices`` (CSV rows), ``report``,
+  the model-grid ``mask``, ``labels``, ``image``, ``grid``, ``bank_index`` and
+  ``placement``. Raises UsageError, InferenceError, DataError or
+  CheckpointError: one line naming the file or flag and the problem.
+  """
+  cpu0, wall0 = time.process_time(), time.perf_counter()
+  check_arguments(input_path, out_dir, plane=plane, placement=placement,
+                  displacement=displacement, volume=volume, average=average,
+                  voxel_scale=voxel_scale)
+  input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
+  name = scan.stem(input_path) if name is None else name
+  paths = _check_outputs(input_path, out_dir, name, overwrite)
+  inp = read_input(input_path, volume=volume, average=average, truth=truth)
+  bundle, model_folder, model_source = load_model(model_dir, bundle=bundle,
+                                                  displacement=displacement)
+  placement = choose_placement(placement, bundle)
+  placement_lib.check_placer(placement, bundle)
+  fit = fit_to_model(inp, bundle, plane=plane, voxel_scale=voxel_scale, name=name, log=log)
+  raw, removals = pipeline.run(fit.slices, [placement], bundle=bundle,
+                               slice_index=fit.bank_index, batch_size=batch_size)
+  placed, labels = removals[placement].placement, removals[placement].labels
+  native, arrays = to_input_grid(inp, fit, placed, labels, raw["gradient"])
+  rows = _slice_rows(placed, native["brainmask"], fit.bank_index, fit.vs_model, bundle.bank,
+                     placement)
+  brain_volume, scores = score(inp, fit, arrays["brainmask"] > 0, truth, log)
+  report = {"input": str(input_path), "shape": [int(n) for n in inp.series.shape],
+            "segmented": inp.taken, "model_dir": model_folder, "model_source": model_source,
+            **fit.decisions, "brain_volume": brain_volume, "placement": placement,
+            "displacement": (bundle.network("tissue").config.displacement
+                             if placement == "gbp" else None),
+            "truth": scores, "warnings": fit.warnings,
+            "outputs": {k: p.name for k, p in paths.items() if qc or k != "qc"},
+            "cpu_seconds": time.process_time() - cpu0,
+            "wall_seconds": time.perf_counter() - wall0}
+  title = (f"{name}: {fit.plane} slices across voxel axis {fit.slice_axis}, {placement}; "
+           f"brain {brain_volume['mm3']:.0f} mm$^3$" + ("" if scores is None else
+           f"; Dice {scores['dice']:.3f}, HD95 {scores['hd95_mm']:.2f} mm"))
+  write_outputs(paths, out_dir, name, inp, fit, arrays, native, rows, report, qc=qc,
+                title=title)
   if not qc:
     paths.pop("qc")
   if "volume_displacement" in placed.details:
@@ -404,5 +459,5 @@ def segment_scan(input_path: str | os.PathLike,
   log(f"cpu {report['cpu_seconds']:.1f} s, wall {report['wall_seconds']:.1f} s")
   log(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")
   return {"paths": paths, "slices": rows, "mask": placed.mask, "labels": labels,
-          "image": model_slices, "grid": grid, "bank_index": bank_index,
+          "image": fit.slices, "grid": fit.grid, "bank_index": fit.bank_index,
           "placement": placed, "report": report}

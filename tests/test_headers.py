@@ -196,7 +196,7 @@ def test_grid_slices():
 
 def test_default_model_folder_absent_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(models, "model_dir", lambda name=models.DEFAULT: tmp_path / name)
-  with pytest.raises(CheckpointError, match="pass --checkpoint") as e:
+  with pytest.raises(CheckpointError, match="pass --model_dir") as e:
     models.default_model_dir()
   assert str(tmp_path / "mouse_epi") in str(e.value)
   # The real one lies inside the package, under models/mouse_epi.
@@ -229,7 +229,7 @@ def plain(tmp_path_factory, scan, model_dir):
   """The test animal with its truth and the QC figure: the reference run."""
   out = tmp_path_factory.mktemp("plain")
   truth = scan.parent / "brainmask.nii.gz"
-  return _segment(scan, out, f"--checkpoint={model_dir}", f"--truth={truth}") + (out,)
+  return _segment(scan, out, f"--model_dir={model_dir}", f"--truth={truth}") + (out,)
 
 
 def test_report_fields(plain, scan, model_dir):
@@ -243,7 +243,7 @@ def test_report_fields(plain, scan, model_dir):
   assert res["model_inplane_mm"] == pytest.approx([0.375, 0.375])
   assert res["input_grid"] == [96, 96] and res["resampled"] is False
   assert report["placement"] == "gbp_improved"
-  assert report["checkpoint"] == str(model_dir) and report["checkpoint_source"] == "--checkpoint"
+  assert report["model_dir"] == str(model_dir) and report["model_source"] == "--model_dir"
   assert report["cpu_seconds"] > 0
   voxel_mm3 = 0.375 * 0.5 * 0.375
   assert report["brain_volume"]["mm3"] == pytest.approx(arrays["brainmask"].sum() * voxel_mm3)
@@ -276,7 +276,7 @@ def test_truth_scores_recomputed(plain, scan):
 
 def test_intensity_scale_with_the_default_model(plain, scan, model_dir, tmp_path,
                                                 monkeypatch):
-  """x1000, no --checkpoint: the planted default folder serves; the same mask."""
+  """x1000, no --model_dir: the planted default folder serves; the same mask."""
   planted = tmp_path / "models" / "mouse_epi"
   shutil.copytree(model_dir, planted)
   monkeypatch.setattr(models, "model_dir", lambda name=models.DEFAULT: planted.parent / name)
@@ -284,8 +284,8 @@ def test_intensity_scale_with_the_default_model(plain, scan, model_dir, tmp_path
   x = np.asanyarray(img.dataobj).astype(np.float32)
   nib.save(nib.Nifti1Image(1000 * x, img.affine), tmp_path / "x1000.nii.gz")
   report, arrays = _segment(tmp_path / "x1000.nii.gz", tmp_path / "o", "--noqc")
-  assert report["checkpoint"] == str(planted)
-  assert report["checkpoint_source"].startswith("default")
+  assert report["model_dir"] == str(planted)
+  assert report["model_source"].startswith("default")
   np.testing.assert_array_equal(arrays["brainmask"], plain[1]["brainmask"])
 
 
@@ -294,7 +294,7 @@ def test_intensity_offset_gives_the_same_mask(plain, scan, model_dir, tmp_path):
   x = np.asanyarray(img.dataobj).astype(np.float32)
   nib.save(nib.Nifti1Image(x + np.float32(3.0), img.affine), tmp_path / "off.nii.gz")
   report, arrays = _segment(tmp_path / "off.nii.gz", tmp_path / "o",
-                            f"--checkpoint={model_dir}", "--noqc")
+                            f"--model_dir={model_dir}", "--noqc")
   assert report["intensity"]["offset"] == pytest.approx(3.0 + float(x.min()), rel=1e-5)
   a, b = arrays["brainmask"] > 0, plain[1]["brainmask"] > 0
   assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.99
@@ -306,7 +306,7 @@ def test_4d_series_masked_on_its_mean(plain, scan, model_dir, tmp_path):
   series = np.stack([0.5 * x, x, 1.5 * x], axis=-1)
   nib.save(nib.Nifti1Image(series, img.affine), tmp_path / "dwi.nii.gz")
   report, arrays = _segment(tmp_path / "dwi.nii.gz", tmp_path / "o",
-                            f"--checkpoint={model_dir}", "--noqc")
+                            f"--model_dir={model_dir}", "--noqc")
   assert report["segmented"].startswith("mean of 3 volumes")
   assert report["shape"] == [96, 40, 96, 3]
   mask = arrays["brainmask"] > 0
@@ -323,7 +323,7 @@ def test_x10_voxel_sizes_and_plane_override(plain, scan, model_dir, tmp_path):
   x10 = scan_lib.scale_affine(img.affine, 10.0)
   nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), x10), tmp_path / "x10.nii.gz")
   report, arrays = _segment(tmp_path / "x10.nii.gz", tmp_path / "o",
-                            f"--checkpoint={model_dir}", "--noqc", "--plane=1")
+                            f"--model_dir={model_dir}", "--noqc", "--plane=1")
   assert report["voxel_scale"]["factor"] == 0.1
   assert "stored x10" in report["voxel_scale"]["reason"]
   assert report["voxel_scale"]["header_voxel_size_mm"] == pytest.approx([3.75, 5.0, 3.75])
@@ -344,7 +344,7 @@ def test_twice_the_model_resolution_goes_there_and_back(plain, scan, model_dir, 
   affine[:3, 3] = img.affine[:3, 3] - 0.25 * (img.affine[:3, 0] + img.affine[:3, 2])
   nib.save(nib.Nifti1Image(fine, affine), tmp_path / "fine.nii.gz")
   report, arrays = _segment(tmp_path / "fine.nii.gz", tmp_path / "o",
-                            f"--checkpoint={model_dir}", "--noqc")
+                            f"--model_dir={model_dir}", "--noqc")
   res = report["resolution"]
   assert res["input_grid"] == [192, 192] and res["model_grid"] == [96, 96]
   assert res["resampled"] is True
@@ -372,7 +372,7 @@ def test_thick_axis_against_the_header_end_to_end(plain, scan, model_dir, tmp_pa
   nib.save(nib.Nifti1Image(stored, np.diag([0.375, 0.375, 1.0, 1.0])),
            tmp_path / "thick.nii.gz")
   report, arrays = _segment(tmp_path / "thick.nii.gz", tmp_path / "o",
-                            f"--checkpoint={model_dir}", "--noqc")
+                            f"--model_dir={model_dir}", "--noqc")
   assert report["slice_axis"]["axis"] == 2 and report["slice_axis"]["plane"] == "axial"
   assert any("thick voxel axis 2" in w for w in report["warnings"])
   assert "warning: slicing across the thick voxel axis 2" in capsys.readouterr().out

@@ -59,7 +59,7 @@ def _moved_nifti(src: pathlib.Path, dst: pathlib.Path, shift) -> np.ndarray:
 
 def _segment(scan_path, model_dir, out, *extra):
   cli.segment_main(["rodent-gbp-segment", f"--input={scan_path}",
-                    f"--checkpoint={model_dir}", f"--out_dir={out}", "--noqc", *extra])
+                    f"--model_dir={model_dir}", f"--out_dir={out}", "--noqc", *extra])
   name = data_stem(scan_path)
   with open(out / f"{name}_slices.csv") as f:
     rows = list(csv.DictReader(f))
@@ -170,3 +170,27 @@ def test_gbp_with_one_displacement_per_scan(scan, model_dir, tmp_path, capsys):
   err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert err == ["error: --displacement 'scan': must be one of slice, volume"]
   assert not (tmp_path / "bad").exists()
+
+
+def test_segment_scan_twice_on_one_loaded_bundle(scan, model_dir, tmp_path):
+  """One loaded bundle serves many calls: a call that asks for another displacement
+  leaves the bundle as it was, and the same call twice gives the same outputs."""
+  import dataclasses
+  from rodent_gbp import bundle as bundle_lib
+  from rodent_gbp import inference
+  bundle = bundle_lib.load_bundle(model_dir)
+  config = bundle.network("tissue").config
+  other = "volume" if config.displacement == "slice" else "slice"
+  quiet = dict(log=lambda msg: None, qc=False, placement="gbp")
+  a = inference.segment_scan(scan, None, tmp_path / "a", bundle=bundle,
+                             displacement=other, **quiet)
+  assert bundle.network("tissue").config == config      # not replaced in the bundle
+  assert a["report"]["displacement"] == other
+  b = inference.segment_scan(scan, None, tmp_path / "b", bundle=bundle, **quiet)
+  c = inference.segment_scan(scan, None, tmp_path / "c", bundle=bundle, **quiet)
+  assert b["report"]["displacement"] == c["report"]["displacement"] == config.displacement
+  for key in ("brainmask", "labels", "saliency"):
+    np.testing.assert_array_equal(nib.load(b["paths"][key]).get_fdata(),
+                                  nib.load(c["paths"][key]).get_fdata())
+  np.testing.assert_array_equal(b["placement"].displacement, c["placement"].displacement)
+  assert dataclasses.replace(bundle) is not bundle and bundle.folder == model_dir

@@ -1,6 +1,6 @@
 """Model folders installed with the package.
 
-``rodent-gbp-segment`` without ``--checkpoint`` uses :data:`DEFAULT`, the
+``rodent-gbp-segment`` without ``--model_dir`` uses :data:`DEFAULT`, the
 bundle folder ``rodent_gbp/models/mouse_epi/`` (a model trained on the
 mouse-epi set; ``rodent_gbp/bundle.py`` describes the folder). It is package
 data (setup.cfg), so an installed package finds it through
@@ -31,7 +31,7 @@ def default_model_dir() -> pathlib.Path:
   folder = model_dir(DEFAULT)
   if not (folder / "bundle.json").is_file():
     raise CheckpointError(
-        f"{folder}: no --checkpoint given and the default model folder is not "
-        "installed (no bundle.json there); pass --checkpoint FOLDER, a model folder "
+        f"{folder}: no --model_dir given and the default model folder is not "
+        "installed (no bundle.json there); pass --model_dir FOLDER, a model folder "
         "such as the main job's <workdir>/model")
   return folder
