@@ -17,7 +17,7 @@ from rodent_gbp import configs
 from rodent_gbp import datasets
 from rodent_gbp import fileio
 from rodent_gbp import parallel
-from rodent_gbp import phantom
+from rodent_gbp import phantom as phantom_lib
 from rodent_gbp.errors import UsageError
 
 
@@ -64,14 +64,14 @@ def ensure_phantom(folder, config: configs.Config, *,
     UsageError: the folder holds a complete phantom of another kind.
   """
   folder = pathlib.Path(folder)
-  existing = phantom.kind_of(folder)
+  existing = phantom_lib.kind_of(folder)
   if existing is not None and existing != config.phantom:
     raise UsageError(f"{folder}: holds a {existing} phantom and this run asks for a "
                      f"{config.phantom} one; give another --workdir")
   if existing is None and parallel.is_lead():
     log(f"writing the synthetic phantom ({config.animals} animals, {config.phantom}) "
         f"to {folder}")
-    phantom.write_phantom(folder, animals=config.animals, seed=config.phantom_seed,
+    phantom_lib.write_phantom(folder, animals=config.animals, seed=config.phantom_seed,
                           size=config.image_size, kind=config.phantom)
   parallel.barrier("rodent_gbp:phantom")
   return folder
@@ -96,8 +96,8 @@ def data_record(data_dir: pathlib.Path, *, phantom: bool) -> dict[str, Any]:
     out["labels"] = (rec.get("labels") or {}).get("kind", "labels")
     out["skull_stripped"] = bool(info.skull_stripped if info else rec.get("skull_stripped"))
     return out
-  if phantom or phantom.is_complete(data_dir):
-    info = fileio.read_json(data_dir / phantom.COMPLETE_FILE)
+  if phantom or phantom_lib.is_complete(data_dir):
+    info = fileio.read_json(data_dir / phantom_lib.COMPLETE_FILE)
     return {"dataset": "phantom", "folder": str(data_dir), "animals": info.get("animals"),
             "image_size": info.get("size"), "phantom_seed": info.get("seed"),
             "phantom_kind": info.get("kind", "standard"),
