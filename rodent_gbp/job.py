@@ -65,14 +65,14 @@ def _bundle(config, params, train_volumes, ckpt_dir: pathlib.Path, split, traini
 
 def run(config: configs.Config, workdir, *, data_dir=None, dataset=None, data_root=None,
         data_cache=None, resolution: str = "paper",
-        split: dict | str | pathlib.Path | None = None, checkpoint=None,
+        split: dict | str | pathlib.Path | None = None, checkpoint_dir=None,
         seed: int | None = None, figures: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs the paper's experiment; returns the ``results.json`` content.
 
   Args:
     config: the run's configuration (``configs.get_config``); with
-      ``checkpoint`` the checkpoint's own config is used (the caller refuses
+      ``checkpoint_dir`` the checkpoint's own config is used (the caller refuses
       a conflicting pair) but for ``displacement``, which only the
       evaluation reads and which comes from ``config``.
     workdir: output folder (created).
@@ -80,7 +80,7 @@ def run(config: configs.Config, workdir, *, data_dir=None, dataset=None, data_ro
       (``sources.resolve_data``); none of them: the phantom in ``<workdir>/data``.
     split: ``{"train", "val", "test"}`` animal ids, or the path of a JSON split
       file holding them, instead of the split drawn from ``config.split_seed``.
-    checkpoint: a training checkpoint folder; None trains one into
+    checkpoint_dir: a training checkpoint folder; None trains one into
       ``<workdir>/checkpoints``.
     seed: overrides ``config.seed`` (init, data order) when given.
     figures: write the paper's figures (PNG).
@@ -103,7 +103,7 @@ def run(config: configs.Config, workdir, *, data_dir=None, dataset=None, data_ro
 
   run_seed = config.seed
   config, params, split, ckpt_dir, history = load_or_train(
-      config, workdir, data_dir, checkpoint, volumes, log, split)
+      config, workdir, data_dir, checkpoint_dir, volumes, log, split)
   config = configs.override(config, seed=run_seed)
   timing["train_s"], t0 = time.time() - t0, time.time()
   missing = [a for a in split["train"] + split["test"] if a not in volumes]
@@ -122,7 +122,7 @@ def run(config: configs.Config, workdir, *, data_dir=None, dataset=None, data_ro
   for a in split["test"]:
     evals.append(evaluation.evaluate_volume(volumes[a], bundle=bundle, removal=removal,
                                             batch_size=config.eval_batch_size))
-    evals[-1]["counts"] |= results_lib.baseline_counts(
+    evals[-1].counts |= results_lib.baseline_counts(
         volumes[a], num_classes=config.num_classes, mixture="pseudo" not in source["labels"])
     log(f"evaluated test animal {a}")
   timing["evaluate_s"], t0 = time.time() - t0, time.time()
@@ -140,7 +140,7 @@ def run(config: configs.Config, workdir, *, data_dir=None, dataset=None, data_ro
   if removal:
     results["ablation"] = improved.ablation(
         [volumes[a] for a in split["test"]], bundle=bundle,
-        gradients={e["animal_id"]: e["gradient"] for e in evals}, log=log)
+        gradients={e.animal_id: e.gradient for e in evals}, log=log)
     timing["ablation_s"] = time.time() - t0
   timing["total_s"] = time.time() - clock
   results["timing"] = timing

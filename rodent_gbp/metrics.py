@@ -40,8 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from rodent_gbp import classes
+
 # Label convention (CONTRACT.md): 0 background, 1 WM, 2 GM, 3 CSF.
-CLASS_NAMES: dict[int, str] = {1: "wm", 2: "gm", 3: "csf"}
+CLASS_NAMES: dict[int, str] = classes.TISSUE
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "specificity", "sensitivity",
                                  "precision", "dsc")
 

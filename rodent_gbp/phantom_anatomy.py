@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from rodent_gbp import classes
+
 VERSION = 1
 REF_SIZE = 96
 VOXEL_MM = (0.375, 0.5, 0.375)
-LABELS = {0: "background", 1: "WM", 2: "GM", 3: "CSF"}
+LABELS = dict(enumerate(classes.SHORT))
 
 # Intensities, arbitrary units (docs/design.md#phantom-and-real-data).
 CSF, GM, WM = 1.0, 0.62, 0.45

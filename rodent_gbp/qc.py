@@ -15,9 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from rodent_gbp import classes  # noqa: E402
 from rodent_gbp import fileio  # noqa: E402
 
-CLASS_TITLES = ("Background", "White matter", "Gray matter", "CSF")
+CLASS_TITLES = classes.TITLES
 _LABEL_COLOURS = np.array([[0, 0, 0], [0.95, 0.95, 0.95], [0.55, 0.55, 0.55], [0.2, 0.5, 1.0]])
 
 

@@ -10,11 +10,13 @@ import math
 import pathlib
 import platform
 import subprocess
+
+from rodent_gbp import classes
 from typing import Any, Mapping
 
 
-CLASS_NAMES = {"brain": "Brain segmentation", "wm": "White Matter", "gm": "Gray Matter",
-               "csf": "Cerebrospinal Liquid"}
+CLASS_NAMES = classes.PAPER_TITLES
+TISSUE = tuple(classes.TISSUE.values())
 
 # The paper's Tables 1 and 2 (percent; accuracy, specificity, sensitivity, DSC).
 PAPER_TABLE1 = {
@@ -101,19 +103,19 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
         _HEADER,
         _row("brain", results["brain"]["gbp"], PAPER_TABLE1["brain"]),
     ]
-    lines += [_row(c, t["gbp"].get(c), PAPER_TABLE1[c]) for c in ("wm", "gm", "csf")]
+    lines += [_row(c, t["gbp"].get(c), PAPER_TABLE1[c]) for c in TISSUE]
     lines.append("")
   lines += ["## Table 2. After manual background removal (true brain mask)", "",
             _HEADER]
-  lines += [_row(c, t["manual"].get(c), PAPER_TABLE2[c]) for c in ("wm", "gm", "csf")]
+  lines += [_row(c, t["manual"].get(c), PAPER_TABLE2[c]) for c in TISSUE]
   lines += ["", "## Without background removal (paper Fig. 4)", "", _HEADER]
-  lines += [_row(c, t["none"].get(c), None) for c in ("wm", "gm", "csf")]
+  lines += [_row(c, t["none"].get(c), None) for c in TISSUE]
   baselines = {"all_gm": "every brain voxel gray matter (true brain mask)",
                "mixture": "bias-corrected 3-class mixture alone (true brain mask)"}
   for key, title in baselines.items():
     if key in t:
       lines += ["", f"## Baseline: {title}", "", _HEADER]
-      lines += [_row(c, t[key].get(c), None) for c in ("wm", "gm", "csf")]
+      lines += [_row(c, t[key].get(c), None) for c in TISSUE]
   if "gbp" not in t:
     if results.get("absent"):
       lines += ["", f"Not shown: {results['absent']}."]
@@ -125,7 +127,7 @@ def tables_markdown(results: Mapping[str, Any]) -> str:
       lines += ["", f"## {title}", "", _HEADER]
       if key in results["brain"]:
         lines.append(_row("brain", results["brain"][key], None))
-      lines += [_row(c, t[key].get(c), None) for c in ("wm", "gm", "csf")]
+      lines += [_row(c, t[key].get(c), None) for c in TISSUE]
   b = results["brain"]
   pl = results.get("placement", {})
   truth = pl.get("displacement_truth", True)

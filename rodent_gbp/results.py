@@ -58,71 +58,71 @@ def baseline_counts(volume, *, mixture: bool, num_classes: int = 4
           for k, v in out.items()}
 
 
-def has_displacement_truth(evals: list[dict[str, Any]]) -> bool:
+def has_displacement_truth(evals: list[evaluation.AnimalEvaluation]) -> bool:
   """Whether the test animals record their acquisition displacement (the phantom does)."""
   return bool(evals) and all(
-      "true_displacement" in e and np.all(np.isfinite(e["true_displacement"])) for e in evals)
+      e.true_displacement is not None and np.all(np.isfinite(e.true_displacement)) for e in evals)
 
 
-def per_slice_rows(evals: list[dict[str, Any]], bank) -> list[dict[str, Any]]:
+def per_slice_rows(evals: list[evaluation.AnimalEvaluation], bank) -> list[dict[str, Any]]:
   """One row per test slice: each placer's displacement, confidence and Dice
   (with displacement truth also the true displacement and the error)."""
   rows = []
   truth = has_displacement_truth(evals)
   for e in evals:
-    gbp = e["placements"]["gbp"]
+    gbp = e.placements["gbp"]
     err = evaluation.placement_error(e, "gbp")
     for s in range(len(err)):
-      row = {"animal": e["animal_id"], "slice": s,
+      row = {"animal": e.animal_id, "slice": s,
              "dy": int(gbp.displacement[s, 0]), "dx": int(gbp.displacement[s, 1])}
       if truth:
-        row |= {"true_dy": e["true_displacement"][s, 0],
-                "true_dx": e["true_displacement"][s, 1], "abs_error_px": float(err[s])}
+        row |= {"true_dy": e.true_displacement[s, 0],
+                "true_dx": e.true_displacement[s, 1], "abs_error_px": float(err[s])}
       row |= {"confidence_psr": float(gbp.confidence[s]),
-              "brain_dice": float(e["slice_dice"]["gbp"][s]),
-              "ceiling_dice": float(e["ceiling_dice"][s])}
+              "brain_dice": float(e.slice_dice["gbp"][s]),
+              "ceiling_dice": float(e.ceiling_dice[s])}
       for name in evaluation.SEARCH_PLACERS:
-        if name not in e["placements"]:
+        if name not in e.placements:
           continue
-        pl = e["placements"][name]
+        pl = e.placements[name]
         row |= {f"{name}_dy": int(pl.displacement[s, 0]),
                 f"{name}_dx": int(pl.displacement[s, 1])}
         if truth:
-          true = np.asarray(e["true_shifts"])[pl.details["template_animal"][s]]
+          true = np.asarray(e.true_shifts)[pl.details["template_animal"][s]]
           row |= {f"{name}_true_dy": true[0], f"{name}_true_dx": true[1],
                   f"{name}_abs_error_px": float(evaluation.placement_error(e, name)[s])}
         row |= {f"{name}_confidence_psr": float(pl.confidence[s]),
                 f"{name}_template_animal": bank.animal_ids[int(pl.details["template_animal"][s])],
                 f"{name}_slice_offset": int(pl.details["slice_offset"][s]),
                 f"{name}_scale": float(pl.details["scale"][s]),
-                f"{name}_brain_dice": float(e["slice_dice"][name][s])}
-      if "oracle_dice" in e:
-        row["oracle_dice"] = float(e["oracle_dice"][s])
+                f"{name}_brain_dice": float(e.slice_dice[name][s])}
+      if e.oracle_dice is not None:
+        row["oracle_dice"] = float(e.oracle_dice[s])
       rows.append(row)
   return rows
 
 
-def summarise(evals: list[dict[str, Any]], bank) -> dict[str, Any]:
+def summarise(evals: list[evaluation.AnimalEvaluation], bank) -> dict[str, Any]:
   """Tables, brain rows, placement and per-animal metrics from evaluations."""
-  ways = [w for w in WAYS + BASELINES if w in evals[0]["counts"]]
-  tables = {w: metrics.class_table([e["counts"][w] for e in evals]) for w in ways}
-  brain = {k: metrics.binary_row([e["brain_counts"][k] for e in evals])
-           for k in evals[0]["brain_counts"] if all(k in e["brain_counts"] for e in evals)}
+  ways = [w for w in WAYS + BASELINES if w in evals[0].counts]
+  tables = {w: metrics.class_table([e.counts[w] for e in evals]) for w in ways}
+  brain = {k: metrics.binary_row([e.brain_counts[k] for e in evals])
+           for k in evals[0].brain_counts if all(k in e.brain_counts for e in evals)}
   out = {"tables": tables, "brain": brain}
-  if "gbp" in evals[0]["placements"]:
+  if "gbp" in evals[0].placements:
     out["placement"] = placement_summary(evals, bank)
   per_animal = {
-      e["animal_id"]: {
-          w: {k: metrics.metrics_from_counts(np.asarray(e["counts"][w])[c])
+      e.animal_id: {
+          w: {k: metrics.metrics_from_counts(np.asarray(e.counts[w])[c])
               for c, k in metrics.CLASS_NAMES.items()} for w in ways
       } | {"brain": {k: metrics.metrics_from_counts(np.asarray(v))
-                     for k, v in e["brain_counts"].items()}}
+                     for k, v in e.brain_counts.items()}}
       for e in evals
   }
   return out | {"per_animal": per_animal}
 
 
-def placement_summary(evals: list[dict[str, Any]], bank) -> dict[str, Any]:
+def placement_summary(evals: list[evaluation.AnimalEvaluation], bank) -> dict[str, Any]:
   truth = has_displacement_truth(evals)
   placement: dict[str, Any] = {"displacement_truth": truth}
   if truth:
@@ -140,8 +140,8 @@ def placement_summary(evals: list[dict[str, Any]], bank) -> dict[str, Any]:
                                "sidelobe ratio of the locating correlation")
   placement["per_slice"] = per_slice_rows(evals, bank)
   for name in evaluation.SEARCH_PLACERS:
-    if name in evals[0]["placements"]:
-      placement[name] = {"volume_displacement": {e["animal_id"]: e["placements"][name].details[
+    if name in evals[0].placements:
+      placement[name] = {"volume_displacement": {e.animal_id: e.placements[name].details[
           "volume_displacement"] for e in evals}}
       if truth:
         placement[name]["mean_abs_error_px"] = evaluation.mean_error(evals, name)
@@ -166,14 +166,14 @@ def per_animal_rows(results: dict[str, Any], animals: dict[str, dict] | None = N
   return rows
 
 
-def lognormal_verdict(evals: list[dict[str, Any]], *, seed: int,
+def lognormal_verdict(evals: list[evaluation.AnimalEvaluation], *, seed: int,
                       max_samples: int = 20000) -> dict[str, Any]:
   """Pooled log-normal test of the test slices' gradient images (a subsample).
 
   Zero-gradient pixels are counted and excluded; the full study with per-slice
   verdicts and a random-network control is ``experiments/lognormal.py``.
   """
-  g = np.concatenate([np.asarray(e["gradient"]).ravel() for e in evals])
+  g = np.concatenate([np.asarray(e.gradient).ravel() for e in evals])
   fit = distributions.fit_families(g, zeros="exclude", max_samples=max_samples, seed=seed)
   return {
       "winner": fit["winner"],
@@ -205,17 +205,17 @@ def write_outputs(workdir: pathlib.Path, results, evals, volumes, *, animals=Non
   if "ablation" in results:
     oracle = results["brain"].get("oracle", {}).get("dsc")
     fileio.atomic_write_text(workdir / "placement.md", improved.ablation_markdown(
-        results["ablation"], oracle, animals=[e["animal_id"] for e in evals]))
+        results["ablation"], oracle, animals=[e.animal_id for e in evals]))
     written.append("placement.md")
   out = workdir / "predictions"
   out.mkdir(exist_ok=True)
   for e in evals:
-    v = volumes[e["animal_id"]]
-    a = e["animal_id"]
-    for way, lab in e["labels"].items():
+    v = volumes[e.animal_id]
+    a = e.animal_id
+    for way, lab in e.labels.items():
       if way != "none":
         save_nifti(lab.astype(np.uint8), v, out / f"{a}_labels_{way}.nii.gz")
-    for name, mask in e["masks"].items():
+    for name, mask in e.masks.items():
       save_nifti(mask.astype(np.uint8), v, out / f"{a}_brainmask_{name}.nii.gz")
   log(f"wrote {', '.join(written)} and predictions/ to {workdir}")
 
@@ -229,7 +229,7 @@ def write_figures(out: pathlib.Path, evals, volumes, bundle, *, removal: bool = 
   net = bundle.network("tissue")
   model, params, config = net.model, net.params, net.config
   e = evals[0]
-  v = volumes[e["animal_id"]]
+  v = volumes[e.animal_id]
   brain_area = v.brainmask.reshape(len(v.brainmask), -1).sum(-1)
   s = int(np.argmax(brain_area))  # the widest brain cross-section
   raw = v.image[s]
@@ -244,33 +244,33 @@ def write_figures(out: pathlib.Path, evals, volumes, bundle, *, removal: bool = 
   figures.fig3_translation(out / "fig3_translation.png", stripped, shifted, maps[0], maps[1],
                            shift)
   steps = {k: np.asarray(a) for k, a in enhance.enhancement_steps(
-      jnp.asarray(e["gradient"][s]), center=config.enhance_center,
+      jnp.asarray(e.gradient[s]), center=config.enhance_center,
       width=config.enhance_width).items()}
   figures.fig5_histograms(out / "fig5_histograms.png", steps)
   (out / "qc").mkdir(exist_ok=True)
   for ev in evals:  # one QC figure per test animal: the mask applied, the labels
-    way = "gbp_improved" if "gbp_improved" in ev["masks"] else None
-    vol = volumes[ev["animal_id"]]
-    qc.scan_figure(out / "qc" / f"{ev['animal_id']}_{way or 'manual'}.png", vol.image,
-                   ev["masks"][way] if way else vol.brainmask, ev["labels"][way or "manual"])
+    way = "gbp_improved" if "gbp_improved" in ev.masks else None
+    vol = volumes[ev.animal_id]
+    qc.scan_figure(out / "qc" / f"{ev.animal_id}_{way or 'manual'}.png", vol.image,
+                   ev.masks[way] if way else vol.brainmask, ev.labels[way or "manual"])
   if not removal:
     return
-  gbp = e["placements"]["gbp"].details
-  figures.fig4_noisy(out / "fig4_no_removal.png", raw, e["labels"]["none"][s],
-                     e["labels"]["manual"][s], v.label[s])
-  figures.fig6_enhanced(out / "fig6_enhanced.png", e["gradient"][s], gbp["signal"][s])
+  gbp = e.placements["gbp"].details
+  figures.fig4_noisy(out / "fig4_no_removal.png", raw, e.labels["none"][s],
+                     e.labels["manual"][s], v.label[s])
+  figures.fig6_enhanced(out / "fig6_enhanced.png", e.gradient[s], gbp["signal"][s])
   figures.fig7_alignment(out / "fig7_alignment.png", gbp["template"][s], gbp["signal"][s],
-                         gbp["correlation"][s], raw, raw * e["masks"]["gbp"][s],
-                         displacement=e["placements"]["gbp"].displacement[s])
+                         gbp["correlation"][s], raw, raw * e.masks["gbp"][s],
+                         displacement=e.placements["gbp"].displacement[s])
   # Fig. 8: the slice with brain where GBP removal hurts CSF most.
   csf_true = v.label == 3
-  csf_gbp = e["labels"]["gbp"] == 3
+  csf_gbp = e.labels["gbp"] == 3
   inter = (csf_true & csf_gbp).reshape(len(v.label), -1).sum(-1)
   total = csf_true.reshape(len(v.label), -1).sum(-1) + csf_gbp.reshape(len(v.label), -1).sum(-1)
   dice = np.where(total > 20, 2 * inter / np.maximum(total, 1), np.inf)
   s8 = int(np.argmin(dice))
   figures.fig8_panel(out / "fig8_csf.png", v.image[s8], v.image[s8] * v.brainmask[s8],
-                     v.image[s8] * e["masks"]["gbp"][s8], v.label[s8], e["labels"]["gbp"][s8])
+                     v.image[s8] * e.masks["gbp"][s8], v.label[s8], e.labels["gbp"][s8])
   per = [r for ev in evals for r in overview_rows(ev)]
   figures.placement_overview(out / "placement.png", [r[0] for r in per], [r[1] for r in per],
                              [r[2] for r in per])
@@ -278,4 +278,4 @@ def write_figures(out: pathlib.Path, evals, volumes, bundle, *, removal: bool = 
 
 def overview_rows(e):
   err = evaluation.placement_error(e, "gbp")
-  return list(zip(e["slice_dice"]["gbp"], e["ceiling_dice"], err))
+  return list(zip(e.slice_dice["gbp"], e.ceiling_dice, err))

@@ -15,10 +15,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from rodent_gbp import classes
 from rodent_gbp import fileio
 from rodent_gbp import nifti as nifti_lib
 
-TISSUE_CLASSES = {"background": 0, "wm": 1, "gm": 2, "csf": 3}
+TISSUE_CLASSES = classes.VALUES
 
 
 def nifti(array: np.ndarray, affine: np.ndarray, dtype) -> nib.Nifti1Image:

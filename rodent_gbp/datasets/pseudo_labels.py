@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from rodent_gbp import classes
+
 METHOD_VERSION = 3
 _N4_ITERATIONS = (50, 50)     # two fitting levels
 _N4_CONTROL_POINTS = 8
@@ -149,7 +151,7 @@ def tissue_pseudo_labels(image: np.ndarray, mask: np.ndarray, *, spacing=(1.0, 1
   labels = np.zeros(image.shape, np.uint8)
   labels[mask] = (rank[component] + 1).astype(np.uint8)   # 1 WM, 2 GM, 3 CSF
   fit = {}
-  for name, k in zip(("wm", "gm", "csf"), order):
+  for name, k in zip(classes.TISSUE.values(), order):
     fit[name] = {"mean": float(gmm.means_[k, 0]),
                  "sd": float(np.sqrt(gmm.covariances_[k, 0, 0])),
                  "weight": float(gmm.weights_[k]),

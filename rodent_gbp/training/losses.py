@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rodent_gbp import classes
 from rodent_gbp import metrics
 from rodent_gbp import model as model_lib
 from rodent_gbp import parallel
@@ -138,7 +139,7 @@ def _eval_batches(arrays: dict[str, np.ndarray], image_key: str, batch_size: int
 
 def evaluate(eval_fn: Callable, params: PyTree, arrays: dict[str, np.ndarray], *,
              batch_size: int, image_key: str = "stripped",
-             class_names: tuple[str, ...] = ("background", "wm", "gm", "csf"),
+             class_names: tuple[str, ...] = classes.NAMES,
              mesh=None) -> dict:
   """Dice per class, pooled over all slices and per animal.
 

@@ -23,13 +23,14 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from rodent_gbp import classes
 from rodent_gbp import enhance
 from rodent_gbp import guided
 from rodent_gbp import parallel
 from rodent_gbp.errors import DataError
 
 #: Class index -> the name of its per-class stack in :func:`gradient_stacks`.
-CLASS_NAMES = {1: "wm", 2: "gm", 3: "csf"}
+CLASS_NAMES = classes.TISSUE
 
 
 def gradient_images(model, params, images: np.ndarray, *, method: str, score: str,
