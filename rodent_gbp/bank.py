@@ -30,6 +30,7 @@ from rodent_gbp import guided
 from rodent_gbp import nifti
 from rodent_gbp import parallel
 from rodent_gbp.errors import CheckpointError, DataError
+from rodent_gbp import scan
 
 
 @dataclasses.dataclass
@@ -159,7 +160,6 @@ def build_template_bank(model, params, volumes: Sequence[data.Volume], *,
   Raises:
     DataError: a training animal has no brain mask.
   """
-  from rodent_gbp import scan
   if score not in guided.SCORES:
     raise ValueError(f"score must be one of {guided.SCORES}, got {score!r}")
   mesh = parallel.make_mesh() if mesh is None else mesh

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
+from rodent_gbp import phantom
+from rodent_gbp.errors import UsageError
 
 #: Saliency targets (``guided.SCORES``): the sum over pixels of the class's
 #: softmax probability (the paper's) or of its logit.
@@ -70,14 +72,11 @@ class Config:
   eval_batch_size: int = 40         # slices per jitted evaluation call
 
   def __post_init__(self):
-    from rodent_gbp import phantom
     phantom.appearance(self.phantom)  # UsageError naming the kinds
     if self.saliency_score not in SALIENCY_SCORES:
-      from rodent_gbp.errors import UsageError
       raise UsageError(f"saliency_score must be one of {', '.join(SALIENCY_SCORES)}, "
                        f"got {self.saliency_score!r}")
     if self.displacement not in DISPLACEMENTS:
-      from rodent_gbp.errors import UsageError
       raise UsageError(f"displacement must be one of {', '.join(DISPLACEMENTS)}, "
                        f"got {self.displacement!r}")
 

@@ -21,6 +21,7 @@ import numpy as np
 from rodent_gbp import correlate
 from rodent_gbp import metrics
 from rodent_gbp.candidates import Candidates
+from rodent_gbp import parallel
 
 
 def best_shift_dice(true_mask: jax.Array, ref_mask: jax.Array):
@@ -68,7 +69,6 @@ def ceiling(true_mask: np.ndarray, ref_masks: np.ndarray, *, batch_size: int = 4
     dict with ``counts`` (4,) TP, FP, FN, TN pooled over slices, per-slice
     ``dice`` (S,) and ``shift`` (S, 2).
   """
-  from rodent_gbp import parallel
   out = parallel.run_batched(
       lambda t, r: dict(zip(("dice", "shift", "overlap", "inside"), best_shift_dice_jit(t, r))),
       {"t": np.asarray(true_mask, bool), "r": np.asarray(ref_masks, bool)}, batch_size, mesh)

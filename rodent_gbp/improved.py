@@ -19,6 +19,11 @@ from rodent_gbp import bank as bank_lib
 from rodent_gbp import evaluators
 from rodent_gbp import metrics
 from rodent_gbp import placement as placement_lib
+from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import data
+from rodent_gbp import fileio
+from rodent_gbp import pipeline
+from rodent_gbp.errors import DataError
 
 #: Ablation rows: one change from :data:`placement.IMPROVED` each (name, changes).
 ABLATION = (
@@ -158,7 +163,6 @@ def select_reading(volumes: Sequence, *, bundle, grid: Mapping[str, Sequence] = 
     dict with ``rows`` (setting, tissue DSC, brain DSC per setting), ``chosen``
     (the setting), ``options`` (the full options) and ``animals``.
   """
-  from rodent_gbp import pipeline
   base = placement_lib.IMPROVED if base is None else base
   raws = {v.animal_id: pipeline.raw_pass(v.image, bundle=bundle) for v in volumes}
   num_classes = bundle.network("tissue").config.num_classes
@@ -192,10 +196,6 @@ def run_selection(model_dir, out_dir, *, data_dir=None, test: bool = True,
   """:func:`select_reading` on the bundle's validation animals; the chosen and the
   shipped reading reported on its test animals; ``selection.json`` / ``.md``."""
   import pathlib
-  from rodent_gbp import bundle as bundle_lib
-  from rodent_gbp import data
-  from rodent_gbp import fileio
-  from rodent_gbp.errors import DataError
 
   model_dir, out_dir = pathlib.Path(model_dir), pathlib.Path(out_dir)
   bundle = bundle_lib.load_bundle(model_dir)

@@ -62,6 +62,9 @@ from rodent_gbp.phantom_anatomy import (  # noqa: F401  (the phantom's model, re
     MAX_DEFORMATION, MAX_DISPLACEMENT, MAX_SLICE_OFFSET, MUSCLE_RANGE, NOISE_SIGMA,
     OBJECT_RANGE, REF_SIZE, SIZE_FACTOR_RANGE, VERSION, VOXEL_MM, WM, Appearance,
     anatomy, appearance, draw_acquisition, generators, smooth_field)
+from rodent_gbp import fileio
+from rodent_gbp.errors import DataError
+from rodent_gbp.errors import UsageError
 
 
 @dataclasses.dataclass
@@ -269,10 +272,7 @@ def write_phantom(out_dir: str | pathlib.Path, *, animals: int = 10, seed: int =
   import os
   import shutil
   import nibabel as nib  # Local: generation itself needs only numpy.
-  from rodent_gbp import fileio
-  from rodent_gbp.errors import DataError
 
-  from rodent_gbp.errors import UsageError
   if animals < 1 or size < 1:
     raise UsageError(f"a phantom needs at least one animal and a size >= 1; got "
                      f"animals={animals}, size={size}")

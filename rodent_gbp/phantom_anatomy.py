@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from rodent_gbp import classes
+from rodent_gbp.errors import UsageError
 
 VERSION = 1
 REF_SIZE = 96
@@ -82,7 +83,6 @@ KINDS = {
 def appearance(kind: str) -> Appearance:
   """The ``Appearance`` of a kind; ``UsageError`` naming the kinds otherwise."""
   if kind not in KINDS:
-    from rodent_gbp.errors import UsageError
     raise UsageError(f"unknown phantom kind {kind!r}; the kinds are {', '.join(KINDS)}")
   return KINDS[kind]
 

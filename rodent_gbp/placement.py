@@ -60,6 +60,7 @@ from rodent_gbp import guided
 from rodent_gbp import parallel
 from rodent_gbp import search
 from rodent_gbp.errors import CheckpointError, UsageError
+from rodent_gbp import refine
 
 
 @dataclasses.dataclass
@@ -445,7 +446,6 @@ def place_refined(slices: np.ndarray, *, bundle, slice_index: np.ndarray | None 
     confidence are the start's; details add ``start`` (the start's removal
     mask), ``evidence``, ``offset``, ``contour_radius``.
   """
-  from rodent_gbp import refine
   options = refine.REFINED if options is None else options
   slices, slice_index = _check(slices, bundle, slice_index)
   if gradient is None and options.source != "intensity":

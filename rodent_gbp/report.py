@@ -13,6 +13,7 @@ import subprocess
 
 from rodent_gbp import classes
 from typing import Any, Mapping
+import rodent_gbp
 
 
 CLASS_NAMES = classes.PAPER_TITLES
@@ -47,7 +48,6 @@ def git_commit() -> str | None:
 
 def provenance(seed: int) -> dict[str, Any]:
   import jax
-  import rodent_gbp
   devices = jax.devices()
   return {
       "version": rodent_gbp.__version__,
