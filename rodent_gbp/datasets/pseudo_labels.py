@@ -45,12 +45,24 @@ from typing import Any
 import numpy as np
 
 from rodent_gbp import classes
+from rodent_gbp.errors import UsageError
 
 METHOD_VERSION = 3
 _N4_ITERATIONS = (50, 50)     # two fitting levels
 _N4_CONTROL_POINTS = 8
 _SHRINK_MIN_AXIS = 32
 _GMM_INITS = 5
+
+
+
+def _data_extra(name: str):
+  """The optional conversion dependency ``name`` (the ``[data]`` extra), or a clear error."""
+  import importlib
+  try:
+    return importlib.import_module(name)
+  except ImportError:
+    raise UsageError(f"{name} is needed to convert public sets and make pseudo-labels; "
+                     "install the data extra: pip install -e \".[data]\"") from None
 
 
 def n4_log_bias_field(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
@@ -61,7 +73,7 @@ def n4_log_bias_field(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarra
   the maximum for N4's logarithm. Returns the (X, Y, Z) float64 log field on
   the full grid (its offset is arbitrary: use ratios).
   """
-  import SimpleITK as sitk
+  sitk = _data_extra("SimpleITK")
   image = np.asarray(image, np.float64)
   mask = np.asarray(mask, bool)
   if image.shape != mask.shape or image.ndim != 3:
@@ -92,8 +104,7 @@ def positive_floor(image: np.ndarray) -> np.ndarray:
 
 def method_description() -> dict[str, Any]:
   """How the pseudo-labels are made, with the library versions (for meta.json)."""
-  import SimpleITK as sitk
-  import sklearn
+  sitk, sklearn = _data_extra("SimpleITK"), _data_extra("sklearn")
   return {
       "kind": "pseudo-labels (automated, not manual tissue labels)",
       "method_version": METHOD_VERSION,
@@ -130,7 +141,7 @@ def tissue_pseudo_labels(image: np.ndarray, mask: np.ndarray, *, spacing=(1.0, 1
     3 CSF); fit: per class (by name) the mixture's mean and sd of the
     normalised corrected intensity, its weight and its voxel count.
   """
-  from sklearn.mixture import GaussianMixture
+  GaussianMixture = _data_extra("sklearn.mixture").GaussianMixture
   from threadpoolctl import threadpool_limits
   image = np.asarray(image, np.float64)
   mask = np.asarray(mask, bool)
