@@ -38,13 +38,23 @@ job's test animals:
    the chosen template animal, slice offset and scale; displacements in
    model voxels, relative to the reference animal's acquisition); and
    ``<name>_report.json`` (the decisions, resolution in and out, brain volume
-   with a warning outside ``scan.BRAIN_VOLUME_MM3`` = 200-4000 mm^3, the
-   placer, CPU seconds, and with ``truth`` Dice and HD95 in mm).
+   (voxels x |det| of the affine) beside the mouse and rat ranges of
+   ``scan.SPECIES_MM3`` with the species it fits and a warning when it is
+   empty or fits none (or not the ``species`` given), the placer, CPU
+   seconds, and with ``truth`` Dice and HD95 in mm).
+
+Refused before any work: stored voxel sizes (``pixdim``) that are zero,
+negative or not finite. Warned: an oblique or sheared affine.
 
 Without a model folder the shipped default (``rodent_gbp.models``) is used.
-Outputs appear all together or not at all: they are written into a hidden
-temporary folder inside the output folder and renamed into place at the end;
-on any error the temporary folder is removed.
+Safe to run twice and to kill (``rodent_gbp.outputs``): the call holds a lock
+on ``<out_dir>/.<name>.lock`` from before any compute to the end (a second run
+of the same name is refused with one line naming the outputs); outputs are
+written into a hidden temporary folder inside the output folder and renamed
+into place at the end, the report last (it lists its files; with
+``overwrite`` the outputs of the name this call does not write are removed);
+on an error the temporary folder is removed, and what a killed run left is
+finished or removed by the next call of the same name.
 """
 
 from __future__ import annotations
@@ -53,7 +63,6 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -67,6 +76,7 @@ from rodent_gbp import fileio
 from rodent_gbp import metrics
 from rodent_gbp import nifti
 from rodent_gbp import models
+from rodent_gbp import outputs
 from rodent_gbp import pipeline
 from rodent_gbp import placement as placement_lib
 from rodent_gbp import scan
@@ -116,8 +126,11 @@ def _check_outputs(input_path: pathlib.Path, out_dir: pathlib.Path, name: str,
   for p in paths.values():
     if p.resolve() == source:
       raise InferenceError(f"{p}: output would overwrite the input scan")
-    if p.exists() and not overwrite:
-      raise InferenceError(f"{p}: already exists; pass --overwrite to replace it")
+  existing = [p for p in paths.values() if p.exists()]
+  if existing and not overwrite:
+    more = (f" (and {', '.join(p.name for p in existing[1:])})" if existing[1:] else "")
+    raise InferenceError(f"{existing[0]}: already exists{more}; pass --overwrite to "
+                         "replace this scan's outputs")
   return paths
 
 
@@ -156,19 +169,6 @@ def _read_truth(path: pathlib.Path, shape, affine: np.ndarray) -> np.ndarray:
     raise DataError(f"{path}: --truth has another affine than the input; it must be a "
                     "mask on the input's grid")
   return series > 0
-
-
-def _brain_volume(mm3: float) -> tuple[str | None, dict[str, Any]]:
-  lo, hi = scan.BRAIN_VOLUME_MM3
-  warning = None
-  if not lo <= mm3 <= hi:
-    warning = (f"brain volume {mm3:.0f} mm^3 ({mm3 / 1000:.3g} cm^3) is outside the "
-               f"plausible {lo:g}-{hi:g} mm^3 of a rodent brain (mouse ~400-600, rat "
-               "~1500-2500): check the voxel sizes (--voxel_scale), the plane and the "
-               "QC figure")
-  return warning, {"mm3": mm3, "cm3": mm3 / 1000, "plausible_mm3": [lo, hi],
-                   "warning": warning,
-                   "note": "voxels of the written (applied, dilated) mask x voxel volume"}
 
 
 def check_arguments(input_path, out_dir, *, plane, placement, displacement, volume,
@@ -235,6 +235,7 @@ class Input:
 def read_input(input_path: pathlib.Path, *, volume, average, truth) -> Input:
   """Reads and checks the scan (and its truth mask) on the input's own grid."""
   series, img = scan.read_series(input_path)
+  scan.check_stored_voxel_sizes(input_path, img)
   image, taken = scan.collapse(series, input_path, volume=volume, average=average)
   truth_mask = None if truth is None else _read_truth(pathlib.Path(truth), image.shape,
                                                       img.affine)
@@ -268,7 +269,7 @@ def fit_to_model(inp: Input, bundle, *, plane, voxel_scale, name: str,
   affine = scan.scale_affine(inp.img.affine, factor)
   plane, slice_axis, plane_reason, plane_warning = scan.choose_plane(affine, plane)
   image, offset, offset_reason = scan.remove_offset(inp.image)
-  warnings = [w for w in (scale_warning, plane_warning) if w]
+  warnings = [w for w in (scale_warning, plane_warning, scan.affine_warning(affine)) if w]
   vol = scan.to_volume(image, affine, plane=plane, name=name,
                        normalisation=bundle.normalisation)
   vs_scan = nifti.voxel_sizes_ras(affine)[scan.INPLANE_AXES[plane]]
@@ -340,11 +341,13 @@ def to_input_grid(inp: Input, fit: ModelGrid, placed, labels, gradient
   return native, arrays
 
 
-def score(inp: Input, fit: ModelGrid, mask_file: np.ndarray, truth,
+def score(inp: Input, fit: ModelGrid, mask_file: np.ndarray, truth, species: str | None,
           log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-  """(brain volume record, scores against the truth or None); warnings added to ``fit``."""
+  """(brain volume record with the species it fits, scores against the truth or
+  None); warnings added to ``fit``. Volumes: voxels x |det| of the (scaled) affine."""
   vs_file = nifti.voxel_sizes(fit.affine)
-  brain_warning, brain_volume = _brain_volume(float(mask_file.sum() * np.prod(vs_file)))
+  voxel_mm3 = scan.voxel_volume(fit.affine)
+  brain_warning, brain_volume = scan.species_fit(float(mask_file.sum() * voxel_mm3), species)
   if brain_warning:
     fit.warnings.append(brain_warning)
     log(f"warning: {brain_warning}")
@@ -353,7 +356,7 @@ def score(inp: Input, fit: ModelGrid, mask_file: np.ndarray, truth,
     return brain_volume, None
   scores = {"path": str(truth), "dice": float(metrics.mask_dice(mask_file, inp.truth)),
             "hd95_mm": metrics.hd95(mask_file, inp.truth, vs_file),
-            "truth_volume_mm3": float(inp.truth.sum() * np.prod(vs_file)),
+            "truth_volume_mm3": float(inp.truth.sum() * voxel_mm3),
             "note": "on the input's voxel grid and (scaled) voxel sizes; HD95 pools "
                     "both directions' boundary distances"}
   log(f"against {truth}: Dice {scores['dice']:.4f}, HD95 {scores['hd95_mm']:.3f} mm")
@@ -363,17 +366,13 @@ def score(inp: Input, fit: ModelGrid, mask_file: np.ndarray, truth,
 def write_outputs(paths: dict[str, pathlib.Path], out_dir: pathlib.Path, name: str,
                   inp: Input, fit: ModelGrid, arrays, native, rows, report, *,
                   qc: bool, title: str) -> None:
-  """Writes every output into a temporary folder in ``out_dir``, then renames them into
-  place (the report last); on any error the temporary folder (and a folder this
-  call created) is removed."""
+  """Writes every output into a temporary folder in ``out_dir``, then publishes them
+  (``outputs.publish``: renamed into place, the report last; outputs of ``name``
+  this call does not write removed). The caller holds the outputs' claim
+  (``outputs.claim``); on an error the temporary folder is removed."""
   dtypes = {"brainmask": np.uint8, "labels": np.uint8, "saliency": np.float32,
             "brain": np.float32}
-  created = not out_dir.exists()
-  try:
-    out_dir.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise InferenceError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
+  tmp = outputs.temporary_folder(out_dir, name)
   try:
     for key in (*OUTPUTS, "brain"):
       nib.save(scan.like_input(arrays[key], inp.img, dtypes[key]), tmp / paths[key].name)
@@ -383,15 +382,11 @@ def write_outputs(paths: dict[str, pathlib.Path], out_dir: pathlib.Path, name: s
       qc_lib.segment_figure(
           tmp / paths["qc"].name, fit.vol.image, native["brainmask"], tuple(fit.vs_scan),
           truth=None if inp.truth is None else scan.file_to_slices(inp.truth, fit.vol),
-          title=title)
+          labels=native["labels"], title=title)
     fileio.write_json(tmp / paths["report"].name, report)
-    for key, p in paths.items():
-      if (tmp / p.name).exists():
-        os.replace(tmp / p.name, p)
-  except BaseException:
-    if created:
-      shutil.rmtree(out_dir, ignore_errors=True)
-    raise
+    outputs.publish(tmp, out_dir, [p.name for k, p in paths.items()
+                                   if k != "report" and (tmp / p.name).exists()],
+                    report=paths["report"].name, names=[p.name for p in paths.values()])
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -403,6 +398,7 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
                  truth: str | os.PathLike | None = None, name: str | None = None,
                  overwrite: bool = False, qc: bool = True, batch_size: int | None = None,
                  placement: str = DEFAULT_PLACEMENT, displacement: str | None = None,
+                 species: str | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
   """Segments one scan with a model bundle; writes the outputs and a report.
 
@@ -415,14 +411,24 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
   (``rodent_gbp.cli``). Returns ``paths``, ``slices`` (CSV rows), ``report``,
   the model-grid ``mask``, ``labels``, ``image``, ``grid``, ``bank_index`` and
   ``placement``. Raises UsageError, InferenceError, DataError or
-  CheckpointError: one line naming the file or flag and the problem.
+  CheckpointError: one line naming the file or flag and the problem (``outputs.Busy``
+  when another run holds the lock of the same outputs).
   """
+  call = dict(locals())  # the arguments, to run again holding the outputs' claim
   cpu0, wall0 = time.process_time(), time.perf_counter()
   check_arguments(input_path, out_dir, plane=plane, placement=placement,
                   displacement=displacement, volume=volume, average=average,
                   voxel_scale=voxel_scale)
+  scan.species_fit(1.0, species)  # an unknown --species is refused before any work
   input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
   name = scan.stem(input_path) if name is None else name
+  if not outputs.held(out_dir, name):
+    # The call runs holding the lock of its outputs, from before any compute to
+    # the end; taking it also finishes or removes what a killed run left.
+    paths = _check_outputs(input_path, out_dir, name, overwrite=True)
+    with outputs.claim(out_dir, name, [p.name for p in paths.values()],
+                       report=paths["report"].name, log=log):
+      return segment_scan(**call)
   paths = _check_outputs(input_path, out_dir, name, overwrite)
   inp = read_input(input_path, volume=volume, average=average, truth=truth)
   bundle, model_folder, model_source = load_model(model_dir, bundle=bundle,
@@ -436,7 +442,7 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
   native, arrays = to_input_grid(inp, fit, placed, labels, raw["gradient"])
   rows = _slice_rows(placed, native["brainmask"], fit.bank_index, fit.vs_model, bundle.bank,
                      placement)
-  brain_volume, scores = score(inp, fit, arrays["brainmask"] > 0, truth, log)
+  brain_volume, scores = score(inp, fit, arrays["brainmask"] > 0, truth, species, log)
   report = {"input": str(input_path), "shape": [int(n) for n in inp.series.shape],
             "segmented": inp.taken, "model_dir": model_folder, "model_source": model_source,
             **fit.decisions, "brain_volume": brain_volume, "placement": placement,

@@ -100,8 +100,14 @@ THICK_RATIO = 2.0
 # after scaling the scan is used as it is, with a warning.
 X10_MIN_FOV_MM = 150.0
 HEAD_FOV_MM = (10.0, 80.0)
-# Plausible brain volumes (mm^3): mouse ~400-600, rat ~1500-2500.
-BRAIN_VOLUME_MM3 = (200.0, 4000.0)
+# Brain volumes (mm^3) of adult rodents: a mouse brain is about 400-600 mm^3, a
+# rat's about 1,500-2,500 mm^3; the ranges leave room for strain, age and
+# transgenic lines (mouse_t2_atlas's TT brains are about 15 % smaller).
+SPECIES_MM3 = {"mouse": (300.0, 750.0), "rat": (1200.0, 3200.0)}
+# An axis direction further than this from every scanner axis is oblique; two
+# voxel axes further than this from a right angle are sheared (degrees).
+OBLIQUE_DEGREES = 1.0
+SHEAR_DEGREES = 0.5
 # An intensity offset (the scanner's range or a DC shift) is removed when the
 # image minimum is negative or above OFFSET_FRACTION of its robust maximum
 # (data.normalise_intensity's scale): the background of a magnitude image is
@@ -112,6 +118,70 @@ PLANE_CHOICES = ("auto", *data.PLANES, "0", "1", "2")
 
 
 voxel_sizes = nifti.voxel_sizes
+
+
+def check_stored_voxel_sizes(path, img) -> None:
+  """Refuses a header whose stored voxel sizes (``pixdim[1:4]`` of the spatial axes,
+  before nibabel replaces a zero by 1 at load) are zero, negative or not finite.
+
+  Raises:
+    DataError: naming the file and the stored values.
+  """
+  stored = nifti.stored_pixdim(path)[:min(3, len(img.shape))]
+  if not np.all(np.isfinite(stored)) or np.any(stored <= 0):
+    raise DataError(f"{path}: stored voxel sizes {stored.tolist()} (pixdim[1:4]) must be "
+                    "positive and finite; fix the header (a zero size is not 1 mm)")
+
+
+def affine_warning(affine: np.ndarray) -> str | None:
+  """A warning when the voxel axes are oblique to the scanner axes or sheared (not at
+  right angles to each other), else None."""
+  m = np.asarray(affine, np.float64)[:3, :3]
+  unit = m / np.linalg.norm(m, axis=0)
+  cos = np.abs(unit.T @ unit)[np.triu_indices(3, 1)]
+  shear = float(np.degrees(np.max(np.arcsin(np.clip(cos, 0, 1)))))
+  oblique = float(np.degrees(np.max(np.arccos(np.clip(np.abs(unit).max(axis=0), 0, 1)))))
+  if shear > SHEAR_DEGREES:
+    return (f"the affine is sheared: two voxel axes are {90 - shear:.1f} degrees apart, not "
+            "90; slices are cut along the voxel axes and volumes use the affine's "
+            "determinant; check the header")
+  if oblique > OBLIQUE_DEGREES:
+    return (f"the affine is oblique: a voxel axis is {oblique:.1f} degrees from the nearest "
+            "scanner axis; slices are cut along the voxel axes, not the scanner's")
+  return None
+
+
+def voxel_volume(affine: np.ndarray) -> float:
+  """mm^3 of one voxel: the affine's determinant (right for sheared axes too)."""
+  return float(abs(np.linalg.det(np.asarray(affine, np.float64)[:3, :3])))
+
+
+def species_fit(mm3: float, species: str | None = None) -> tuple[str | None, dict]:
+  """(warning or None, record): which rodent's brain volume range ``mm3`` fits.
+
+  ``species`` (``mouse`` / ``rat``, stated by the user) is the one it must fit;
+  without it, fitting either is plausible. An empty mask is always a warning.
+  """
+  if species is not None and species not in SPECIES_MM3:
+    raise UsageError(f"--species {species!r}: must be one of {', '.join(SPECIES_MM3)}")
+  fits = [s for s, (lo, hi) in SPECIES_MM3.items() if lo <= mm3 <= hi]
+  ranges = " or ".join(f"{s} {lo:g}-{hi:g}" for s, (lo, hi) in SPECIES_MM3.items())
+  warning = None
+  if mm3 <= 0:
+    warning = ("the brain mask is empty: nothing was found; check the QC figure, the "
+               "plane and the voxel sizes (--plane, --voxel_scale)")
+  elif species is not None and species not in fits:
+    lo, hi = SPECIES_MM3[species]
+    warning = (f"brain volume {mm3:.0f} mm^3 is outside a {species} brain's {lo:g}-{hi:g} "
+               "mm^3: check the voxel sizes (--voxel_scale), the plane and the QC figure")
+  elif not fits:
+    warning = (f"brain volume {mm3:.0f} mm^3 fits no rodent ({ranges} mm^3): check the "
+               "voxel sizes (--voxel_scale), the plane and the QC figure")
+  return warning, {"mm3": mm3, "cm3": mm3 / 1000,
+                   "species_mm3": {s: list(r) for s, r in SPECIES_MM3.items()},
+                   "species_given": species, "fits": fits, "warning": warning,
+                   "note": "voxels of the written (applied) mask x the voxel volume "
+                           "(|det| of the affine)"}
 
 
 def scale_affine(affine: np.ndarray, factor: float) -> np.ndarray:

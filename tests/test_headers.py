@@ -247,10 +247,14 @@ def test_report_fields(plain, scan, model_dir):
   assert report["cpu_seconds"] > 0
   voxel_mm3 = 0.375 * 0.5 * 0.375
   assert report["brain_volume"]["mm3"] == pytest.approx(arrays["brainmask"].sum() * voxel_mm3)
-  assert report["brain_volume"]["plausible_mm3"] == [200.0, 4000.0]
-  # The warning is there exactly when the volume is outside the range.
-  implausible = not 200 <= report["brain_volume"]["mm3"] <= 4000
-  assert (report["brain_volume"]["warning"] is not None) == implausible
+  assert report["brain_volume"]["species_mm3"] == {"mouse": [300.0, 750.0],
+                                                   "rat": [1200.0, 3200.0]}
+  # The warning is there exactly when the volume fits neither species.
+  mm3 = report["brain_volume"]["mm3"]
+  fits = [s for s, (lo, hi) in (("mouse", (300, 750)), ("rat", (1200, 3200)))
+          if lo <= mm3 <= hi]
+  assert report["brain_volume"]["fits"] == fits
+  assert (report["brain_volume"]["warning"] is not None) == (not fits)
   qc_png = out / "image_qc.png"
   assert qc_png.is_file() and qc_png.stat().st_size < 300_000
 

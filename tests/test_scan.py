@@ -11,7 +11,7 @@ import pytest
 from rodent_gbp import data
 from rodent_gbp import nifti
 from rodent_gbp import scan
-from rodent_gbp.errors import DataError
+from rodent_gbp.errors import DataError, UsageError
 
 
 def _read_scan(path, **kw):
@@ -187,3 +187,56 @@ def test_file_to_slices_inverts_to_nifti():
     slices = scan.file_to_slices(stored, vol)
     np.testing.assert_array_equal(slices, vol.image)
     np.testing.assert_array_equal(np.asanyarray(data.to_nifti(slices, vol).dataobj), stored)
+
+
+# --- honest about the input: stored voxel sizes, oblique and sheared axes, species ---
+
+
+def test_zero_or_negative_stored_voxel_size_is_refused(tmp_path):
+  """nibabel reads a stored zero voxel size as 1 mm; the raw pixdim is checked."""
+  good = tmp_path / "good.nii.gz"
+  nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.diag([0.2, 0.2, 0.5, 1])), good)
+  _, img = scan.read_series(good)
+  scan.check_stored_voxel_sizes(good, img)       # no error
+  for value, name in ((0.0, "zero"), (-0.2, "negative"), (np.nan, "nan")):
+    path = tmp_path / f"{name}.nii"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.diag([0.2, 0.2, 0.5, 1])),
+             path)
+    raw = bytearray(path.read_bytes())
+    raw[84:88] = np.float32(value).tobytes()    # pixdim[2] (pixdim starts at byte 76)
+    path.write_bytes(bytes(raw))
+    np.testing.assert_allclose(nifti.stored_pixdim(path)[[0, 2]], [0.2, 0.5], rtol=1e-6)
+    _, img = scan.read_series(path)
+    with pytest.raises(DataError, match=r"stored voxel sizes .* must be positive and finite"):
+      scan.check_stored_voxel_sizes(path, img)
+
+
+def test_affine_warning_oblique_and_shear():
+  assert scan.affine_warning(np.diag([0.1, 0.2, 0.3, 1.0])) is None
+  flipped = np.array([[0, -0.1, 0, 0], [0.2, 0, 0, 0], [0, 0, -0.3, 0], [0, 0, 0, 1]])
+  assert scan.affine_warning(flipped) is None       # permuted and flipped: not oblique
+  c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+  rotated = np.diag([1.0, 1.0, 1.0, 1.0])
+  rotated[:2, :2] = [[c, -s], [s, c]]
+  assert "oblique: a voxel axis is 10.0 degrees" in scan.affine_warning(rotated)
+  sheared = np.diag([1.0, 1.0, 1.0, 1.0])
+  sheared[0, 1] = np.tan(np.radians(5))             # axis 1 leans 5 degrees towards axis 0
+  assert "sheared: two voxel axes are 85.0 degrees apart" in scan.affine_warning(sheared)
+  # The determinant is the voxel volume; column lengths overstate it under shear.
+  assert scan.voxel_volume(sheared) == pytest.approx(1.0)
+  assert np.prod(nifti.voxel_sizes(sheared)) == pytest.approx(1 / np.cos(np.radians(5)))
+
+
+@pytest.mark.parametrize("mm3,species,fits,warns", [
+    (500.0, None, ["mouse"], False), (2000.0, None, ["rat"], False),
+    (1000.0, None, [], True), (5000.0, None, [], True), (0.0, None, [], True),
+    (500.0, "rat", ["mouse"], True), (2000.0, "rat", ["rat"], False)])
+def test_species_fit(mm3, species, fits, warns):
+  warning, record = scan.species_fit(mm3, species)
+  assert record["fits"] == fits and (warning is not None) == warns
+  assert record["warning"] == warning and record["species_given"] == species
+
+
+def test_unknown_species_is_refused():
+  with pytest.raises(UsageError, match="--species 'hamster'"):
+    scan.species_fit(500.0, "hamster")
