@@ -11,6 +11,9 @@ animals of the converted set instead, and refuses to overwrite). Each fold runs
 ``experiments/reproduce.py``'s job into ``<workdir>/fold<k>/``; a fold whose
 ``results.json`` exists is skipped, so a stopped run resumes where it stopped.
 Writes ``<workdir>/cv.json`` and ``cv.md`` (mean +- sd over folds).
+
+The folds' config is --config with each --set FIELD=VALUE applied (--epochs,
+--max_train_seconds and --displacement are short for --set of that field).
 """
 
 import pathlib
@@ -19,7 +22,6 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import datasets
 from rodent_gbp import fileio
@@ -39,7 +41,8 @@ _DATA_CACHE = flags.DEFINE_string("data_cache", None, "Where converted sets are 
 _RESOLUTION = flags.DEFINE_enum("resolution", "paper", list(datasets.RESOLUTIONS),
                                 "mouse_t2_atlas grid: paper (0.3 mm in-plane), fine (0.15 mm "
                                 "in-plane), both every third coronal slice; native.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (fold<k>/ of each "
+                                "fold's main job, cv.json, cv.md).", required=True)
 _FOLDS = flags.DEFINE_string("folds", None, "Fold file (default "
                              "experiments/folds/<dataset>.json).")
 _WRITE_FOLDS = flags.DEFINE_bool("write_folds", False, "Write a new fold file from the "
@@ -48,14 +51,11 @@ _WRITE_FOLDS = flags.DEFINE_bool("write_folds", False, "Write a new fold file fr
 _K = flags.DEFINE_integer("k", 5, "Folds, with --write_folds.")
 _FOLD_SEED = flags.DEFINE_integer("fold_seed", 0, "Seed of the folds, with --write_folds.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these fold numbers (e.g. 0,1).")
-_CONFIG = flags.DEFINE_enum("config", "default", sorted(configs.CONFIGS), "Named config.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Override config.epochs.")
-_MAX_TRAIN_SECONDS = flags.DEFINE_float("max_train_seconds", None,
-                                        "Override config.max_train_seconds (per fold).")
+cli.define_config_flags(flags.FLAGS, fields=[
+    "epochs", cli.FieldFlag("max_train_seconds", "max_train_seconds", "Per fold"),
+    cli.FieldFlag("displacement", "displacement", "The paper's placement (gbp): one "
+                  "displacement per slice or per acquisition")])
 _FIGURES = flags.DEFINE_bool("figures", True, "Write each fold's figures.")
-_DISPLACEMENT = flags.DEFINE_enum(
-    "displacement", None, list(configs.DISPLACEMENTS), "The paper's placement (gbp): one "
-    "displacement per slice or per acquisition (default the config's).")
 
 
 def _log(msg: str) -> None:
@@ -64,8 +64,8 @@ def _log(msg: str) -> None:
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.begin(argv)
+  config = cli.config_from_flags(flags.FLAGS)
   folds_path = pathlib.Path(_FOLDS.value or _FOLDS_DIR / f"{_DATASET.value}.json")
   folder = datasets.prepare(_DATASET.value, data_root=_DATA_ROOT.value,
                             cache_dir=_DATA_CACHE.value, resolution=_RESOLUTION.value, log=_log)
@@ -81,14 +81,11 @@ def main(argv):
   if folds.get("dataset") != _DATASET.value:
     raise UsageError(f"{folds_path} is a fold file of {folds.get('dataset')!r}, not "
                      f"{_DATASET.value!r}")
-  config = configs.override(configs.get_config(_CONFIG.value), epochs=_EPOCHS.value,
-                            max_train_seconds=_MAX_TRAIN_SECONDS.value,
-                            displacement=_DISPLACEMENT.value)
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
 
   def run_fold(split, fold_dir):
-    job.run(config, fold_dir, data_dir=folder, split=split,
-                        figures=_FIGURES.value, log=_log)
+    job.run(config, fold_dir, data_dir=folder, split=split, figures=_FIGURES.value,
+            log=_log)
 
   workdir = pathlib.Path(_WORKDIR.value)
   crossval.run(folds, workdir, run_fold=run_fold, only=only, log=_log)

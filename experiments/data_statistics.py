@@ -1,6 +1,6 @@
 """Input statistics of the synthetic phantom against the real public sets.
 
-  python experiments/data_statistics.py --out experiments/results/statistics \\
+  python experiments/data_statistics.py --out_dir experiments/results/statistics \\
       [--epi_root ../shared/data/mouse-epi] [--t2_root ../shared/data/mouse-t2-atlas] \\
       [--data_cache DIR]
 
@@ -19,8 +19,8 @@ Measures, per animal, then median and range over animals
   variation over animals.
 
 The real sets are converted once by ``rodent_gbp.datasets.prepare`` (cached
-under ``--data_cache``). Writes ``<out>/statistics.json`` (every animal's
-numbers, the summaries, the table) and ``<out>/statistics.md`` (the table:
+under ``--data_cache``). Writes ``<out_dir>/statistics.json`` (every animal's
+numbers, the summaries, the table) and ``<out_dir>/statistics.md`` (the table:
 statistic | phantom median [range] | real median [range] | set).
 """
 
@@ -43,8 +43,8 @@ from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.studies import realism
 from rodent_gbp import report
 
-_OUT = flags.DEFINE_string("out", None, "Output folder (statistics.json, statistics.md).",
-                           required=True)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (statistics.json, "
+                               "statistics.md).", required=True)
 _EPI_ROOT = flags.DEFINE_string("epi_root", "../shared/data/mouse-epi",
                                 "Local copy of mouse_epi in its source's layout.")
 _T2_ROOT = flags.DEFINE_string("t2_root", "../shared/data/mouse-t2-atlas",
@@ -221,7 +221,7 @@ def _markdown(report_: dict) -> str:
 
 def _command() -> str:
   """The command line that reproduces this run (the flags given)."""
-  given = [f for f in (_OUT, _EPI_ROOT, _T2_ROOT, _DATA_CACHE, _EPI_DIR, _T2_DIR,
+  given = [f for f in (_OUT_DIR, _EPI_ROOT, _T2_ROOT, _DATA_CACHE, _EPI_DIR, _T2_DIR,
                        _T2_PAPER_DIR, _T2_PAPER, _PHANTOM_DIR, _PHANTOM_ANIMALS,
                        _PHANTOM_SEED, _PHANTOM_SIZE, _PHANTOM_KIND, _MAX_ANIMALS)
            if flags.FLAGS[f.name].present]
@@ -235,12 +235,11 @@ def _command() -> str:
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.begin(argv)
   if _MAX_ANIMALS.value < 0:
     raise UsageError(f"--max_animals {_MAX_ANIMALS.value}: must be >= 0")
   log = lambda msg: print(msg, flush=True)  # noqa: E731
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(_OUT_DIR.value)
   limit = _MAX_ANIMALS.value
 
   def prepared(name, given, root, resolution):

@@ -12,6 +12,9 @@ Dice, HD95, Dice by slice position, QC and GBP saliency figures
 skipped (resumable). When every fold is done, writes ``cv.json``, ``cv.md`` and
 ``per_animal.csv`` paired with the committed per-animal brain Dice of the other
 placers (``--baseline_dir``).
+
+The extractor's config is built from the flags below (--features, --epochs,
+...); --set FIELD=VALUE sets any other field of it.
 """
 
 import pathlib
@@ -20,11 +23,9 @@ import sys
 from absl import app
 from absl import flags
 
-from rodent_gbp.training import flags as training_flags
 from rodent_gbp import cli
 from rodent_gbp import datasets
 from rodent_gbp import fileio
-from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import crossval
 from rodent_gbp.studies import extraction_cv
 
@@ -36,12 +37,13 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "A converted mouse_epi folder 
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "A local copy of mouse-epi in the "
                                  "source's layout, when --data_dir is not given.")
 _DATA_CACHE = flags.DEFINE_string("data_cache", None, "Where converted sets are kept.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (fold<k>/, cv.json, "
+                                "cv.md, per_animal.csv).", required=True)
 _FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"), "Fold file.")
 _BASELINE_DIR = flags.DEFINE_string("baseline_dir", str(_HERE / "results" / "cv_mouse_epi"),
                                     "Folder of the placers' committed fold<k>/per_animal.csv.")
 _ONLY = flags.DEFINE_list("only", None, "Run only these fold numbers (e.g. 0,1).")
-training_flags.define_extractor_flags(flags.FLAGS)
+cli.define_extractor_config_flags(flags.FLAGS)
 _FIGURES = flags.DEFINE_bool("figures", True, "Write QC and saliency figures.")
 
 
@@ -51,12 +53,11 @@ def _log(msg: str) -> None:
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.begin(argv)
   folder = _DATA_DIR.value or datasets.prepare(
       "mouse_epi", data_root=_DATA_ROOT.value, cache_dir=_DATA_CACHE.value, log=_log)
   folds = crossval.read_fold_file(_FOLDS.value)
-  config, options = training_flags.extractor_settings(flags.FLAGS)
+  config, options = cli.extractor_config_from_flags(flags.FLAGS)
   only = None if _ONLY.value is None else [int(x) for x in _ONLY.value]
   workdir = pathlib.Path(_WORKDIR.value)
 

@@ -1,5 +1,5 @@
 """The shipped model on real scans as a lab hands them over (``rodent-gbp-segment``, no
-``--checkpoint``).
+``--model_dir``).
 
   python experiments/handover.py --epi_root ../shared/data/mouse-epi \
       --rat ../shared/data/rat-t2w/sub-15_T2w.nii.gz \
@@ -29,8 +29,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.begin(argv)
   if not (_EPI_ROOT.value or _RAT.value or _T2_ROOT.value):
     raise UsageError("give at least one of --epi_root, --rat and --t2_root")
   handover.run(_OUT_DIR.value, epi_root=_EPI_ROOT.value, rat_path=_RAT.value,

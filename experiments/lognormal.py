@@ -1,6 +1,6 @@
 """Tests the log-normal hypothesis of the GBP gradient image (paper Fig. 5).
 
-  python experiments/lognormal.py --checkpoint=<workdir>/model \
+  python experiments/lognormal.py --model_dir=<workdir>/model \
       [--data_dir=<dataset>] [--animals=03,05] [--quantity=both] [--score=both] \
       [--bootstrap=99] --out_dir=<folder>
 
@@ -16,13 +16,12 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import lognormal
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
-                                  "(<workdir>/model of the main job).", required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model bundle folder "
+                                 "(<workdir>/model of the main job).", required=True)
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Dataset root; default <checkpoint>/../data.")
+    "data_dir", None, "Dataset root; default <model_dir>/../data.")
 _ANIMALS = flags.DEFINE_list("animals", [], "Animal ids; default the bundle's test animals.")
 _QUANTITY = flags.DEFINE_enum("quantity", "both", ["magnitude", "eq1_log", "both"],
                               "magnitude: G > 0, zeros dropped; eq1_log: q = ln(1 + 255 G~) "
@@ -43,11 +42,10 @@ _FIGURES = flags.DEFINE_bool("figures", True, "Write the Fig. 5 and Q-Q figures.
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.begin(argv)
   quantities = lognormal.QUANTITIES if _QUANTITY.value == "both" else (_QUANTITY.value,)
   scores = lognormal.SCORES if _SCORE.value == "both" else (_SCORE.value,)
-  lognormal.run_experiment(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
+  lognormal.run_experiment(_MODEL_DIR.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
                            animals=_ANIMALS.value or None, quantities=quantities,
                            scores=scores, bootstrap=_BOOTSTRAP.value,
                            bootstrap_samples=_BOOTSTRAP_SAMPLES.value,

@@ -1,37 +1,42 @@
 """Writes the synthetic rodent MRI phantom as NIfTI (docs/design.md#phantom-and-real-data).
 
-  python experiments/make_phantom.py --out /tmp/phantom --animals 10 --seed 0
+  python experiments/make_phantom.py --out_dir /tmp/phantom --animals 10 --seed 0
+  python experiments/make_phantom.py --out_dir /tmp/measured --set phantom=measured
 
-Each animal gets ``<out>/<animal_id>/{image,labels,brainmask}.nii.gz`` (RAS+,
-shape (96, 40, 96), voxels 0.375 x 0.5 x 0.375 mm) and ``meta.json``. A folder
-that already holds a complete standard phantom is left as it is.
+Each animal gets ``<out_dir>/<animal_id>/{image,labels,brainmask}.nii.gz`` (RAS+,
+shape (96, 40, 96), voxels 0.375 x 0.5 x 0.375 mm) and ``meta.json``. The
+phantom is the one of the config (--config, default ``default``, with each
+--set FIELD=VALUE applied: ``animals``, ``phantom_seed``, ``image_size`` and
+``phantom``, the kind, are what it reads); --animals, --seed and --size are
+short for --set animals=, phantom_seed= and image_size=. A folder that already
+holds a complete phantom of that kind is left as it is.
 """
 
 from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp import configs
 from rodent_gbp import sources
 from rodent_gbp.errors import UsageError
 
-_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
-_ANIMALS = flags.DEFINE_integer("animals", 10, "Number of animals.")
-_SEED = flags.DEFINE_integer("seed", 0, "Phantom seed.")
-_SIZE = flags.DEFINE_integer("size", 96, "In-plane matrix (96: the paper's geometry).")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+cli.define_config_flags(flags.FLAGS, fields=[
+    cli.FieldFlag("animals", "animals", "Number of animals (default 10)"),
+    cli.FieldFlag("seed", "phantom_seed", "Phantom seed (default 0)"),
+    cli.FieldFlag("size", "image_size", "In-plane matrix (96: the paper's geometry)")])
 
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
-  for flag in (_ANIMALS, _SIZE):
-    if flag.value < 1:
-      raise UsageError(f"--{flag.name} {flag.value}: must be >= 1")
-  config = configs.override(configs.get_config("default"), animals=_ANIMALS.value,
-                            phantom_seed=_SEED.value, image_size=_SIZE.value,
-                            phantom="standard")
-  sources.ensure_phantom(_OUT.value, config, log=lambda msg: print(msg, flush=True))
+  cli.begin(argv)
+  config = cli.config_from_flags(flags.FLAGS)
+  for name, field in (("animals", "animals"), ("size", "image_size")):
+    value = getattr(config, field)
+    if value < 1:
+      given = (f"--{name} {value}" if flags.FLAGS[name].present
+               else f"--set {field}={value}")
+      raise UsageError(f"{given}: must be >= 1")
+  sources.ensure_phantom(_OUT_DIR.value, config, log=lambda msg: print(msg, flush=True))
 
 
 if __name__ == "__main__":

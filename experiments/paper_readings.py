@@ -1,10 +1,10 @@
 """The paper's placement under every reading the paper leaves open (docs/design.md#readings-the-paper-leaves-open).
 
   # the full grid on the main job's model (~2 min on 2 CPU cores):
-  python experiments/paper_readings.py --checkpoint runs/main/model \
+  python experiments/paper_readings.py --model_dir runs/main/model \
       --out_dir runs/readings
   # a few readings:
-  python experiments/paper_readings.py --checkpoint runs/main/model \
+  python experiments/paper_readings.py --model_dir runs/main/model \
       --data_dir runs/main/data --out_dir /tmp/readings \
       --class_sets tissue,gm --centers 1,2 --widths 0.5 --templates gradient,mask
 
@@ -23,16 +23,15 @@ ceiling of each animal from the cross-validation's per_animal.csv files
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from rodent_gbp import cli
 from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import readings
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
-                                  "(<workdir>/model of the main job); not with --pool.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model bundle folder "
+                                 "(<workdir>/model of the main job); not with --pool.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder the model was trained "
-                                "on; default <checkpoint>/../data.")
+                                "on; default <model_dir>/../data.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _CLASS_SETS = flags.DEFINE_list("class_sets", list(readings.CLASS_SETS),
                                 "Gradient images: " + ", ".join(readings.CLASS_SETS) + ".")
@@ -53,22 +52,20 @@ _DISPLACEMENTS = flags.DEFINE_list(
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.begin(argv)
   if _POOL.value:
-    if _CHECKPOINT.value:
-      raise UsageError("--pool reads finished searches: leave out --checkpoint")
+    if _MODEL_DIR.value:
+      raise UsageError("--pool reads finished searches: leave out --model_dir")
     if not _CEILINGS.value:
       raise UsageError("--pool needs --ceilings (the folds' per_animal.csv files)")
     readings.pool_files(_POOL.value, _CEILINGS.value, _OUT_DIR.value,
                         log=lambda msg: print(msg, flush=True))
     return
-  if not _CHECKPOINT.value:
-    raise UsageError("give --checkpoint (a model bundle) or --pool (finished searches)")
+  if not _MODEL_DIR.value:
+    raise UsageError("give --model_dir (a model bundle) or --pool (finished searches)")
   grid = readings.grid(_CLASS_SETS.value, _CENTERS.value, _WIDTHS.value, _TEMPLATES.value,
                         _DISPLACEMENTS.value)
-  readings.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, readings=grid,
+  readings.run(_MODEL_DIR.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, readings=grid,
                log=lambda msg: print(msg, flush=True))
 
 

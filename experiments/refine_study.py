@@ -1,6 +1,6 @@
 """Refinement of the placed brain mask to the individual brain, with ablations.
 
-  python experiments/refine_study.py --checkpoint=<fold>/model \
+  python experiments/refine_study.py --model_dir=<fold>/model \
       --data_dir=<converted mouse_epi folder> \
       (--split_file=<split.json> | --fold=0 [--folds=experiments/folds/mouse_epi.json]) \
       [--seed=0] [--figure] --out_dir=<folder>
@@ -31,9 +31,9 @@ from rodent_gbp.studies import refine_study
 
 _HERE = pathlib.Path(__file__).resolve().parent
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder (not with --pool).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model bundle folder (not with --pool).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted dataset folder; default "
-                                "<checkpoint>/../data.")
+                                "<model_dir>/../data.")
 _SPLIT_FILE = flags.DEFINE_string("split_file", None, "JSON {train, val, test} animal ids.")
 _FOLD = flags.DEFINE_integer("fold", None, "Use fold k of --folds as the split.")
 _FOLDS = flags.DEFINE_string("folds", str(_HERE / "folds" / "mouse_epi.json"),
@@ -49,20 +49,19 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.begin(argv)
   if _POOL.value:
-    if _CHECKPOINT.value is not None:
-      raise UsageError("--pool reads finished reports: leave out --checkpoint")
+    if _MODEL_DIR.value is not None:
+      raise UsageError("--pool reads finished reports: leave out --model_dir")
     refine_study.pool_files(_POOL.value, _OUT_DIR.value, supervised_csv=_SUPERVISED_CSV.value,
                             log=lambda msg: print(msg, flush=True))
     return
-  if _CHECKPOINT.value is None:
-    raise UsageError("give --checkpoint (a model bundle) or --pool (finished reports)")
+  if _MODEL_DIR.value is None:
+    raise UsageError("give --model_dir (a model bundle) or --pool (finished reports)")
   split, source = crossval.split_from(_SPLIT_FILE.value, _FOLD.value, _FOLDS.value)
   if split is None:
     source = "the bundle's split"
-  refine_study.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, split=split,
+  refine_study.run(_MODEL_DIR.value, _OUT_DIR.value, data_dir=_DATA_DIR.value, split=split,
                    split_source=source, seed=_SEED.value, figure=_FIGURE.value,
                    log=lambda msg: print(msg, flush=True))
 

@@ -1,6 +1,6 @@
 """Per-class saliency maps of a trained U-Net, and of a translated input (Figs. 2-3).
 
-  python experiments/saliency.py --checkpoint=<workdir>/model \
+  python experiments/saliency.py --model_dir=<workdir>/model \
       [--data_dir=<dataset>] [--animal=rat07] [--slices=14,20,26] [--shift=8] \
       [--method=guided] [--score=probability] --out_dir=<folder>
 
@@ -17,13 +17,12 @@ from absl import flags
 from rodent_gbp import cli
 from rodent_gbp import fileio
 from rodent_gbp import guided
-from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import explain
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
-                                  "(<workdir>/model of the main job).", required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model bundle folder "
+                                 "(<workdir>/model of the main job).", required=True)
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Dataset root; default <checkpoint>/../data.")
+    "data_dir", None, "Dataset root; default <model_dir>/../data.")
 _ANIMAL = flags.DEFINE_string("animal", None, "Animal id; default the first test animal.")
 _SLICES = flags.DEFINE_list("slices", ["14", "20", "26"], "Coronal slice indices.")
 _SHIFT = flags.DEFINE_integer("shift", 8, "Translation (voxels, both axes) of the second input.")
@@ -38,9 +37,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
-  summary = explain.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
+  cli.begin(argv)
+  summary = explain.run(_MODEL_DIR.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
                         animal=_ANIMAL.value, slices=_SLICES.value, shift=_SHIFT.value,
                         method=_METHOD.value, stripped=_STRIPPED.value,
                         score=_SCORE.value)

@@ -1,6 +1,6 @@
 """The saliency sanity check: cascading randomisation of the tissue network.
 
-  python experiments/sanity_check.py --checkpoint=<workdir>/model \
+  python experiments/sanity_check.py --model_dir=<workdir>/model \
       [--data_dir=<dataset>] [--animals=03,05] [--methods=guided,vanilla,deconvnet] \
       [--scores=probability,logit] [--steps=0] [--seed=0] --out_dir=<folder>
 
@@ -15,13 +15,12 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import sanity
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder "
-                                  "(<workdir>/model of the main job).", required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model bundle folder "
+                                 "(<workdir>/model of the main job).", required=True)
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Dataset root; default <checkpoint>/../data.")
+    "data_dir", None, "Dataset root; default <model_dir>/../data.")
 _ANIMALS = flags.DEFINE_list("animals", [], "Animal ids; default the bundle's test animals.")
 _METHODS = flags.DEFINE_list("methods", list(sanity.METHODS), "Saliency methods.")
 _SCORES = flags.DEFINE_list("scores", list(sanity.SCORES),
@@ -36,9 +35,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
-  sanity.run(_CHECKPOINT.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
+  cli.begin(argv)
+  sanity.run(_MODEL_DIR.value, _OUT_DIR.value, data_dir=_DATA_DIR.value,
              animals=_ANIMALS.value or None, methods=_METHODS.value, scores=_SCORES.value,
              steps=_STEPS.value, seed=_SEED.value, placers=_PLACERS.value,
              figure=_FIGURE.value, log=lambda msg: print(msg, flush=True))

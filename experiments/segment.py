@@ -1,6 +1,6 @@
 """Segments one user scan with a model folder (``rodent-gbp-segment``).
 
-  python experiments/segment.py --input scan.nii.gz --checkpoint runs/main/model \
+  python experiments/segment.py --input scan.nii.gz --model_dir runs/main/model \
       --out_dir out/
   python experiments/segment.py --input scan.nii.gz --out_dir out/   # shipped model
   python experiments/segment.py --input dwi.nii.gz ...   # 4D: masked on the mean
@@ -10,7 +10,7 @@
 
 The model folder is the main job's ``<workdir>/model`` (networks,
 normalisation, template bank, voxel size; ``rodent_gbp/bundle.py``); without
-``--checkpoint`` the folder installed with the package
+``--model_dir`` the folder installed with the package
 (``rodent_gbp/models/mouse_epi``). The slice axis is the header's
 anterior-posterior axis unless one voxel axis is >= 2x thicker than both
 others (then that one, with a warning); voxel sizes stored x10 are found by
@@ -22,7 +22,8 @@ Writes <name>_brainmask.nii.gz (the mask that was applied), <name>_labels.nii.gz
 outside the mask), all in the input's shape, affine and header;
 <name>_qc.png, <name>_slices.csv and <name>_report.json (every decision and
 why, resolution, brain volume, CPU seconds). Expected errors end with one line
-"error: ..." and exit code 2.
+"error: ..." and exit code 2. ``--checkpoint`` is the deprecated old name of
+``--model_dir`` (a warning; removed in 0.3.0).
 """
 
 from absl import app

@@ -1,7 +1,7 @@
 """Builds the model folder installed with the package (``rodent_gbp/models/mouse_epi``).
 
   python experiments/ship_model.py --data_root ../shared/data/mouse-epi \
-      --workdir runs/ship --out rodent_gbp/models/mouse_epi
+      --workdir runs/ship --model_dir rodent_gbp/models/mouse_epi
 
 The main job on mouse-epi animals 01-16 (validation 17-18, test 19-22;
 ``experiments/splits/mouse_epi_shipped.json``), then the supervised brain
@@ -16,7 +16,6 @@ from absl import app
 from absl import flags
 
 from rodent_gbp import cli
-from rodent_gbp.errors import UsageError
 from rodent_gbp.studies import ship
 
 _HERE = pathlib.Path(__file__).resolve().parent
@@ -24,9 +23,10 @@ _DATA_ROOT = flags.DEFINE_string("data_root", None, "Local copy of the mouse-epi
                                  "in its source's layout.", required=True)
 _DATA_CACHE = flags.DEFINE_string("data_cache", None, "Where the converted set is kept "
                                   "(default: under --workdir).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work folder (the main job's run).",
-                               required=True)
-_OUT = flags.DEFINE_string("out", None, "The model folder to write (replaced).", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (<workdir>/tissue: the "
+                               "main job's run).", required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "The model folder to write (replaced).",
+                                 required=True)
 _SPLIT_FILE = flags.DEFINE_string("split_file", str(_HERE / "splits" / "mouse_epi_shipped.json"),
                                   "JSON {train, val, test} animal ids.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of both networks.")
@@ -34,9 +34,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of both networks.")
 
 @cli.run_main
 def main(argv):
-  if len(argv) > 1:
-    raise UsageError(f"unexpected arguments: {argv[1:]}")
-  ship.build(_DATA_ROOT.value, _WORKDIR.value, _OUT.value, split_file=_SPLIT_FILE.value,
+  cli.begin(argv)
+  ship.build(_DATA_ROOT.value, _WORKDIR.value, _MODEL_DIR.value, split_file=_SPLIT_FILE.value,
              data_cache=_DATA_CACHE.value, seed=_SEED.value,
              command="python experiments/ship_model.py " + " ".join(sys.argv[1:]),
              log=lambda m: print(m, flush=True))

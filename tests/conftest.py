@@ -156,7 +156,7 @@ def smoke_reproduce(tmp_path_factory, phantom_dir, smoke_run):
   import json
   workdir = tmp_path_factory.mktemp("reproduce")
   run_binary("reproduce", [f"--workdir={workdir}", f"--data_dir={phantom_dir}",
-                           f"--checkpoint={smoke_run.checkpoint_dir}", "--config=smoke"])
+                           f"--checkpoint_dir={smoke_run.checkpoint_dir}", "--config=smoke"])
   return workdir, json.loads((workdir / "results.json").read_text())
 
 

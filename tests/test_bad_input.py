@@ -29,7 +29,7 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | 19 | segment | RGB voxel type                              | unsupported voxel type            |
 | 20 | segment | unknown --plane                             | must be one of                    |
 | 21 | segment | --input not given                           | --input is required               |
-| 22 | segment | no --checkpoint, no default model installed | pass --checkpoint                 |
+| 22 | segment | no --model_dir, no default model installed  | pass --model_dir                  |
 | 23 | segment | model folder missing                        | model folder not found            |
 | 24 | segment | bundle.json missing                         | a model folder comes from         |
 | 25 | segment | a training checkpoint folder, not a model   | <workdir>/model                   |
@@ -105,7 +105,7 @@ def _vol(shape=(16, 8, 16), seed=0):
 # --------------------------------------------------------------- segment --
 # Each builder gets (tmp, scan, model copy) and returns (flag overrides, the
 # path or flag the message must name). Defaults: --input=scan,
-# --checkpoint=<a copy of the model bundle folder: bundle.json, tissue.msgpack,
+# --model_dir=<a copy of the model bundle folder: bundle.json, tissue.msgpack,
 # templates.npz>, --out_dir=tmp/out.
 
 
@@ -221,11 +221,11 @@ def _case_no_input(t, scan, m):
 
 def _case_no_checkpoint(t, scan, m):
   # The test points the default model folder at an empty place for this case.
-  return {"checkpoint": None}, "--checkpoint"
+  return {"model_dir": None}, "--model_dir"
 
 
 def _case_model_missing(t, scan, m):
-  return {"checkpoint": str(t / "no_model")}, str(t / "no_model")
+  return {"model_dir": str(t / "no_model")}, str(t / "no_model")
 
 
 def _meta(m) -> dict:
@@ -246,7 +246,7 @@ def _case_training_checkpoints(t, scan, m):
   ckpt = t / "checkpoints"
   ckpt.mkdir()
   (ckpt / "config.json").write_text("{}")
-  return {"checkpoint": str(ckpt)}, str(ckpt / "bundle.json")
+  return {"model_dir": str(ckpt)}, str(ckpt / "bundle.json")
 
 
 def _case_bundle_corrupt(t, scan, m):
@@ -391,7 +391,7 @@ SEGMENT_CASES = {
     "rgb_voxels": (_case_rgb, "unsupported voxel type"),
     "unknown_plane": (_case_plane, "must be one of"),
     "no_input_flag": (_case_no_input, "--input is required"),
-    "no_checkpoint_flag": (_case_no_checkpoint, "pass --checkpoint"),
+    "no_checkpoint_flag": (_case_no_checkpoint, "pass --model_dir"),
     "model_folder_missing": (_case_model_missing, "model folder not found"),
     "bundle_json_missing": (_case_bundle_missing, "a model folder comes from"),
     "training_checkpoint_folder": (_case_training_checkpoints, "<workdir>/model"),
@@ -450,7 +450,7 @@ def test_segment_bad_input(case, tmp_path, scan, model_dir, binary, capsys, monk
   before = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
   overrides, named = build(tmp_path, scan, model)
   made = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
-  args = {"input": str(scan), "checkpoint": str(model), "out_dir": str(tmp_path / "out")}
+  args = {"input": str(scan), "model_dir": str(model), "out_dir": str(tmp_path / "out")}
   args |= overrides
   # None: flag left out; True: boolean flag; "_key": a positional argument.
   argv = [f"--{k}" if v is True else v if k.startswith("_") else f"--{k}={v}"
@@ -617,11 +617,11 @@ def test_subprocess_exit_codes(tmp_path, scan, model_dir):
   _save(tmp_path / "dwi.nii.gz", np.stack([x, x], -1))
   runs = [
       (["experiments/segment.py", f"--input={tmp_path / 'nope.nii.gz'}",
-        f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o1'}"], "file not found"),
+        f"--model_dir={model_dir}", f"--out_dir={tmp_path / 'o1'}"], "file not found"),
       (["-m", "rodent_gbp.cli", f"--input={tmp_path / 'cut.nii.gz'}",
-        f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o2'}"], "truncated or corrupt"),
+        f"--model_dir={model_dir}", f"--out_dir={tmp_path / 'o2'}"], "truncated or corrupt"),
       (["-m", "rodent_gbp.cli", f"--input={tmp_path / 'dwi.nii.gz'}",
-        f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o3'}", "--volume=2"],
+        f"--model_dir={model_dir}", f"--out_dir={tmp_path / 'o3'}", "--volume=2"],
        "out of range"),
       (["experiments/train.py", f"--workdir={tmp_path / 'w'}",
         f"--data_dir={tmp_path / 'empty'}", "--config=smoke"], "dataset folder not found"),
@@ -638,8 +638,8 @@ def test_subprocess_exit_codes(tmp_path, scan, model_dir):
 def test_make_phantom_refuses_bad_flags(tmp_path, binary, capsys):
   """experiments/make_phantom.py: a count below 1 or a stray argument, one line, exit 2."""
   out = tmp_path / "ph"
-  for argv, fragment in (([f"--out={out}", "--animals=0"], "--animals 0: must be >= 1"),
-                         ([f"--out={out}", "--size=-4"], "--size -4: must be >= 1"),
-                         ([f"--out={out}", "extra"], "unexpected arguments")):
+  for argv, fragment in (([f"--out_dir={out}", "--animals=0"], "--animals 0: must be >= 1"),
+                         ([f"--out_dir={out}", "--size=-4"], "--size -4: must be >= 1"),
+                         ([f"--out_dir={out}", "extra"], "unexpected arguments")):
     _expect_error(lambda: binary("make_phantom", argv), capsys, fragment, fragment)
     assert not out.exists() and list(tmp_path.iterdir()) == []

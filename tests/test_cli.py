@@ -237,7 +237,7 @@ def test_4d_series_volume_and_average(scan, model_dir, tmp_path):
 def test_console_script_in_process(scan, model_dir, tmp_path, capsys):
   """``segment_main`` (the installed script) and its error edge, no subprocess."""
   with pytest.raises(SystemExit) as e:
-    cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+    cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--model_dir={model_dir}",
                       f"--out_dir={tmp_path}", "--volume=2"])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip()
@@ -254,7 +254,7 @@ def test_binary_segments_with_fewer_slices(scan, model_dir, tmp_path, binary):
   crop = nib.Nifti1Image(np.asarray(img.dataobj)[:, 10:20], img.affine)
   nib.save(crop, tmp_path / "crop.nii.gz")
   assert binary("segment", [f"--input={tmp_path / 'crop.nii.gz'}",
-                            f"--checkpoint={model_dir}", f"--out_dir={tmp_path / 'o'}",
+                            f"--model_dir={model_dir}", f"--out_dir={tmp_path / 'o'}",
                             "--noqc"]) is None
   rows = _rows(tmp_path / "o" / "crop_slices.csv")
   # 10 slices spread over the bank's 40: 0, 4, 9, ..., 39.
@@ -302,7 +302,7 @@ def test_improved_placement_is_the_default(native, scan, smoke_bundle):
 def test_paper_placement_by_flag(scan, smoke_bundle, model_dir, tmp_path, capsys):
   """--placement=gbp: the reference mask at each slice moved by its displacement."""
   from rodent_gbp import correlate
-  cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+  cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--model_dir={model_dir}",
                     f"--out_dir={tmp_path}", "--placement=gbp", "--noqc"])
   rows = _rows(tmp_path / "image_slices.csv")
   assert {r["placement"] for r in rows} == {"gbp"} and "volume_dy_vox" not in rows[0]
@@ -316,7 +316,7 @@ def test_paper_placement_by_flag(scan, smoke_bundle, model_dir, tmp_path, capsys
   labels = np.asarray(nib.load(str(tmp_path / "image_labels.nii.gz")).dataobj)
   assert not np.any((labels > 0) & (np.asarray(out.dataobj) == 0))
   with pytest.raises(SystemExit) as e:
-    cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+    cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--model_dir={model_dir}",
                       f"--out_dir={tmp_path / 'x'}", "--placement=oracle"])
   assert e.value.code == 2 and "placement" in capsys.readouterr().err
   assert not (tmp_path / "x").exists()
@@ -326,7 +326,7 @@ def test_old_placement_names_are_refused(scan, model_dir, tmp_path, capsys):
   """improved / paper were renamed gbp_improved / gbp: refused, not silently mapped."""
   for old in ("improved", "paper"):
     with pytest.raises(SystemExit) as e:
-      cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--checkpoint={model_dir}",
+      cli.segment_main(["rodent-gbp-segment", f"--input={scan}", f"--model_dir={model_dir}",
                         f"--out_dir={tmp_path / old}", f"--placement={old}"])
     assert e.value.code == 2
     err = capsys.readouterr().err

@@ -332,14 +332,14 @@ def test_t2_class_means_follow_the_pseudo_label_order():
 
 def test_prepare_data_binary(binary, t2_copy, tmp_path, capsys):
   binary("prepare_data", ["--dataset", "mouse_t2_atlas", "--data_root", str(t2_copy),
-                          "--out", str(tmp_path)])
+                          "--out_dir", str(tmp_path)])
   out = capsys.readouterr().out.strip().splitlines()
   folder = pathlib.Path(out[-1])
   assert folder.parent == tmp_path and (folder / "dataset.json").is_file()
   assert any("skipped tg4510_tp3_10_20130523_UT" in line for line in out)
   with pytest.raises(SystemExit) as e:
     binary("prepare_data", ["--dataset", "mouse_epi", "--data_root",
-                            str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+                            str(tmp_path / "nowhere"), "--out_dir", str(tmp_path)])
   assert e.value.code == 2
   assert "nowhere" in capsys.readouterr().err
 

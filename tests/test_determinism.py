@@ -50,7 +50,7 @@ def test_same_checkpoint_same_results(tmp_path, binary, smoke_run, phantom_dir,
   _, first = smoke_reproduce
   workdir = tmp_path / "again"
   binary("reproduce", [f"--workdir={workdir}", f"--data_dir={phantom_dir}",
-                       f"--checkpoint={smoke_run.checkpoint_dir}", "--config=smoke",
+                       f"--checkpoint_dir={smoke_run.checkpoint_dir}", "--config=smoke",
                        "--nofigures"])
   assert not (workdir / "figures").exists()
   assert (workdir / "predictions").is_dir()

@@ -265,7 +265,7 @@ def study_model(tmp_path_factory):
 def test_binary_eq1_log_both_scores_on_a_bundle(tmp_path, study_model):
   from conftest import run_binary
   ctx = context.load_context(study_model, animals="test")
-  run_binary("lognormal", [f"--checkpoint={study_model}", f"--out_dir={tmp_path}",
+  run_binary("lognormal", [f"--model_dir={study_model}", f"--out_dir={tmp_path}",
                            "--quantity=eq1_log", "--score=both", "--max_pixels=500",
                            "--slice_max_pixels=60", "--bootstrap=9",
                            "--bootstrap_samples=200", "--nofigures"])
@@ -303,14 +303,14 @@ def test_flags_parse():
   from conftest import imported_binary
   with imported_binary("lognormal"):
     f = flags.FLAGS
-    f(["lognormal", "--checkpoint=x", "--out_dir=y", "--quantity=eq1_log", "--score=logit"])
+    f(["lognormal", "--model_dir=x", "--out_dir=y", "--quantity=eq1_log", "--score=logit"])
     assert (f.quantity, f.score, f.bootstrap) == ("eq1_log", "logit", 99)
     f.unparse_flags()
-    f(["lognormal", "--checkpoint=x", "--out_dir=y"])
+    f(["lognormal", "--model_dir=x", "--out_dir=y"])
     assert (f.quantity, f.score) == ("both", "both")
     f.unparse_flags()
     with pytest.raises(flags.IllegalFlagValueError):
-      f(["lognormal", "--checkpoint=x", "--out_dir=y", "--quantity=log"])
+      f(["lognormal", "--model_dir=x", "--out_dir=y", "--quantity=log"])
     f.unparse_flags()
 
 
@@ -399,8 +399,8 @@ def test_plot_slice_fits(tmp_path):
 
 def test_binary_bad_input_ends_in_one_error_line(tmp_path, study_model, capsys):
   from conftest import run_binary
-  for argv, want in (([f"--checkpoint={tmp_path / 'none'}"], f"error: {tmp_path / 'none'}: "),
-                     ([f"--checkpoint={study_model}", "--max_pixels=5"],
+  for argv, want in (([f"--model_dir={tmp_path / 'none'}"], f"error: {tmp_path / 'none'}: "),
+                     ([f"--model_dir={study_model}", "--max_pixels=5"],
                       "error: max_pixels must be at least 20")):
     with pytest.raises(SystemExit) as e:
       run_binary("lognormal", [*argv, f"--out_dir={tmp_path / 'out'}"])

@@ -146,7 +146,7 @@ def test_other_size_scales_geometry():
 
 def test_make_phantom_main_writes_nifti(tmp_path, binary):
   out = tmp_path / "ph"
-  binary("make_phantom", [f"--out={out}", "--animals=2", "--seed=0"])
+  binary("make_phantom", [f"--out_dir={out}", "--animals=2", "--seed=0"])
   assert sorted(p.name for p in out.iterdir()) == ["phantom.json", "rat00", "rat01"]
   assert phantom.is_complete(out, animals=2)
   for folder in sorted(p for p in out.iterdir() if p.is_dir()):

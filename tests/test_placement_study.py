@@ -133,7 +133,7 @@ def test_true_shifts_of_a_shifted_volume_move_with_it(ctx):
 def study(tmp_path_factory, study_model):
   from conftest import run_binary
   out = tmp_path_factory.mktemp("study")
-  run_binary("placement_study", [f"--out_dir={out}", f"--checkpoint={study_model}",
+  run_binary("placement_study", [f"--out_dir={out}", f"--model_dir={study_model}",
                                  "--shifts=0,4", "--alphas=1", "--cascade_steps=2",
                                  "--noablation"])
   text = (out / "placement_study.json").read_text()
@@ -177,14 +177,14 @@ def test_randomising_every_layer_changes_the_maps(study, ctx):
 def test_bad_flags_end_in_one_error_line(study_model, tmp_path, capsys):
   from conftest import run_binary
   with pytest.raises(SystemExit) as e:
-    run_binary("placement_study", [f"--out_dir={tmp_path}", f"--checkpoint={study_model}",
+    run_binary("placement_study", [f"--out_dir={tmp_path}", f"--model_dir={study_model}",
                                    "--shifts=0,four"])
   assert e.value.code == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       "error: shifts: 'four' is not a number"]
   with pytest.raises(SystemExit) as e:
     run_binary("placement_study", [f"--out_dir={tmp_path}",
-                                   f"--checkpoint={tmp_path / 'nothing'}"])
+                                   f"--model_dir={tmp_path / 'nothing'}"])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'nothing'}")
@@ -307,7 +307,7 @@ def test_saliency_binary_checks_its_input_before_any_work(study_model, tmp_path,
   from conftest import run_binary
   ctx = context.load_context(study_model, animals=())
   with pytest.raises(SystemExit) as e:
-    run_binary("saliency", [f"--checkpoint={study_model}", f"--out_dir={tmp_path / 'out'}",
+    run_binary("saliency", [f"--model_dir={study_model}", f"--out_dir={tmp_path / 'out'}",
                             *flags])
   assert e.value.code == 2
   assert capsys.readouterr().err.strip().splitlines() == [

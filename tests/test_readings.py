@@ -138,7 +138,7 @@ def study_model(tmp_path_factory):
 def searched(tmp_path_factory, study_model):
   from conftest import run_binary
   out = tmp_path_factory.mktemp("readings")
-  run_binary("paper_readings", [f"--checkpoint={study_model}", f"--out_dir={out}",
+  run_binary("paper_readings", [f"--model_dir={study_model}", f"--out_dir={out}",
                                 "--class_sets=tissue", "--centers=1,2", "--widths=0.5",
                                 "--templates=gradient,mask"])
   text = (out / "readings.json").read_text()
@@ -191,7 +191,7 @@ def test_prepare_stacks_every_animal_against_the_reference(study_model):
 def test_bad_class_set_ends_in_one_error_line(study_model, tmp_path, capsys):
   from conftest import run_binary
   with pytest.raises(SystemExit) as e:
-    run_binary("paper_readings", [f"--checkpoint={study_model}", f"--out_dir={tmp_path}",
+    run_binary("paper_readings", [f"--model_dir={study_model}", f"--out_dir={tmp_path}",
                                   "--class_sets=grey"])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()

@@ -302,7 +302,7 @@ def test_binary_writes_json_and_table(tmp_path, binary):
   root = tmp_path / "phantom"
   phantom.write_phantom(root, animals=2, seed=0, size=48)
   out = tmp_path / "out"
-  binary("data_statistics", [f"--out={out}", f"--phantom_dir={root}",
+  binary("data_statistics", [f"--out_dir={out}", f"--phantom_dir={root}",
                              f"--epi_dir={root}", f"--t2_dir={root}",
                              f"--t2_paper_dir={root}", "--max_animals=2"])
   report = json.loads((out / "statistics.json").read_text())

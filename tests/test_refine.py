@@ -268,7 +268,7 @@ def test_pool_over_folds_known_answers(tmp_path, binary):
     refine_study.pool([r0, _fake_report("fold 2", {"01": 0.5})])
   with pytest.raises(DataError, match="animal 03 has no supervised"):
     refine_study.pool([r0, r1], supervised={"01": 0.9, "02": 0.9})
-  # The binary: folders or files, a supervised CSV, and the refusal of --checkpoint.
+  # The binary: folders or files, a supervised CSV, and the refusal of --model_dir.
   for k, r in enumerate((r0, r1)):
     (tmp_path / f"f{k}").mkdir()
     (tmp_path / f"f{k}" / "refine.json").write_text(json.dumps(r))
@@ -281,5 +281,5 @@ def test_pool_over_folds_known_answers(tmp_path, binary):
   md = (tmp_path / "out" / "refine_pooled.md").read_text()
   assert "| 03 | 1 |" in md and "mean +- sd over folds" in md
   with pytest.raises(SystemExit):
-    binary("refine_study", [f"--pool={tmp_path / 'f0'}", "--checkpoint=x",
+    binary("refine_study", [f"--pool={tmp_path / 'f0'}", "--model_dir=x",
                             f"--out_dir={tmp_path / 'o2'}"])

@@ -176,7 +176,7 @@ def test_model_folder_serves_segment(smoke_reproduce, smoke_run, phantom_dir, tm
   workdir, _ = smoke_reproduce
   animal = smoke_run.split["test"][0]
   scan = phantom_dir / animal / "image.nii.gz"
-  binary("segment", [f"--input={scan}", f"--checkpoint={workdir / 'model'}",
+  binary("segment", [f"--input={scan}", f"--model_dir={workdir / 'model'}",
                      f"--out_dir={tmp_path}", "--noqc"])
   src = nib.load(str(scan))
   mask = nib.load(str(tmp_path / "image_brainmask.nii.gz"))
@@ -199,24 +199,24 @@ def _run_config(argv: list[str]) -> configs.Config:
 
 
 def test_checkpoint_config_is_used_without_config_flag(smoke_run):
-  got = _run_config([f"--checkpoint={smoke_run.checkpoint_dir}"])
+  got = _run_config([f"--checkpoint_dir={smoke_run.checkpoint_dir}"])
   assert got == smoke_run.config and got.name == "smoke"
   # Explicit and matching: accepted.
-  assert _run_config([f"--checkpoint={smoke_run.checkpoint_dir}", "--config=smoke"]) == got
+  assert _run_config([f"--checkpoint_dir={smoke_run.checkpoint_dir}", "--config=smoke"]) == got
   # No checkpoint: the named config (default "default").
   assert _run_config([]) == configs.get_config("default")
   # The saliency target by flag: into the config, or refused against a checkpoint's.
   assert _run_config(["--saliency_score=logit"]) == configs.override(
       configs.get_config("default"), saliency_score="logit")
-  assert _run_config([f"--checkpoint={smoke_run.checkpoint_dir}",
+  assert _run_config([f"--checkpoint_dir={smoke_run.checkpoint_dir}",
                       f"--saliency_score={got.saliency_score}"]) == got
   with pytest.raises(UsageError, match="--saliency_score logit conflicts"):
-    _run_config([f"--checkpoint={smoke_run.checkpoint_dir}", "--saliency_score=logit"])
+    _run_config([f"--checkpoint_dir={smoke_run.checkpoint_dir}", "--saliency_score=logit"])
   # The displacement is evaluation only: it may differ from the checkpoint's.
   assert _run_config(["--displacement=slice"]) == configs.override(
       configs.get_config("default"), displacement="slice")
   assert got.displacement == "slice"
-  assert _run_config([f"--checkpoint={smoke_run.checkpoint_dir}",
+  assert _run_config([f"--checkpoint_dir={smoke_run.checkpoint_dir}",
                       "--displacement=volume"]) == configs.override(got, displacement="volume")
 
 
@@ -232,7 +232,7 @@ def test_conflicting_config_and_checkpoint_are_refused(smoke_run, tmp_path, bina
   """--config default with a smoke checkpoint: one error line, exit 2, nothing written."""
   work = tmp_path / "work"
   with pytest.raises(SystemExit) as e:
-    binary("reproduce", [f"--workdir={work}", f"--checkpoint={smoke_run.checkpoint_dir}",
+    binary("reproduce", [f"--workdir={work}", f"--checkpoint_dir={smoke_run.checkpoint_dir}",
                          "--config=default", "--nofigures"])
   assert e.value.code == 2
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
@@ -250,9 +250,9 @@ def test_config_fields_differing_from_the_checkpoint_are_named(smoke_run, tmp_pa
   fileio.write_json(ckpt / checkpoint.CONFIG_FILE,
                     configs.override(smoke_run.config, epochs=2, seed=7).to_dict())
   with pytest.raises(UsageError, match=r"\(epochs 1 vs 2\)"):
-    _run_config([f"--checkpoint={ckpt}", "--config=smoke"])
+    _run_config([f"--checkpoint_dir={ckpt}", "--config=smoke"])
   # The seed is not a conflict (--seed overrides it); without --config it is used.
-  assert _run_config([f"--checkpoint={ckpt}"]).seed == 7
+  assert _run_config([f"--checkpoint_dir={ckpt}"]).seed == 7
 
 
 def test_config_without_the_unread_reference_field():

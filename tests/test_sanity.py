@@ -94,7 +94,7 @@ def test_bad_choices():
 
 def test_binary_end_to_end(binary, model_dir, phantom_dir, tmp_path):
   out = tmp_path / "sanity"
-  binary("sanity_check", [f"--checkpoint={model_dir}", f"--data_dir={phantom_dir}",
+  binary("sanity_check", [f"--model_dir={model_dir}", f"--data_dir={phantom_dir}",
                           "--steps=2", "--methods=guided", f"--out_dir={out}"])
   report = fileio.read_json(out / "sanity.json")
   assert (out / "sanity.md").read_text().startswith("# Saliency sanity check")
@@ -115,5 +115,5 @@ def test_binary_end_to_end(binary, model_dir, phantom_dir, tmp_path):
   assert "displacement (0, 0)" in (out / "sanity.md").read_text()
   assert (out / "sanity_maps.png").stat().st_size < 300_000
   with pytest.raises(SystemExit):
-    binary("sanity_check", [f"--checkpoint={model_dir}", f"--data_dir={phantom_dir}",
+    binary("sanity_check", [f"--model_dir={model_dir}", f"--data_dir={phantom_dir}",
                             "--scores=odds", f"--out_dir={out}"])

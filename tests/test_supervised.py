@@ -155,7 +155,8 @@ def test_extractor_flags_default_to_the_measured_setting():
   from conftest import imported_binary
   from rodent_gbp.studies import ship
   from rodent_gbp import cli
-  required = {"train_extractor": ["--data_dir=x"], "extraction_cv": ["--workdir=x"]}
+  required = {"train_extractor": ["--data_dir=x", "--model_dir=y"],
+              "extraction_cv": ["--workdir=x"]}
   for script, extra in required.items():
     with imported_binary(script):
       flags.FLAGS([script, "--seed=3", "--features=4", *extra])

@@ -61,14 +61,14 @@ def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
     np.save(tmp, array)
 
 
-def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
+def run(model_dir, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
         shift=8, method="guided", stripped=False, score=None) -> dict:
   """Writes the maps, figures and ``saliency.json``; returns the summary.
 
   Args:
-    checkpoint: a model bundle folder (``<workdir>/model`` of the main job).
+    model_dir: a model bundle folder (``<workdir>/model`` of the main job).
     out_dir: output folder (created once the inputs are checked).
-    data_dir: dataset root; default ``<checkpoint>/../data``.
+    data_dir: dataset root; default ``<model_dir>/../data``.
     animal: animal id; default the first test animal of the bundle's split.
     slices: slice indices (numbers or their text).
     shift: translation in voxels along both slice axes.
@@ -88,7 +88,7 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
     raise UsageError(f"unknown saliency method {method!r}; one of {', '.join(guided.METHODS)}")
   if score is not None and score not in guided.SCORES:
     raise UsageError(f"unknown saliency score {score!r}; one of {', '.join(guided.SCORES)}")
-  ctx = context.load_context(checkpoint, data_dir, animals=())
+  ctx = context.load_context(model_dir, data_dir, animals=())
   net = ctx.bundle.network("tissue")
   model, params, config = net.model, net.params, net.config
   score = config.saliency_score if score is None else score
@@ -124,7 +124,7 @@ def run(checkpoint, out_dir, *, data_dir=None, animal=None, slices=(14, 20, 26),
   probs = probs.transpose(0, 3, 1, 2)  # (2S, C, H, W)
   n = len(slices)
   margin = 3 * 2**config.depth  # the border band where zero padding matters
-  summary = {"checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir), "animal": animal,
+  summary = {"checkpoint": str(model_dir), "data_dir": str(ctx.data_dir), "animal": animal,
              "method": method, "score": score, "shift": shift, "stripped": stripped, "slices": {}}
   for i, j in enumerate(slices):
     stem = f"{animal}_s{j:02d}"

@@ -420,7 +420,7 @@ def combined_markdown(report: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, *,
+def run_experiment(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
                    data_dir: str | pathlib.Path | None = None,
                    animals: Sequence[str] | None = None,
                    quantities: Sequence[str] = ("magnitude",),
@@ -438,9 +438,9 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
   null), ``lognormal.md`` and (``figures``) the PNGs into ``out_dir``.
 
   Args:
-    checkpoint: a model bundle folder (``<workdir>/model``).
+    model_dir: a model bundle folder (``<workdir>/model``).
     out_dir: output folder (created).
-    data_dir: dataset root; ``None`` uses ``<checkpoint>/../data``.
+    data_dir: dataset root; ``None`` uses ``<model_dir>/../data``.
     animals: animal ids; ``None``: the bundle split's test animals.
     quantities: subset of :data:`QUANTITIES`.
     scores: saliency targets (``guided.SCORES``); ``None``: the bundle's.
@@ -471,7 +471,7 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
   bad = [q for q in quantities if q not in QUANTITIES] or (not quantities and ["(none)"])
   if bad:
     raise UsageError(f"quantities must be from {QUANTITIES}, got {list(quantities)}")
-  ctx = context.load_context(checkpoint, data_dir, animals="test" if not animals else animals)
+  ctx = context.load_context(model_dir, data_dir, animals="test" if not animals else animals)
   config = ctx.config
   scores = (config.saliency_score,) if not scores else tuple(scores)
   bad = [s for s in scores if s not in SCORES]
@@ -513,7 +513,7 @@ def run_experiment(checkpoint: str | pathlib.Path, out_dir: str | pathlib.Path, 
       figure_names += [p.name for p in paths]
   report: dict[str, Any] = {
       "inputs": {
-          "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
+          "checkpoint": str(model_dir), "data_dir": str(ctx.data_dir),
           "animals": ids, "animals_from": "--animals" if animals else "the bundle's test split",
           "test_animals": list(ctx.split["test"]), "n_slices": int(images.shape[0]),
           "image": "raw (not skull-stripped) slices", "saliency_method": config.saliency_method,

@@ -336,7 +336,7 @@ def _figures(out: pathlib.Path, study: Mapping[str, Any]) -> list[str]:
   return written
 
 
-def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
+def run_study(out_dir, *, model_dir=None, data_dir=None, config=None,
               shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
               alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0),
               cascade_steps: int = 0, folds: int = 0, epochs: int | None = None,
@@ -347,10 +347,10 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
 
   Args:
     out_dir: output folder (created).
-    checkpoint: a model bundle folder (``<workdir>/model`` of the main job);
+    model_dir: a model bundle folder (``<workdir>/model`` of the main job);
       None runs the main job with ``config`` (``epochs``) into
       ``<out_dir>/main`` first and uses its ``<out_dir>/main/model``.
-    data_dir: dataset folder; None: ``<checkpoint>/../data`` for a given
+    data_dir: dataset folder; None: ``<model_dir>/../data`` for a given
       bundle, else the phantom written into ``<out_dir>/data``.
     config: ``configs.Config`` for training (default ``default``).
     shifts, alphas: robustness grid, numbers or their text (empty: skip
@@ -381,7 +381,7 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
   if epochs is not None:
     config = configs.override(config, epochs=epochs)
   timing: dict[str, float] = {}
-  if checkpoint is None:
+  if model_dir is None:
     from rodent_gbp import job
     if data_dir is None:
       data_dir = out / "data"
@@ -391,11 +391,11 @@ def run_study(out_dir, *, checkpoint=None, data_dir=None, config=None,
     t0 = time.time()
     job.run(config, out / "main", data_dir=data_dir, figures=False,
                         log=lambda s: None)
-    checkpoint = out / "main" / "model"
+    model_dir = out / "main" / "model"
     timing["train_s"] = time.time() - t0
-  ctx = load_context(checkpoint, data_dir, max_test_animals=max_test_animals)
+  ctx = load_context(model_dir, data_dir, max_test_animals=max_test_animals)
   study: dict[str, Any] = {"options": placement.IMPROVED.to_dict(), "methods": METHODS,
-                           "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir),
+                           "checkpoint": str(model_dir), "data_dir": str(ctx.data_dir),
                            "test_animals": ctx.split["test"]}
   if shifts or alphas:
     t0 = time.time()

@@ -396,15 +396,15 @@ def figure(result: Mapping[str, Any], path) -> None:
   figures.save_figure(fig, path)
 
 
-def run(checkpoint_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] | None = None,
+def run(model_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   """Opens a model bundle, searches, writes readings.{json,md,png}.
 
   Args:
-    checkpoint_dir: the model bundle folder (``<workdir>/model``).
+    model_dir: the model bundle folder (``<workdir>/model``).
     out_dir: output folder (created).
     data_dir: the dataset the model was trained on (default
-      ``<checkpoint_dir>/../data``).
+      ``<model_dir>/../data``).
     readings: the readings to score (default :func:`grid`).
     log: progress sink.
 
@@ -413,13 +413,13 @@ def run(checkpoint_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] |
       :func:`prepare`.
   """
 
-  ctx = context.load_context(checkpoint_dir, data_dir)
+  ctx = context.load_context(model_dir, data_dir)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   log(f"saliency of {len(ctx.volumes)} animals (raw slices) and of the reference")
   inputs = prepare(ctx.volumes, ctx.split["test"], bundle=ctx.bundle)
   result = search(inputs, grid() if readings is None else readings, log=log)
-  result = {"checkpoint": str(checkpoint_dir), "data_dir": str(ctx.data_dir),
+  result = {"checkpoint": str(model_dir), "data_dir": str(ctx.data_dir),
             "provenance": report.provenance(ctx.config.seed), **result}
   fileio.write_json(out / "readings.json", result)  # NaN -> null
   fileio.atomic_write_text(out / "readings.md", markdown(result))

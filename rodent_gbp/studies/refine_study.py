@@ -236,16 +236,16 @@ def markdown(report: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def run(checkpoint, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]] | None = None,
+def run(model_dir, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]] | None = None,
         split_source: str = "the bundle's split", seed: int = 0,
         grid: Mapping[str, Sequence[Any]] = GRID, figure: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   """The refinement study; writes ``refine.json``, ``refine.md``, ``refine_slices.png``.
 
   Args:
-    checkpoint: a model bundle folder.
+    model_dir: a model bundle folder.
     out_dir: output folder.
-    data_dir: converted dataset folder (default ``<checkpoint>/../data``).
+    data_dir: converted dataset folder (default ``<model_dir>/../data``).
     split: {train, val, test} animal ids (default the bundle's split).
     split_source: where ``split`` came from (for messages and the report).
     seed: seed of the randomised network.
@@ -257,10 +257,10 @@ def run(checkpoint, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]
     model trained on; CheckpointError, DataError: from ``context.load_context``.
   """
   from rodent_gbp import bundle as bundle_lib
-  b0 = bundle_lib.load_bundle(checkpoint)
+  b0 = bundle_lib.load_bundle(model_dir)
   split = check_split(split if split is not None else (b0.split or {}), b0.split or {},
                       split_source)
-  ctx = context.load_context(checkpoint, data_dir, animals=split["val"] + split["test"])
+  ctx = context.load_context(model_dir, data_dir, animals=split["val"] + split["test"])
   t0 = time.time()
   prepared = prepare([ctx.volumes[a] for a in split["val"] + split["test"]], ctx.bundle,
                      seed=seed, log=log)
@@ -281,7 +281,7 @@ def run(checkpoint, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]
   test = {a: table[a] for a in split["test"]}
   refined_ways = [w for w in WAYS if w.startswith("refined") or w == "gbp_refined"]
   report: dict[str, Any] = {
-      "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir), "split_source": split_source,
+      "checkpoint": str(model_dir), "data_dir": str(ctx.data_dir), "split_source": split_source,
       "split": split, "seed": seed, "grid": {k: list(v) for k, v in grid.items()},
       "evidence": {k: {"source": s, "gradient": g} for k, (s, g) in EVIDENCE.items()},
       "shipped_options": refine.REFINED.to_dict(), "selection": selection,

@@ -273,16 +273,16 @@ def markdown(report: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def run(checkpoint, out_dir, *, data_dir=None, animals: Sequence[str] | None = None,
+def run(model_dir, out_dir, *, data_dir=None, animals: Sequence[str] | None = None,
         methods: Sequence[str] = METHODS, scores: Sequence[str] = SCORES, steps: int = 0,
         seed: int = 0, placers: bool = True, figure: bool = True,
         log: Callable[[str], None] = print) -> dict[str, Any]:
   """The sanity check; writes ``sanity.json``, ``sanity.md``, ``sanity_maps.png``.
 
   Args:
-    checkpoint: a model bundle folder (``<workdir>/model``).
+    model_dir: a model bundle folder (``<workdir>/model``).
     out_dir: output folder (created once the inputs are checked).
-    data_dir: dataset folder (default ``<checkpoint>/../data``).
+    data_dir: dataset folder (default ``<model_dir>/../data``).
     animals: animal ids (default the bundle split's test animals).
     methods, scores: saliency methods and targets.
     steps: number of depths evaluated (0: every one; 0 and all layers always).
@@ -300,13 +300,13 @@ def run(checkpoint, out_dir, *, data_dir=None, animals: Sequence[str] | None = N
   if steps < 0:
     raise UsageError(f"steps must be 0 (every layer) or more, got {steps}")
   from rodent_gbp import bundle as bundle_lib
-  b0 = bundle_lib.load_bundle(checkpoint)
+  b0 = bundle_lib.load_bundle(model_dir)
   wanted = list(animals) if animals else list((b0.split or {}).get("test", []))
   bank = b0.bank
   avail = (np.flatnonzero(bank.appearance_available) if bank.appearance_available is not None
            else [bank.reference])
   extra = [bank.animal_ids[i] for i in avail] if placers else []
-  ctx = context.load_context(checkpoint, data_dir,
+  ctx = context.load_context(model_dir, data_dir,
                              animals=list(dict.fromkeys(wanted + extra)))
   test = [ctx.volumes[a] for a in wanted]
   if not test:
@@ -330,7 +330,7 @@ def run(checkpoint, out_dir, *, data_dir=None, animals: Sequence[str] | None = N
                              classes=cfg.gradient_classes, batch_size=cfg.eval_batch_size,
                              figure_slice=shown_slice if figure else None, log=log)
   report: dict[str, Any] = {
-      "checkpoint": str(checkpoint), "data_dir": str(ctx.data_dir), "animals": wanted,
+      "checkpoint": str(model_dir), "data_dir": str(ctx.data_dir), "animals": wanted,
       "methods": methods, "scores": scores, "seed": seed, "order": order,
       "classes": list(cfg.gradient_classes), "slices": int(len(images)),
       "slices_with_brain": int(brain.sum()),

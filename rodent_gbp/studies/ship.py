@@ -12,7 +12,7 @@
    same animals and selected on the same validation animals, added to that
    bundle as the ``extractor`` network;
 3. the extractor scored on 19-22 (brain Dice, HD95 against the manual masks);
-4. the bundle copied to ``out`` with ``MODEL_CARD.md`` (data, animals,
+4. the bundle copied to ``model_dir`` with ``MODEL_CARD.md`` (data, animals,
    contrast, resolution, licence and citation, measured Dice, what it was not
    trained on, file sizes) and ``card.json`` (the same numbers).
 
@@ -117,10 +117,10 @@ def card_markdown(card: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def build(data_root, workdir, out, *, split_file, data_cache=None, seed: int = 0,
+def build(data_root, workdir, model_dir, *, split_file, data_cache=None, seed: int = 0,
           command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Builds the shipped model folder ``out`` (see the module doc); returns the card."""
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  """Builds the shipped model folder ``model_dir`` (see the module doc); returns the card."""
+  workdir, out = pathlib.Path(workdir), pathlib.Path(model_dir)
   split = fileio.read_json(split_file)
   tissue_dir = workdir / "tissue"
   if (tissue_dir / "results.json").is_file():
