@@ -46,4 +46,4 @@ This module re-exports nothing, so ``import rodent_gbp`` loads no JAX, optax or
 orbax.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
