@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from rodent_gbp import classes  # noqa: E402
 from rodent_gbp import fileio  # noqa: E402
@@ -69,26 +70,86 @@ def grid_slices(n: int, count: int = MAX_GRID_SLICES) -> np.ndarray:
   return np.unique(np.linspace(0, n - 1, count).round().astype(int))
 
 
+#: Pixels across the wider side of one slice's tile in :func:`segment_figure`.
+TILE_PX = 224
+# Tissue label overlay colours of the QC figure: WM yellow, GM magenta, CSF blue
+# (distinct from the grey image and from the red mask and green truth outlines).
+OVERLAY_COLOURS = np.array([[0, 0, 0], [1.0, 0.85, 0.1], [0.9, 0.3, 0.9], [0.2, 0.6, 1.0]])
+_MASK_RGB, _TRUTH_RGB = np.array([1.0, 0.1, 0.1]), np.array([0.2, 1.0, 0.2])
+
+
+def _resize(x: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+  """``x`` (R, C) sampled at the centres of a ``shape`` grid over the same extent."""
+  coords = [(np.arange(n) + 0.5) * (m / n) - 0.5 for n, m in zip(shape, x.shape)]
+  rr, cc = np.meshgrid(*coords, indexing="ij")
+  return ndimage.map_coordinates(x, [rr, cc], order=order, mode="nearest")
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+  """The 2-pixel-wide inner edge of a (tile-sized) mask."""
+  mask = np.asarray(mask, bool)
+  return mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=0)
+
+
+def slice_tiles(image: np.ndarray, mask: np.ndarray, vmax: float,
+                voxel_size: tuple[float, float], *, truth: np.ndarray | None = None,
+                labels: np.ndarray | None = None, px: int = TILE_PX
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Two RGB tiles of one (H, W) slice, superior up, ``px`` pixels across the wider
+  side at the voxel size's aspect: the slice with the mask (red) and truth
+  (green) outlined; the slice under the tissue labels (:data:`OVERLAY_COLOURS`,
+  half transparent) with the mask outline. Image linear, masks and labels nearest."""
+  h, w = image.shape
+  extent = max(h * voxel_size[0], w * voxel_size[1])
+  shape = (max(1, round(px * w * voxel_size[1] / extent)),
+           max(1, round(px * h * voxel_size[0] / extent)))
+
+  def up(x, order):  # display orientation: rows = W from superior down, columns = H
+    return _resize(np.asarray(x, np.float32).T[::-1], shape, order)
+
+  grey = np.clip(up(image, 1) / vmax, 0.0, 1.0)[..., None] * np.ones(3, np.float32)
+  edge = _outline(up(mask, 0) > 0.5)
+  left = grey.copy()
+  if truth is not None:
+    left[_outline(up(truth, 0) > 0.5)] = _TRUTH_RGB
+  left[edge] = _MASK_RGB
+  right = grey.copy()
+  if labels is not None:
+    lab = np.clip(up(labels, 0).round().astype(int), 0, 3)
+    tissue = lab > 0
+    right[tissue] = 0.5 * right[tissue] + 0.5 * OVERLAY_COLOURS[lab[tissue]]
+  right[edge] = _MASK_RGB
+  return left, right
+
+
 def segment_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
                    voxel_size: tuple[float, float], *, truth: np.ndarray | None = None,
-                   title: str = "", count: int = MAX_GRID_SLICES,
-                   dpi: int = 60) -> np.ndarray:
-  """QC of one segmented scan: mask contours over a grid of slices, area per slice.
+                   labels: np.ndarray | None = None, title: str = "",
+                   count: int = MAX_GRID_SLICES, px: int = TILE_PX,
+                   dpi: int = 100) -> np.ndarray:
+  """QC of one segmented scan: each slice's mask outline beside its tissue labels,
+  over a grid of slices, and the brain area per slice.
 
   Drawn on the input's own in-plane grid (after reorientation to RAS+ and
-  slicing), with the pixel aspect of its voxel size; a small plot gives the
-  brain area of every slice. Written atomically; a few hundred pixels wide
-  per row, so the PNG stays small (well under 300 kB for 16 slices).
+  slicing) with the pixel aspect of its voxel size, superior up. Every picked
+  slice gets two tiles of ``px`` pixels across (:func:`slice_tiles`): left the
+  slice with the brain mask (red) and the truth (green) outlined, right the
+  tissue labels over the slice (WM yellow, GM magenta, CSF blue) inside the
+  mask outline; the tiles are composed into one image drawn one pixel per
+  pixel. Below it, the brain area of every slice. Written atomically.
 
   Args:
     path: the PNG to write.
     image: (S, H, W) slices of the scan (normalised intensities).
     mask: (S, H, W) the brain mask written.
     voxel_size: in-plane (H, W) voxel size in mm.
-    truth: (S, H, W) a reference mask, drawn in green (its area dashed).
+    truth: (S, H, W) a reference mask, outlined in green (its area dashed).
+    labels: (S, H, W) tissue labels 0..3 (0 background); None: the right tiles
+      show the slice and the mask outline only.
     title: the figure's title.
     count: at most this many slices in the grid.
-    dpi: resolution of the PNG.
+    px: pixels across one tile's wider side.
+    dpi: resolution of the PNG (text and the area plot scale with it).
 
   Returns:
     (S,) brain area per slice in mm^2.
@@ -102,40 +163,46 @@ def segment_figure(path: pathlib.Path, image: np.ndarray, mask: np.ndarray,
   # would otherwise darken it).
   inside = image[mask] if mask.any() else image.ravel()
   vmax = float(np.percentile(inside, 99.5)) or float(image.max()) or 1.0
-  h, w = image.shape[1:]
-  # Transposed display: columns are H (width h * vs_h), rows are W.
-  aspect = float(voxel_size[1] / voxel_size[0])
-  panel_w = 1.9
-  panel_h = panel_w * (w * voxel_size[1]) / (h * voxel_size[0])
-  panel_h = float(np.clip(panel_h, 0.8, 3.0))
-  fig = plt.figure(figsize=(panel_w * cols, panel_h * rows + 1.6))
-  grid = fig.add_gridspec(rows + 1, cols, height_ratios=[panel_h] * rows + [1.3])
+  tiles = [slice_tiles(image[s], mask[s], vmax, voxel_size, px=px,
+                       truth=None if truth is None else truth[s],
+                       labels=None if labels is None else labels[s]) for s in picks]
+  th, tw = tiles[0][0].shape[:2]
+  gap, caption = 6, 20                   # pixels between tiles; a caption band above
+  cell_w, cell_h = 2 * tw + 3 * gap, th + caption
+  mosaic = np.ones((rows * cell_h + gap, cols * cell_w + gap, 3), np.float32)
+  for i, (left, right) in enumerate(tiles):
+    y, x = (i // cols) * cell_h + caption, (i % cols) * cell_w + 2 * gap
+    mosaic[y:y + th, x:x + tw] = left
+    mosaic[y:y + th, x + tw + gap:x + 2 * tw + gap] = right
+  mh, mw = mosaic.shape[:2]
+  plot_h, head_h = 2.2 * dpi, 0.5 * dpi  # the area plot below, title and key above
+  fig_h = mh + plot_h + head_h
+  fig = plt.figure(figsize=(mw / dpi, fig_h / dpi), dpi=dpi)
+  ax = fig.add_axes((0, plot_h / fig_h, 1, mh / fig_h))
+  ax.imshow(mosaic, interpolation="nearest", aspect="auto")
+  ax.set_axis_off()
   for i, s in enumerate(picks):
-    ax = fig.add_subplot(grid[i // cols, i % cols])
-    show(ax, image[s], f"slice {s}: {area[s]:.3g} mm$^2$", vmin=0.0, vmax=vmax,
-         aspect=aspect)
-    if truth is not None and truth[s].any():
-      ax.contour(truth[s].T.astype(float), levels=[0.5], colors="lime", linewidths=0.6,
-                 origin="lower")
-    if mask[s].any():
-      ax.contour(mask[s].T.astype(float), levels=[0.5], colors="r", linewidths=0.7,
-                 origin="lower")
-  ax = fig.add_subplot(grid[rows, :])
+    y, x = (i // cols) * cell_h + caption - 3, (i % cols) * cell_w + 2 * gap
+    ax.text(x, y, f"slice {s}: {area[s]:.3g} mm$^2$", fontsize=9, va="bottom")
+    ax.text(x + tw + gap, y, "labels", fontsize=9, va="bottom", color="0.4")
+  ax = fig.add_axes((0.7 * dpi / mw, 0.45 * dpi / fig_h, 1 - 0.9 * dpi / mw,
+                     (plot_h - 0.65 * dpi) / fig_h))
   ax.plot(np.arange(len(area)), area, "o-", color="r", markersize=2.5, linewidth=1,
           label="mask")
   if truth is not None:
     truth_area = np.asarray(truth, bool).reshape(len(truth), -1).sum(-1) * float(
         voxel_size[0] * voxel_size[1])
     ax.plot(np.arange(len(area)), truth_area, "--", color="g", linewidth=1, label="truth")
-    ax.legend(fontsize=7, loc="upper right")
-  ax.set_xlabel("slice", fontsize=8)
-  ax.set_ylabel("brain area (mm$^2$)", fontsize=8)
-  ax.tick_params(labelsize=7)
+    ax.legend(fontsize=8, loc="upper right")
+  ax.set_xlabel("slice", fontsize=9)
+  ax.set_ylabel("brain area (mm$^2$)", fontsize=9)
+  ax.tick_params(labelsize=8)
   ax.set_xlim(-0.5, len(area) - 0.5)
   ax.grid(alpha=0.3)
-  if title:
-    fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
+  key = ("left: brain mask (red)" + (", truth (green)" if truth is not None else "")
+         + "; right: tissue labels, WM yellow, GM magenta, CSF blue")
+  fig.text(0.5, (plot_h + mh + head_h / 2) / fig_h, f"{title}\n{key}" if title else key,
+           ha="center", va="center", fontsize=9)
   with fileio.atomic_path(path, suffix=".png") as tmp:
     fig.savefig(tmp, dpi=dpi)
   plt.close(fig)
