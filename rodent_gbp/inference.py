@@ -43,6 +43,10 @@ job's test animals:
    empty or fits none (or not the ``species`` given), the placer, CPU
    seconds, and with ``truth`` Dice and HD95 in mm).
 
+An input already skull-stripped (background exactly zero, one connected
+brain-sized region inside the field of view: ``scan.looks_stripped``) keeps its
+own brain as the mask (placement ``stripped``), said in the report.
+
 Refused before any work: stored voxel sizes (``pixdim``) that are zero,
 negative or not finite. Warned: an oblique or sheared affine.
 
@@ -68,6 +72,7 @@ from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import configs
@@ -318,18 +323,44 @@ def fit_to_model(inp: Input, bundle, *, plane, voxel_scale, name: str,
                    decisions, warnings)
 
 
-def to_input_grid(inp: Input, fit: ModelGrid, placed, labels, gradient
+def place(inp: Input, fit: ModelGrid, bundle, placement: str, *, batch_size,
+          species: str | None, log: Callable[[str], None]):
+  """(placer name, raw pass, Placement, labels, the stripped-input record) on the model
+  grid: an input already skull-stripped (``scan.looks_stripped``) keeps its own brain
+  (the nonzero voxels, holes filled) and is segmented inside it; any other input goes
+  through the pipeline with ``placement``."""
+  stripped, reason = scan.looks_stripped(inp.image, fit.affine, species)
+  record = {"detected": stripped, "reason": reason, "brain": None}
+  if not stripped:
+    raw, removals = pipeline.run(fit.slices, [placement], bundle=bundle,
+                                 slice_index=fit.bank_index, batch_size=batch_size)
+    return placement, raw, removals[placement].placement, removals[placement].labels, record
+  log(f"input already skull-stripped: {reason}")
+  brain = np.stack([ndimage.binary_fill_holes(s) for s in
+                    scan.file_to_slices(inp.image != 0, fit.vol)])
+  record["brain"] = brain       # the mask on the input's own slices, as given
+  mask = scan.fit_to(scan.resample_inplane(brain.astype(np.float32), fit.vs_scan,
+                                           fit.vs_model, fit.grid, order=0),
+                     bundle.slice_shape) > 0.5
+  raw = pipeline.raw_pass(fit.slices, bundle=bundle, batch_size=batch_size)
+  labels = pipeline.segment_slices(fit.slices * mask, bundle=bundle, batch_size=batch_size)
+  return "stripped", raw, placement_lib.Placement(mask=mask), labels, record
+
+
+def to_input_grid(inp: Input, fit: ModelGrid, placed, labels, gradient, brain=None
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """(outputs on the input's slices, outputs in the file's axes): undo the fit, the
   resampling (nearest for mask and labels, linear for saliency) and the reorientation;
-  ``brain`` is the stored series zero outside the mask."""
+  ``brain`` is the stored series zero outside the mask. ``brain``: a mask already on
+  the input's slices (a stripped input's own) instead of the placed one."""
   h, w = fit.vol.image.shape[1:]
 
   def back(x: np.ndarray, order: int) -> np.ndarray:
     return scan.resample_inplane(scan.unfit(x, fit.grid), fit.vs_model, fit.vs_scan, (h, w),
                                  order=order)
 
-  native = {"brainmask": back(placed.mask.astype(np.uint8), 0),
+  native = {"brainmask": (back(placed.mask.astype(np.uint8), 0) if brain is None
+                         else brain.astype(np.uint8)),
             "labels": back(labels.astype(np.uint8), 0),
             "saliency": back(gradient.astype(np.float32), 1)}
   # Labels lie inside the applied mask on the model grid; clipping after the
@@ -436,16 +467,18 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
   placement = choose_placement(placement, bundle)
   placement_lib.check_placer(placement, bundle)
   fit = fit_to_model(inp, bundle, plane=plane, voxel_scale=voxel_scale, name=name, log=log)
-  raw, removals = pipeline.run(fit.slices, [placement], bundle=bundle,
-                               slice_index=fit.bank_index, batch_size=batch_size)
-  placed, labels = removals[placement].placement, removals[placement].labels
-  native, arrays = to_input_grid(inp, fit, placed, labels, raw["gradient"])
+  placement, raw, placed, labels, stripped = place(inp, fit, bundle, placement,
+                                                   batch_size=batch_size, species=species,
+                                                   log=log)
+  native, arrays = to_input_grid(inp, fit, placed, labels, raw["gradient"],
+                                 stripped.pop("brain"))
   rows = _slice_rows(placed, native["brainmask"], fit.bank_index, fit.vs_model, bundle.bank,
                      placement)
   brain_volume, scores = score(inp, fit, arrays["brainmask"] > 0, truth, species, log)
   report = {"input": str(input_path), "shape": [int(n) for n in inp.series.shape],
             "segmented": inp.taken, "model_dir": model_folder, "model_source": model_source,
-            **fit.decisions, "brain_volume": brain_volume, "placement": placement,
+            **fit.decisions, "stripped_input": stripped, "brain_volume": brain_volume,
+            "placement": placement,
             "displacement": (bundle.network("tissue").config.displacement
                              if placement == "gbp" else None),
             "truth": scores, "warnings": fit.warnings,

@@ -184,6 +184,58 @@ def species_fit(mm3: float, species: str | None = None) -> tuple[str | None, dic
                            "(|det| of the affine)"}
 
 
+# A skull-stripped input: at least this fraction of its voxels exactly zero, the
+# rest one connected region (this fraction of the nonzero voxels in the largest
+# component), touching the field of view's faces with at most this fraction of
+# its surface voxels (a stripped brain lies inside the field of view; a head is
+# cut by it at the neck), and a brain's volume.
+STRIPPED_ZERO_FRACTION = 0.2
+STRIPPED_ONE_COMPONENT = 0.995
+STRIPPED_MAX_EDGE_FRACTION = 0.02
+
+
+def looks_stripped(image: np.ndarray, affine: np.ndarray, species: str | None = None
+                   ) -> tuple[bool, str]:
+  """Whether a 3D image is already skull-stripped, and why (or why not).
+
+  A magnitude scan of a whole head has noise in its background, so exact zeros
+  are rare; a stripped brain is zero outside one compact region of brain size.
+  All four must hold: background exactly zero (:data:`STRIPPED_ZERO_FRACTION`),
+  one connected nonzero region (:data:`STRIPPED_ONE_COMPONENT`), inside the
+  field of view (:data:`STRIPPED_MAX_EDGE_FRACTION`), and a volume that fits a
+  rodent brain (``species_fit``; ``affine`` with its final voxel sizes).
+  """
+  nonzero = np.asarray(image) != 0
+  zero_fraction = 1.0 - float(nonzero.mean())
+  if zero_fraction < STRIPPED_ZERO_FRACTION:
+    return False, (f"{100 * zero_fraction:.1f} % of the voxels are exactly zero (a stripped "
+                   f"image has >= {100 * STRIPPED_ZERO_FRACTION:g} %)")
+  labels, n = ndimage.label(nonzero)
+  sizes = np.bincount(labels.ravel())[1:]
+  largest = int(sizes.max()) if n else 0
+  if not n or largest < STRIPPED_ONE_COMPONENT * nonzero.sum():
+    return False, f"the nonzero voxels form {n} separate regions, not one"
+  region = labels == int(np.argmax(sizes)) + 1
+  surface = region & ~ndimage.binary_erosion(region)
+  faces = np.zeros_like(region)
+  for axis in range(3):
+    index = [slice(None)] * 3
+    for end in (0, -1):
+      index[axis] = end
+      faces[tuple(index)] = True
+  edge = float((surface & faces).sum()) / max(int(surface.sum()), 1)
+  if edge > STRIPPED_MAX_EDGE_FRACTION:
+    return False, (f"the nonzero region touches the field of view's faces with "
+                   f"{100 * edge:.1f} % of its surface (a head cut by the field of view)")
+  mm3 = float(region.sum()) * voxel_volume(affine)
+  warning, record = species_fit(mm3, species)
+  if warning is not None:
+    return False, f"the nonzero region's {mm3:.0f} mm^3 fits no rodent brain"
+  return True, (f"background exactly zero ({100 * zero_fraction:.1f} % of the voxels), one "
+                f"nonzero region of {mm3:.0f} mm^3 ({' or '.join(record['fits'])} brain) "
+                "inside the field of view: taken as the brain as given")
+
+
 def scale_affine(affine: np.ndarray, factor: float) -> np.ndarray:
   """The affine with its voxel sizes and origin multiplied by ``factor``."""
   out = np.array(affine, np.float64)

@@ -194,3 +194,69 @@ def test_segment_scan_twice_on_one_loaded_bundle(scan, model_dir, tmp_path):
                                   nib.load(c["paths"][key]).get_fdata())
   np.testing.assert_array_equal(b["placement"].displacement, c["placement"].displacement)
   assert dataclasses.replace(bundle) is not bundle and bundle.folder == model_dir
+
+
+# --- an input already skull-stripped ---------------------------------------------------
+
+T2_STRIPPED = (pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+               / "mouse-t2-atlas" / "template_after_brain_extraction"
+               / "tg4510_tp3_10_20130523_UT.nii.gz")
+
+
+def _ellipsoid(shape, radii, centre=None) -> np.ndarray:
+  grid = np.indices(shape, dtype=np.float64)
+  centre = np.asarray(shape, float) / 2 if centre is None else np.asarray(centre, float)
+  return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def test_stripped_and_whole_head_told_apart():
+  """A brain-sized region with an exactly zero background is stripped; a head with a
+  noisy background, a zero-background head too big for a brain, a head cut by the field
+  of view and two regions are not."""
+  from rodent_gbp import scan as scan_lib
+  rng = np.random.default_rng(0)
+  affine = np.diag([0.1, 0.1, 0.1, 1.0])
+  brain = _ellipsoid((100, 100, 120), (44, 34, 52))          # 4/3 pi 4.4 3.4 5.2 = 326 mm^3
+  image = np.where(brain, 1.0 + rng.random(brain.shape), 0.0)
+  mm3 = brain.sum() * 1e-3
+  assert 300 <= mm3 <= 750
+  ok, why = scan_lib.looks_stripped(image, affine)
+  assert ok and "mouse brain" in why, why
+  noisy = image + 0.01 * rng.random(image.shape)                      # whole head: noise
+  assert not scan_lib.looks_stripped(noisy, affine)[0]
+  assert "exactly zero" in scan_lib.looks_stripped(noisy, affine)[1]
+  head = np.where(_ellipsoid((100, 100, 120), (48, 46, 58)), 1.0, 0.0)
+  coarse = np.diag([0.25, 0.25, 0.25, 1.0])                         # 8,400 mm^3: a head
+  assert "fits no rodent brain" in scan_lib.looks_stripped(head, coarse)[1]
+  cut = np.where(_ellipsoid((100, 100, 120), (44, 34, 52), centre=(50, 50, 110)), 1.0, 0.0)
+  assert "field of view" in scan_lib.looks_stripped(cut, affine)[1]
+  two = image.copy()
+  two[:20, :20, :20] = 1.0                                 # 2 % of the nonzero voxels
+  assert "separate regions" in scan_lib.looks_stripped(two, affine)[1]
+  assert not scan_lib.looks_stripped(image, affine, species="rat")[0]
+
+
+def test_phantom_whole_head_is_not_stripped(scan):
+  from rodent_gbp import scan as scan_lib
+  img = nib.load(str(scan))
+  ok, why = scan_lib.looks_stripped(np.asarray(img.dataobj), img.affine)
+  assert not ok and "exactly zero" in why
+
+
+@pytest.mark.skipif(not T2_STRIPPED.is_file(), reason="mouse-t2-atlas not beside the repo")
+def test_stripped_t2_atlas_scan_keeps_its_brain(model_dir, tmp_path):
+  """mouse_t2_atlas as published (already stripped): the brain is the nonzero head,
+  said in the report; Dice 1 against label > 0's nonzero support."""
+  from rodent_gbp import inference
+  out = inference.segment_scan(T2_STRIPPED, model_dir, tmp_path, qc=False,
+                               log=lambda msg: None)
+  report = out["report"]
+  assert report["placement"] == "stripped" and report["stripped_input"]["detected"]
+  assert "taken as the brain as given" in report["stripped_input"]["reason"]
+  image = np.asarray(nib.load(str(T2_STRIPPED)).dataobj)
+  mask = np.asarray(nib.load(str(out["paths"]["brainmask"])).dataobj) > 0
+  dice = 2 * (mask & (image != 0)).sum() / (mask.sum() + (image != 0).sum())
+  assert dice > 0.98, dice
+  assert report["brain_volume"]["fits"] == ["mouse"]
+  labels = np.asarray(nib.load(str(out["paths"]["labels"])).dataobj)
+  assert not (labels[~mask] > 0).any()
