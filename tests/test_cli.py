@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from rodent_gbp import cli
 from rodent_gbp import data
+from rodent_gbp import nifti
 from rodent_gbp import inference
 from rodent_gbp import placement
 from rodent_gbp import scan as scan_lib
@@ -119,7 +120,7 @@ def test_bank_slice_index_by_relative_position():
 def test_voxel_sizes_follow_the_ras_axes():
   a = np.array([[0, 0, -0.3, 0], [0.5, 0, 0, 0], [0, 0.25, 0, 0], [0, 0, 0, 1.0]])
   # Input axes (A, S, L) -> RAS sizes (0.3, 0.5, 0.25).
-  np.testing.assert_allclose(data.voxel_sizes_ras(a), [0.3, 0.5, 0.25])
+  np.testing.assert_allclose(nifti.voxel_sizes_ras(a), [0.3, 0.5, 0.25])
 
 
 # ------------------------------------------------------- end to end (smoke) --

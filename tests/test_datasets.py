@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from rodent_gbp import data, datasets
+from rodent_gbp import data, datasets, nifti
 from rodent_gbp.datasets import mouse_t2_atlas, pseudo_labels
 from rodent_gbp.errors import DataError, UsageError
 
@@ -199,7 +199,7 @@ def test_epi_conversion_known_answers(epi):
   # One volume per animal for load_dataset (session 1); session 2 beside it.
   volumes = data.load_dataset(folder)
   assert [v.animal_id for v in volumes] == ["05", "10"]
-  np.testing.assert_allclose(data.voxel_sizes_ras(volumes[0].affine), (0.25, 1.0, 0.25),
+  np.testing.assert_allclose(nifti.voxel_sizes_ras(volumes[0].affine), (0.25, 1.0, 0.25),
                              atol=1e-6)
   assert volumes[0].image.shape == (17, 80, 80)          # coronal slices along A-P
   second = data.load_animal(folder / "05" / "session2")

@@ -330,12 +330,12 @@ def test_write_phantom_records_its_kind(tmp_path):
 
 def test_a_run_refuses_a_phantom_of_another_kind(tmp_path):
   from rodent_gbp import configs
-  from rodent_gbp import job
+  from rodent_gbp import sources
   phantom.write_phantom(tmp_path / "data", animals=1, seed=0, size=48)
   config = configs.override(configs.get_config("smoke"), phantom="measured")
   with pytest.raises(UsageError, match=r"data: holds a standard phantom"):
-    job.resolve_data(tmp_path, config, log=lambda s: None)
-  folder, is_phantom = job.resolve_data(
+    sources.resolve_data(tmp_path, config, log=lambda s: None)
+  folder, is_phantom = sources.resolve_data(
       tmp_path, configs.get_config("smoke"), log=lambda s: None)
   assert folder == tmp_path / "data" and is_phantom
   with pytest.raises(UsageError, match="unknown phantom kind"):

@@ -22,8 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from rodent_gbp import data
 from rodent_gbp import fileio
-from rodent_gbp.errors import DataError
+from rodent_gbp import report
+from rodent_gbp.errors import DataError, UsageError
 
 RULE = ("animals sorted, permuted by numpy default_rng(seed); fold k tests the k-th of "
         "k nearly equal consecutive chunks; its validation animals are round(0.2 * rest) "
@@ -72,8 +74,6 @@ def split_from(split_file: str | pathlib.Path | None, fold: int | None,
     UsageError: both given, or a fold number the fold file lacks;
     DataError: a missing or unreadable split file.
   """
-  from rodent_gbp import fileio
-  from rodent_gbp.errors import DataError, UsageError
   if split_file is not None and fold is not None:
     raise UsageError("give at most one of --split_file and --fold")
   if split_file is not None:
@@ -94,7 +94,6 @@ def split_from(split_file: str | pathlib.Path | None, fold: int | None,
 
 def read_fold_file(path: str | pathlib.Path) -> dict[str, Any]:
   """Reads and checks a fold file: every listed animal tested exactly once."""
-  from rodent_gbp import data
   path = pathlib.Path(path)
   try:
     raw = fileio.read_json(path)
@@ -179,7 +178,6 @@ def _ms(s: dict[str, float]) -> str:
 
 def markdown(cv: dict[str, Any]) -> str:
   """``cv.md``: brain DSC per placement and tissue DSC per way, mean +- sd over folds."""
-  from rodent_gbp import report
   data = cv.get("data") or {}
   lines = [f"# Cross-validation: {data.get('dataset', '?')}, {cv['folds']} folds by animal",
            "", "DSC in percent, mean +- sd over folds (a fold's value is the mean over its "

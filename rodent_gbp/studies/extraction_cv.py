@@ -34,6 +34,7 @@ from rodent_gbp import fileio
 from rodent_gbp import metrics
 from rodent_gbp.training import extraction
 from rodent_gbp.errors import DataError
+from rodent_gbp import guided
 
 #: Committed placers' brain Dice columns paired with the extractor.
 BASELINES = ("gbp", "gbp_improved", "intensity", "gbp_ceiling", "oracle")
@@ -138,7 +139,6 @@ def saliency_figure(path: pathlib.Path, volume, extraction: dict, *, model, para
   class, probability score): what the extraction network looks at.
   """
   import jax.numpy as jnp
-  from rodent_gbp import guided
   from rodent_gbp import figures
   plt = figures.plt
   idx = _slices_to_show(volume.brainmask, count)

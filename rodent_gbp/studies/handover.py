@@ -26,7 +26,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np

@@ -54,6 +54,11 @@ from rodent_gbp.studies.common.context import Context, floats, load_context  # n
 from rodent_gbp.studies.common.randomise import (fresh_params, layers_from_top,
                                                  randomised_params, spearman_rows, with_params)
 from rodent_gbp.figures import save_figure
+from rodent_gbp import configs
+from rodent_gbp import data
+from rodent_gbp import job
+from rodent_gbp import phantom
+from rodent_gbp import pipeline
 
 #: Methods of the robustness curves: name -> changes from ``placement.IMPROVED``.
 METHODS = {
@@ -173,7 +178,6 @@ def robustness(ctx: Context, *, shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
 
 def gradient_images(volumes: Sequence, *, bundle) -> list[np.ndarray]:
   """(S, H, W) guided gradient image of each volume's raw slices (the raw pass's)."""
-  from rodent_gbp import pipeline
   return [pipeline.raw_pass(v.image, bundle=bundle)["gradient"] for v in volumes]
 
 
@@ -220,7 +224,6 @@ def fold_seeds(animal_ids: Sequence[str], folds: int, *, max_seed: int = 100000
   Raises:
     UsageError: ``folds`` disjoint test sets do not exist.
   """
-  from rodent_gbp import data
   ids = sorted(animal_ids)
   if folds < 1:
     raise UsageError(f"folds must be at least 1, got {folds}")
@@ -243,9 +246,6 @@ def fold_seeds(animal_ids: Sequence[str], folds: int, *, max_seed: int = 100000
 def cross_validation(config, data_dir, out_dir, *, folds: int, epochs: int | None = None,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains and evaluates one model per fold (the main job); mean and spread."""
-  from rodent_gbp import configs
-  from rodent_gbp import data
-  from rodent_gbp import job
 
   ids = [v.animal_id for v in data.load_dataset(data_dir)]
   runs = []
@@ -368,8 +368,6 @@ def run_study(out_dir, *, model_dir=None, data_dir=None, config=None,
     UsageError: a shift or alpha that is not a number, negative folds.
     CheckpointError, DataError: from :func:`load_context`.
   """
-  from rodent_gbp import configs
-  from rodent_gbp import phantom
 
   shifts = floats(shifts, "shifts")
   alphas = floats(alphas, "alphas")
@@ -382,7 +380,6 @@ def run_study(out_dir, *, model_dir=None, data_dir=None, config=None,
     config = configs.override(config, epochs=epochs)
   timing: dict[str, float] = {}
   if model_dir is None:
-    from rodent_gbp import job
     if data_dir is None:
       data_dir = out / "data"
       if not phantom.is_complete(data_dir):

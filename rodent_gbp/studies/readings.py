@@ -57,6 +57,7 @@ from rodent_gbp.studies.common import context
 from rodent_gbp.studies.common import pooling
 from rodent_gbp.studies.common.gradients import abs_maps, calibrated_center
 from rodent_gbp import figures
+from rodent_gbp import scan
 
 #: Gradient images: name -> classes whose |GBP map| are summed (docs/design.md#the-gradient-image).
 CLASS_SETS: dict[str, tuple[int, ...]] = {
@@ -235,7 +236,6 @@ def prepare(volumes: Mapping[str, Any], test: Sequence[str], *, bundle,
   selection = [a for a in sorted(volumes) if a not in test and a != ref_id
                and volumes[a].brainmask is not None]
   animals = selection + list(test)
-  from rodent_gbp import scan
   n_bank = bank.masks.shape[1]
   # The bank's rows: the reference's slices by relative position (as the bank
   # was built), and each animal's slices matched to them as the main job does.

@@ -51,6 +51,7 @@ from scipy import ndimage
 from rodent_gbp.studies.common.borders import (between_class_excess, edge_width,
                                                in_plane_distance, pixel_mm, rim_ratio,
                                                slices_first)
+from rodent_gbp.datasets import pseudo_labels
 
 #: 1.4826 * MAD is the sd of a normal law.
 MAD_TO_SD = 1.4826
@@ -373,7 +374,6 @@ def bias_statistics(image: np.ndarray, mask: np.ndarray, voxel_size: Sequence[fl
                     ) -> dict[str, float]:
   """``bias_p95_p5``: :func:`field_ratio` of the N4 log field inside ``mask``
   (``pseudo_labels.n4_log_bias_field``: the settings of the ``mouse_epi`` pseudo-labels)."""
-  from rodent_gbp.datasets import pseudo_labels
   return {"bias_p95_p5": field_ratio(
       pseudo_labels.n4_log_bias_field(image, mask, voxel_size), mask)}
 

@@ -48,6 +48,7 @@ from rodent_gbp.studies.common import context
 from rodent_gbp.studies.common import pooling
 from rodent_gbp.studies.common.gradients import gradient_images
 from rodent_gbp.studies.common.randomise import cascade_params, fresh_params, layers_from_top
+from rodent_gbp import bundle as bundle_lib
 
 #: Evidence name -> (refinement source, gradient image used).
 EVIDENCE = {"gbp": ("gbp", "trained"), "intensity": ("intensity", None),
@@ -256,7 +257,6 @@ def run(model_dir, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]]
     UsageError: a split without val or test animals or with animals the
     model trained on; CheckpointError, DataError: from ``context.load_context``.
   """
-  from rodent_gbp import bundle as bundle_lib
   b0 = bundle_lib.load_bundle(model_dir)
   split = check_split(split if split is not None else (b0.split or {}), b0.split or {},
                       split_source)

@@ -49,6 +49,11 @@ from rodent_gbp.studies.common import context
 from rodent_gbp.studies.common.gradients import gradient_images
 from rodent_gbp.studies.common.randomise import (cascade_params, fresh_params, layers_from_top,
                                                  spearman_rows, with_params)
+from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import candidates as candidates_lib
+from rodent_gbp import configs
+from rodent_gbp import search
+from rodent_gbp.errors import DataError
 
 METHODS = ("guided", "vanilla", "deconvnet")
 SCORES = guided.SCORES
@@ -118,7 +123,6 @@ def cascade_maps(model, params, images: np.ndarray, brain: np.ndarray, *, fresh,
 
 def with_score(bundle, score: str):
   """``bundle`` whose tissue config's ``saliency_score`` is ``score`` (own placer cache)."""
-  from rodent_gbp import configs
   net = bundle.network("tissue")
   cfg = configs.override(net.config, saliency_score=score)
   return dataclasses.replace(
@@ -168,8 +172,6 @@ def zero_displacement_dice(volumes: Sequence, bundle) -> dict[str, Any]:
   stage around displacement 0 (no saliency at all) tells whether the located
   shift matters on a set of nearly aligned scans.
   """
-  from rodent_gbp import candidates as candidates_lib
-  from rodent_gbp import search
 
   opts = placement.IMPROVED
   _, choice = placement.candidate_bank(bundle).for_options(opts)
@@ -294,12 +296,10 @@ def run(model_dir, out_dir, *, data_dir=None, animals: Sequence[str] | None = No
     UsageError: an unknown method or score, negative steps; CheckpointError,
     DataError: from ``context.load_context``, or an animal without a brain mask.
   """
-  from rodent_gbp.errors import DataError
   methods, scores = list(methods), list(scores)
   check_choices(methods, scores)
   if steps < 0:
     raise UsageError(f"steps must be 0 (every layer) or more, got {steps}")
-  from rodent_gbp import bundle as bundle_lib
   b0 = bundle_lib.load_bundle(model_dir)
   wanted = list(animals) if animals else list((b0.split or {}).get("test", []))
   bank = b0.bank

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp.errors import CheckpointError, DataError, UsageError
+from rodent_gbp import data
 
 
 
@@ -69,7 +70,6 @@ def load_context(model_dir, data_dir=None, *, max_test_animals: int | None = Non
     CheckpointError: the bundle is missing or damaged, or records no split.
     DataError: the dataset folder is missing or lacks an animal asked for.
   """
-  from rodent_gbp import data
 
   model_dir = pathlib.Path(model_dir)
   bundle = bundle_lib.load_bundle(model_dir)

@@ -22,6 +22,7 @@ from rodent_gbp import bank as bank_lib
 from rodent_gbp import enhance
 from rodent_gbp import parallel
 from rodent_gbp.errors import CheckpointError, DataError
+from rodent_gbp import model as model_lib
 
 
 def layers_from_top(params: Mapping[str, Any]) -> list[str]:
@@ -60,7 +61,6 @@ def randomised_params(params, fresh, layers: Sequence[str]):
 
 def fresh_params(model, image_shape: tuple[int, int], seed: int = 0):
   """A new initialisation of ``model`` (every layer by its own initializer)."""
-  from rodent_gbp import model as model_lib
   return model_lib.init_params(model, jax.random.key(seed), image_shape)
 
 
