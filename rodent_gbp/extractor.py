@@ -107,7 +107,7 @@ def check_bundle(bundle) -> None:
     raise CheckpointError(
         f"{bundle.where(bundle_lib.BUNDLE_FILE)}: the model bundle has no {NETWORK!r} "
         f"network (it has {', '.join(sorted(bundle.networks))}), which placement "
-        "'supervised' needs; add one with experiments/train_extractor.py --bundle")
+        "'supervised' needs; add one with experiments/train_extractor.py --model_dir")
 
 
 def extract(slices: np.ndarray, *, bundle) -> dict[str, np.ndarray]:

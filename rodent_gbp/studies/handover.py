@@ -2,7 +2,7 @@
 
 Each case is a NIfTI file written from a public set the way it comes from a
 scanner or a collaborator, then segmented by the ``rodent-gbp-segment``
-console script in a subprocess, with no ``--checkpoint`` (the model folder
+console script in a subprocess, with no ``--model_dir`` (the model folder
 installed with the package) and ``--truth`` where a truth mask exists:
 
 * ``epi_<animal>``: a mouse-epi session-1 mean (the ``.mat``'s ``N``) with

@@ -75,7 +75,7 @@ def card_markdown(card: dict[str, Any]) -> str:
   d, sp = card["data"], card["split"]
   lines = [
       "# rodent_gbp shipped model: mouse_epi", "",
-      "The model `rodent-gbp-segment` uses when no `--checkpoint` is given.", "",
+      "The model `rodent-gbp-segment` uses when no `--model_dir` is given.", "",
       "## Data",
       f"- Set: `{d['dataset']}` ({d.get('repository', '')} at commit `{d.get('commit', '')}`, "
       f"manifest sha256 `{d.get('manifest_sha256', '')}`).",
