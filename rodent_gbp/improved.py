@@ -11,6 +11,7 @@ cost a saliency pass each and are left out of the main job's table
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -24,6 +25,8 @@ from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import pipeline
 from rodent_gbp.errors import DataError
+
+_LOG = logging.getLogger(__name__)
 
 #: Ablation rows: one change from :data:`placement.IMPROVED` each (name, changes).
 ABLATION = (
@@ -68,7 +71,7 @@ def placement_quality(placed: placement_lib.Placement, volume, true_shifts: np.n
 
 def ablation(volumes: Sequence, *, bundle, gradients: Mapping[str, np.ndarray] | None = None,
              rows: Sequence = MAIN_ABLATION, base=None,
-             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+             log: Callable[[str], None] = _LOG.info) -> list[dict[str, Any]]:
   """Brain DSC and mean placement error of each row, mean over ``volumes``.
 
   Args:
@@ -151,7 +154,7 @@ def _grid(grid: Mapping[str, Sequence]) -> list[dict[str, Any]]:
 
 
 def select_reading(volumes: Sequence, *, bundle, grid: Mapping[str, Sequence] = SELECTION_GRID,
-                   base=None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   base=None, log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Scores every setting of ``grid`` on ``volumes`` (not test animals) and picks one.
 
   Criterion: the mean over animals of the mean WM / GM / CSF DSC of the
@@ -192,7 +195,7 @@ def select_reading(volumes: Sequence, *, bundle, grid: Mapping[str, Sequence] = 
 
 
 def run_selection(model_dir, out_dir, *, data_dir=None, test: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """:func:`select_reading` on the bundle's validation animals; the chosen and the
   shipped reading reported on its test animals; ``selection.json`` / ``.md``."""
   import pathlib

@@ -12,6 +12,7 @@ placer's removal; ``evaluation.evaluate_volume``), and write the results
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import time
 from typing import Any, Callable
@@ -29,6 +30,8 @@ from rodent_gbp import sources
 from rodent_gbp.errors import DataError, UsageError
 from rodent_gbp.training import checkpoint as checkpoint_lib
 from rodent_gbp.training import tissue
+
+_LOG = logging.getLogger(__name__)
 
 
 def load_or_train(config, workdir: pathlib.Path, data_dir, checkpoint, volumes, log,
@@ -67,7 +70,7 @@ def run(config: configs.Config, workdir, *, data_dir=None, dataset=None, data_ro
         data_cache=None, resolution: str = "paper",
         split: dict | str | pathlib.Path | None = None, checkpoint_dir=None,
         seed: int | None = None, figures: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Runs the paper's experiment; returns the ``results.json`` content.
 
   Args:

@@ -10,6 +10,7 @@ per-animal table.
 from __future__ import annotations
 
 import csv
+import logging
 import pathlib
 from typing import Any, Callable
 
@@ -20,10 +21,12 @@ from rodent_gbp import parallel
 from rodent_gbp import phantom as phantom_lib
 from rodent_gbp.errors import UsageError
 
+_LOG = logging.getLogger(__name__)
+
 
 def resolve_data(workdir: pathlib.Path, config: configs.Config, *, data_dir=None,
                  dataset: str | None = None, data_root=None, data_cache=None,
-                 resolution: str = "paper", log: Callable[[str], None] = print
+                 resolution: str = "paper", log: Callable[[str], None] = _LOG.info
                  ) -> tuple[pathlib.Path, bool]:
   """The run's dataset folder, and whether it is the phantom.
 
@@ -53,7 +56,7 @@ def resolve_data(workdir: pathlib.Path, config: configs.Config, *, data_dir=None
 
 
 def ensure_phantom(folder, config: configs.Config, *,
-                   log: Callable[[str], None] = print) -> pathlib.Path:
+                   log: Callable[[str], None] = _LOG.info) -> pathlib.Path:
   """``folder`` holding the phantom of ``config`` (``animals``, ``phantom_seed``,
   ``image_size``, ``phantom`` kind): written unless a complete phantom is there.
 

@@ -14,6 +14,7 @@ the folder is renamed into place in one step), so it is reused as it is.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
 import shutil
@@ -24,6 +25,8 @@ from rodent_gbp import fileio
 from rodent_gbp.datasets import download, mouse_epi, mouse_t2_atlas, pseudo_labels
 from rodent_gbp.datasets.registry import get
 from rodent_gbp.errors import UsageError
+
+_LOG = logging.getLogger(__name__)
 
 RESOLUTIONS = mouse_t2_atlas.RESOLUTIONS
 CONVERTER_VERSIONS = {"mouse_epi": mouse_epi.CONVERTER_VERSION * 100
@@ -60,7 +63,7 @@ def cache_key(name: str, resolution: str, present) -> str:
 
 def prepare(name: str, *, data_root: str | os.PathLike | None = None,
             cache_dir: str | os.PathLike | None = None, resolution: str = "paper",
-            log: Callable[[str], None] | None = print,
+            log: Callable[[str], None] | None = _LOG.info,
             base_url: str | None = None) -> pathlib.Path:
   """Set ``name`` in the project's layout: what ``data.load_dataset(folder)`` reads.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import logging
 import os
 import pathlib
 import urllib.error
@@ -28,6 +29,8 @@ from typing import Callable, Iterable
 from rodent_gbp import fileio
 from rodent_gbp.datasets.registry import DatasetInfo, ManifestEntry, get
 from rodent_gbp.errors import DataError
+
+_LOG = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
 
@@ -173,7 +176,7 @@ def _download(url: str, target: pathlib.Path, entry: ManifestEntry, *,
 
 
 def fetch(name: str, dest: str | os.PathLike, *, base_url: str | None = None,
-          log: Callable[[str], None] | None = print, only: Iterable[str] | None = None,
+          log: Callable[[str], None] | None = _LOG.info, only: Iterable[str] | None = None,
           timeout: float = 60.0) -> FileCheck:
   """Downloads set ``name`` from its source at the pinned commit into ``dest``.
 

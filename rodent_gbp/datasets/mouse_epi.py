@@ -39,6 +39,7 @@ last to last, the rest rounded in between).
 from __future__ import annotations
 
 import hashlib
+import logging
 import pathlib
 import re
 from typing import Any, Callable
@@ -53,6 +54,8 @@ from rodent_gbp.datasets import common, pseudo_labels
 from rodent_gbp.datasets.download import FileCheck
 from rodent_gbp.datasets.registry import MOUSE_EPI
 from rodent_gbp.errors import DataError
+
+_LOG = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1
 VOXEL_SCALE = 0.1
@@ -147,7 +150,7 @@ def _convert_session(root: pathlib.Path, files: dict[str, str], animal: str,
 
 
 def convert(check: FileCheck, out: pathlib.Path, *,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Converts the sessions a checked copy holds into ``out`` (the project's layout).
 
   Args:

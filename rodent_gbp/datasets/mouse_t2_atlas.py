@@ -30,6 +30,7 @@ image). 112 x 128 x 80 voxels of 0.15 mm, RAS.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import re
 from typing import Any, Callable
@@ -43,6 +44,8 @@ from rodent_gbp.datasets import common
 from rodent_gbp.datasets.download import FileCheck
 from rodent_gbp.datasets.registry import MOUSE_T2_ATLAS
 from rodent_gbp.errors import DataError
+
+_LOG = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1
 RESOLUTIONS = ("paper", "fine", "native")
@@ -134,7 +137,7 @@ def to_paper_grid(image: np.ndarray, tissue: np.ndarray, affine: np.ndarray, *,
 
 
 def convert(check: FileCheck, out: pathlib.Path, *, resolution: str = "paper",
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Converts the mice a checked copy holds into ``out`` (the project's layout).
 
   Args:

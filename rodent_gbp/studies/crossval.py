@@ -16,6 +16,7 @@ folds' tables into mean and sd over folds per method and class
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
 from typing import Any, Callable, Sequence
@@ -26,6 +27,8 @@ from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import report
 from rodent_gbp.errors import DataError, UsageError
+
+_LOG = logging.getLogger(__name__)
 
 RULE = ("animals sorted, permuted by numpy default_rng(seed); fold k tests the k-th of "
         "k nearly equal consecutive chunks; its validation animals are round(0.2 * rest) "
@@ -113,7 +116,7 @@ def read_fold_file(path: str | pathlib.Path) -> dict[str, Any]:
 
 
 def run(folds: dict[str, Any], workdir: str | pathlib.Path, *, run_fold: Callable,
-        only: Sequence[int] | None = None, log: Callable[[str], None] = print
+        only: Sequence[int] | None = None, log: Callable[[str], None] = _LOG.info
         ) -> list[pathlib.Path]:
   """Runs ``run_fold(split, fold_workdir)`` for each fold not yet done.
 

@@ -21,6 +21,7 @@ difference to the committed per-animal brain Dice of the other placers
 from __future__ import annotations
 
 import csv
+import logging
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -35,6 +36,8 @@ from rodent_gbp import metrics
 from rodent_gbp.training import extraction
 from rodent_gbp.errors import DataError
 from rodent_gbp import guided
+
+_LOG = logging.getLogger(__name__)
 
 #: Committed placers' brain Dice columns paired with the extractor.
 BASELINES = ("gbp", "gbp_improved", "intensity", "gbp_ceiling", "oracle")
@@ -56,7 +59,7 @@ def position_bin(s: int, n: int) -> int:
 
 def run_fold(split: dict, fold_dir: pathlib.Path, *, data_dir, config: configs.Config,
              options: augment_lib.AugmentOptions = augment_lib.AugmentOptions(),
-             figures: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+             figures: bool = True, log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Trains, selects, extracts the test animals and writes the fold's files."""
   fold_dir = pathlib.Path(fold_dir)
   vols = extraction.load_split(data_dir, split, log=log)

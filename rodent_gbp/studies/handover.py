@@ -21,6 +21,7 @@ gathered into ``handover.json`` and ``handover.md``.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import shutil
@@ -35,6 +36,8 @@ from rodent_gbp import fileio
 from rodent_gbp import metrics
 from rodent_gbp import nifti
 from rodent_gbp.errors import DataError
+
+_LOG = logging.getLogger(__name__)
 
 EPI_ANIMALS = ("19", "20", "21", "22")
 
@@ -144,7 +147,7 @@ def markdown(rows: list[dict], command: str) -> str:
 
 def run(out_dir, *, epi_root=None, rat_path=None, t2_root=None,
         epi_animals: Sequence[str] = EPI_ANIMALS, t2_mice: Sequence[str] | None = None,
-        command: str = "", log: Callable[[str], None] = print) -> list[dict]:
+        command: str = "", log: Callable[[str], None] = _LOG.info) -> list[dict]:
   """Writes and segments every case of the sets given; returns the rows."""
   out = pathlib.Path(out_dir)
   inputs = out / "inputs"

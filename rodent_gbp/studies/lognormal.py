@@ -69,6 +69,7 @@ resample) on a small subsample, if asked for.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -83,6 +84,8 @@ from rodent_gbp.studies.common import context
 from rodent_gbp.studies.common.gradients import eq1_values, gradient_stacks
 from rodent_gbp.studies.common.lognormal_figures import plot_lognormal, plot_slice_fits
 from rodent_gbp.studies.common.randomise import fresh_params
+
+_LOG = logging.getLogger(__name__)
 
 
 def _slice_row(index: int, n_zero: int, n_pixels: int,
@@ -427,7 +430,7 @@ def run_experiment(model_dir: str | pathlib.Path, out_dir: str | pathlib.Path, *
                    scores: Sequence[str] | None = None, max_pixels: int = 20000,
                    slice_max_pixels: int | None = None, seed: int = 0, bootstrap: int = 0,
                    bootstrap_samples: int = 1000, figures: bool = True,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """The log-normal study on a model bundle's test slices (or chosen animals).
 
   Opens the bundle and its dataset (``context.load_context``); computes the

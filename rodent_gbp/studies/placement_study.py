@@ -37,6 +37,7 @@ one way to open a model folder and its dataset.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -59,6 +60,8 @@ from rodent_gbp import data
 from rodent_gbp import job
 from rodent_gbp import phantom
 from rodent_gbp import pipeline
+
+_LOG = logging.getLogger(__name__)
 
 #: Methods of the robustness curves: name -> changes from ``placement.IMPROVED``.
 METHODS = {
@@ -153,7 +156,7 @@ def place_all(volumes: Sequence, *, bundle, methods: Mapping[str, Mapping[str, A
 
 def robustness(ctx: Context, *, shifts: Sequence[float] = (0, 2, 4, 8, 12, 16),
                alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 3.0),
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Placement quality against extra displacement and artifact strength."""
   out: dict[str, Any] = {"displacement": [], "artifact": []}
   for size in shifts:
@@ -182,7 +185,7 @@ def gradient_images(volumes: Sequence, *, bundle) -> list[np.ndarray]:
 
 
 def cascade(ctx: Context, *, steps: int = 0, seed: int = 0,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Layer-by-layer randomisation from the top; ``steps`` > 0 evaluates that
   many depths (0 and all layers included), 0 every depth."""
   net = ctx.bundle.network("tissue")
@@ -244,7 +247,7 @@ def fold_seeds(animal_ids: Sequence[str], folds: int, *, max_seed: int = 100000
 
 
 def cross_validation(config, data_dir, out_dir, *, folds: int, epochs: int | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Trains and evaluates one model per fold (the main job); mean and spread."""
 
   ids = [v.animal_id for v in data.load_dataset(data_dir)]
@@ -342,7 +345,7 @@ def run_study(out_dir, *, model_dir=None, data_dir=None, config=None,
               cascade_steps: int = 0, folds: int = 0, epochs: int | None = None,
               ablation: bool = True,
               max_test_animals: int | None = None, seed: int = 0,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """The whole study; writes ``placement_study.json`` and figures to ``out_dir``.
 
   Args:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -58,6 +59,8 @@ from rodent_gbp.studies.common import pooling
 from rodent_gbp.studies.common.gradients import abs_maps, calibrated_center
 from rodent_gbp import figures
 from rodent_gbp import scan
+
+_LOG = logging.getLogger(__name__)
 
 #: Gradient images: name -> classes whose |GBP map| are summed (docs/design.md#the-gradient-image).
 CLASS_SETS: dict[str, tuple[int, ...]] = {
@@ -300,7 +303,7 @@ def score(reading: Reading, inputs: Inputs) -> dict[str, Any]:
 
 
 def search(inputs: Inputs, readings: Sequence[Reading], *,
-           log: Callable[[str], None] = print) -> dict[str, Any]:
+           log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Scores every reading plus the calibrated centres; picks on the selection."""
   readings = list(readings)
   class_sets = sorted({r.classes for r in readings}, key=list(CLASS_SETS).index)
@@ -397,7 +400,7 @@ def figure(result: Mapping[str, Any], path) -> None:
 
 
 def run(model_dir, out_dir, *, data_dir=None, readings: Sequence[Reading] | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Opens a model bundle, searches, writes readings.{json,md,png}.
 
   Args:
@@ -513,7 +516,7 @@ def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
 
 
 def pool_files(result_paths: Sequence, ceiling_csvs: Sequence, out_dir, *,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Reads ``readings.json`` files (or their folders) and the ceilings from
   ``per_animal.csv`` files (column ``gbp_ceiling_brain_dsc``), pools them and
   writes ``readings_pooled.json`` and ``readings_pooled.md`` to ``out_dir``.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import pathlib
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -49,6 +50,8 @@ from rodent_gbp.studies.common import pooling
 from rodent_gbp.studies.common.gradients import gradient_images
 from rodent_gbp.studies.common.randomise import cascade_params, fresh_params, layers_from_top
 from rodent_gbp import bundle as bundle_lib
+
+_LOG = logging.getLogger(__name__)
 
 #: Evidence name -> (refinement source, gradient image used).
 EVIDENCE = {"gbp": ("gbp", "trained"), "intensity": ("intensity", None),
@@ -90,7 +93,7 @@ def check_split(split: Mapping[str, Sequence[str]], bundle_split: Mapping[str, S
 
 
 def prepare(volumes: Sequence, bundle, *, seed: int = 0,
-            log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+            log: Callable[[str], None] = _LOG.info) -> dict[str, dict[str, Any]]:
   """Per animal: slices, truth, gradient images, placements and baseline DSC."""
   net = bundle.network("tissue")
   cfg = net.config
@@ -240,7 +243,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 def run(model_dir, out_dir, *, data_dir=None, split: Mapping[str, Sequence[str]] | None = None,
         split_source: str = "the bundle's split", seed: int = 0,
         grid: Mapping[str, Sequence[Any]] = GRID, figure: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """The refinement study; writes ``refine.json``, ``refine.md``, ``refine_slices.png``.
 
   Args:
@@ -382,7 +385,7 @@ def pool_markdown(pooled: Mapping[str, Any], sources: Sequence[str]) -> str:
 
 
 def pool_files(report_paths: Sequence, out_dir, *, supervised_csv=None,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+               log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Reads the reports (``refine.json`` files or their folders), pools them and
   writes ``refine_pooled.json`` and ``refine_pooled.md`` to ``out_dir``.
 

@@ -34,6 +34,7 @@ maps as the layers are randomised) to ``out_dir``, atomically.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -54,6 +55,8 @@ from rodent_gbp import candidates as candidates_lib
 from rodent_gbp import configs
 from rodent_gbp import search
 from rodent_gbp.errors import DataError
+
+_LOG = logging.getLogger(__name__)
 
 METHODS = ("guided", "vanilla", "deconvnet")
 SCORES = guided.SCORES
@@ -92,7 +95,7 @@ def cascade_maps(model, params, images: np.ndarray, brain: np.ndarray, *, fresh,
                  methods: Sequence[str] = METHODS, scores: Sequence[str] = SCORES,
                  classes: Sequence[int] = (1, 2, 3), batch_size: int = 40,
                  figure_slice: int | None = None,
-                 log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+                 log: Callable[[str], None] = _LOG.info) -> tuple[list[dict], dict]:
   """The cascade on slices (N, H, W) with brain flags (N,).
 
   Returns:
@@ -278,7 +281,7 @@ def markdown(report: Mapping[str, Any]) -> str:
 def run(model_dir, out_dir, *, data_dir=None, animals: Sequence[str] | None = None,
         methods: Sequence[str] = METHODS, scores: Sequence[str] = SCORES, steps: int = 0,
         seed: int = 0, placers: bool = True, figure: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """The sanity check; writes ``sanity.json``, ``sanity.md``, ``sanity_maps.png``.
 
   Args:

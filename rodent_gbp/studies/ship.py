@@ -22,6 +22,7 @@ main job of this split), so an interrupted build resumes there.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import shutil
 from typing import Any, Callable
@@ -38,6 +39,8 @@ from rodent_gbp import report
 from rodent_gbp.errors import UsageError
 from rodent_gbp.training import augment as augment_lib
 from rodent_gbp.training import extraction
+
+_LOG = logging.getLogger(__name__)
 
 #: The extractor's settings: those of the 5-fold cross-validation
 #: (``experiments/results/extraction_cv_mouse_epi``).
@@ -118,7 +121,7 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 
 def build(data_root, workdir, model_dir, *, split_file, data_cache=None, seed: int = 0,
-          command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+          command: str = "", log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Builds the shipped model folder ``model_dir`` (see the module doc); returns the card."""
   workdir, out = pathlib.Path(workdir), pathlib.Path(model_dir)
   split = fileio.read_json(split_file)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import pathlib
 import tempfile
 from typing import Any, Callable, Sequence
@@ -49,6 +50,8 @@ from rodent_gbp.training import losses
 from rodent_gbp.training import optim
 from rodent_gbp.training import trainer
 from rodent_gbp.errors import CheckpointError, DataError, UsageError
+
+_LOG = logging.getLogger(__name__)
 
 NETWORK = extractor.NETWORK
 BRAIN = extractor.BRAIN
@@ -160,7 +163,7 @@ def train_extractor(train_volumes: Sequence[Any], val_volumes: Sequence[Any],
                     config: configs.Config, *,
                     options: augment_lib.AugmentOptions = augment_lib.AugmentOptions(),
                     checkpoint_dir=None, split: dict | None = None, resume: bool = False,
-                    log: Callable[[str], None] = print) -> ExtractorResult:
+                    log: Callable[[str], None] = _LOG.info) -> ExtractorResult:
   """Trains the extractor for ``config.epochs`` epochs, keeps the best on validation.
 
   Args:
@@ -204,7 +207,7 @@ def train_extractor(train_volumes: Sequence[Any], val_volumes: Sequence[Any],
 # --- data and bundle -------------------------------------------------------------------
 
 
-def load_split(data_dir, split, *, log: Callable[[str], None] = print,
+def load_split(data_dir, split, *, log: Callable[[str], None] = _LOG.info,
                source: str | None = None) -> dict[str, list[Any]]:
   """Volumes of a converted data folder by split part.
 

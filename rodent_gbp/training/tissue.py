@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import pathlib
 from typing import Any, Callable
 
-from absl import logging
 import jax
 import optax
 
@@ -46,6 +46,7 @@ from rodent_gbp.training import trainer
 
 Config = configs.Config
 PyTree = Any
+_LOG = logging.getLogger(__name__)
 
 
 def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], *, model: model_lib.UNet,
@@ -181,7 +182,7 @@ def _fmt_dice(d: dict) -> str:
 
 def train_and_evaluate(config: Config, workdir, *, data_dir=None, resume: bool = False,
                        split: dict | None = None,
-                       log: Callable[[str], None] = logging.info) -> TrainResult:
+                       log: Callable[[str], None] = _LOG.info) -> TrainResult:
   """Trains the U-Net of ``config``; validates and checkpoints every epoch.
 
   Args:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import pathlib
 import time
@@ -51,6 +52,8 @@ from rodent_gbp import parallel
 from rodent_gbp.errors import TrainingError
 from rodent_gbp.training import checkpoint
 from rodent_gbp.training import optim
+
+_LOG = logging.getLogger(__name__)
 
 Config = configs.Config
 PyTree = Any
@@ -222,7 +225,7 @@ def _indexed_step(state, slices, rows, i, *, task: Task, model, sharding):
 
 def fit(task: Task, checkpoint_dir, *, split: dict | None = None,
         normalisation: dict | None = None, resume: bool = False,
-        log: Callable[[str], None] = print) -> Fit:
+        log: Callable[[str], None] = _LOG.info) -> Fit:
   """Trains ``task`` for ``task.config.epochs`` epochs (or until the time cap).
 
   Args:
