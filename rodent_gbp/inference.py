@@ -400,7 +400,9 @@ def write_outputs(paths: dict[str, pathlib.Path], out_dir: pathlib.Path, name: s
   """Writes every output into a temporary folder in ``out_dir``, then publishes them
   (``outputs.publish``: renamed into place, the report last; outputs of ``name``
   this call does not write removed). The caller holds the outputs' claim
-  (``outputs.claim``); on an error the temporary folder is removed."""
+  (``outputs.claim``). An error while writing removes the temporary folder; one
+  while publishing leaves it, report and all, for the next call of the name to
+  finish (``outputs.recover``)."""
   dtypes = {"brainmask": np.uint8, "labels": np.uint8, "saliency": np.float32,
             "brain": np.float32}
   tmp = outputs.temporary_folder(out_dir, name)
@@ -415,11 +417,12 @@ def write_outputs(paths: dict[str, pathlib.Path], out_dir: pathlib.Path, name: s
           truth=None if inp.truth is None else scan.file_to_slices(inp.truth, fit.vol),
           labels=native["labels"], title=title)
     fileio.write_json(tmp / paths["report"].name, report)
-    outputs.publish(tmp, out_dir, [p.name for k, p in paths.items()
-                                   if k != "report" and (tmp / p.name).exists()],
-                    report=paths["report"].name, names=[p.name for p in paths.values()])
-  finally:
+  except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  outputs.publish(tmp, out_dir, [p.name for k, p in paths.items()
+                                 if k != "report" and (tmp / p.name).exists()],
+                  report=paths["report"].name, names=[p.name for p in paths.values()])
 
 
 def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | None,
