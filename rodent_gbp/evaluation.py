@@ -139,8 +139,8 @@ def placement_error(e: AnimalEvaluation, placer: str) -> np.ndarray:
   pl = e.placements[placer]
   if pl.displacement is None:
     return np.full(len(pl.mask), np.nan)
-  if placer in SEARCH_PLACERS or "template_animal" in pl.details:
-    return evaluators.placement_errors(pl.displacement, pl.details["template_animal"],
+  if placer in SEARCH_PLACERS or isinstance(pl.details, placement_lib.SearchDetails):
+    return evaluators.placement_errors(pl.displacement, pl.details.template_animal,
                                        e.true_shifts)
   return np.abs(pl.displacement - e.true_displacement).mean(-1)
 

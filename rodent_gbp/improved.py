@@ -63,7 +63,7 @@ def placement_quality(placed: placement_lib.Placement, volume, true_shifts: np.n
   dsc = float(metrics.metrics_from_counts(
       np.asarray(metrics.binary_counts(placed.mask, volume.brainmask)))["dsc"])
   has = placed.mask.reshape(len(placed.mask), -1).any(-1)
-  err = evaluators.placement_errors(placed.displacement, placed.details["template_animal"],
+  err = evaluators.placement_errors(placed.displacement, placed.details.template_animal,
                                     true_shifts)[has]
   err = err[np.isfinite(err)]  # no displacement truth: NaN, without a warning
   return dsc, float(np.mean(err)) if err.size else float("nan")

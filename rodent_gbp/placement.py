@@ -63,6 +63,52 @@ from rodent_gbp.errors import CheckpointError, UsageError
 from rodent_gbp import refine
 
 
+@dataclasses.dataclass(frozen=True)
+class PaperDetails:
+  """The paper's placement, per slice: ``gradient`` (S, H, W) the saliency map,
+  ``signal`` its Eq. 1 enhancement, ``template`` the reference mask it was
+  correlated with, ``correlation`` the correlation map."""
+
+  gradient: np.ndarray
+  signal: np.ndarray
+  template: np.ndarray
+  correlation: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchDetails:
+  """The search placers (``gbp_improved``, ``intensity``): ``placed`` (S, H, W) the
+  chosen candidate before dilation, ``volume_displacement`` (2,) the volume's shift,
+  ``located`` (S, 2) each slice's own peak, ``template_animal``, ``slice_offset`` and
+  ``scale`` (S,) of the chosen candidate, ``signal`` the located image."""
+
+  placed: np.ndarray
+  volume_displacement: np.ndarray
+  located: np.ndarray
+  template_animal: np.ndarray
+  slice_offset: np.ndarray
+  scale: np.ndarray
+  signal: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinedDetails(SearchDetails):
+  """``gbp_refined``: its start's :class:`SearchDetails`, the ``start`` mask, the
+  ``evidence`` image, the contour's ``offset`` per ray and ``contour_radius``."""
+
+  start: np.ndarray = None
+  evidence: np.ndarray = None
+  offset: np.ndarray = None
+  contour_radius: np.ndarray = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorDetails:
+  """``supervised``: the extractor's brain ``probability`` (S, H, W)."""
+
+  probability: np.ndarray
+
+
 @dataclasses.dataclass
 class Placement:
   """A placed brain mask for the slices of one volume.
@@ -73,16 +119,15 @@ class Placement:
       reference animal's acquisition, or None for a placer without one.
     confidence: (S,) float peak-to-sidelobe ratio of the locating
       correlation, or None.
-    details: placer-specific per-slice arrays (for CSV files, figures and
-      studies), e.g. ``gradient``, ``signal``, ``template``, ``correlation``
-      (gbp) or ``template_animal``, ``slice_offset``, ``scale``,
-      ``volume_displacement`` (the search placers).
+    details: the placer's typed record (:class:`PaperDetails`,
+      :class:`SearchDetails`, :class:`RefinedDetails`, :class:`ExtractorDetails`),
+      or None.
   """
 
   mask: np.ndarray
   displacement: np.ndarray | None = None
   confidence: np.ndarray | None = None
-  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+  details: PaperDetails | SearchDetails | ExtractorDetails | None = None
 
 
 # --- the paper's placement ---------------------------------------------------------
@@ -281,8 +326,9 @@ def place_paper(slices: np.ndarray, *, bundle, options: PaperOptions | None = No
         bundle.bank.reference, np.clip(slice_index, 0, bundle.bank.masks.shape[1] - 1)]))
   return Placement(mask=out["placed"].astype(bool), displacement=out["displacement"],
                    confidence=out["confidence"],
-                   details={k: out[k] for k in ("gradient", "signal", "template",
-                                                "correlation")})
+                   details=PaperDetails(gradient=out["gradient"], signal=out["signal"],
+                                        template=out["template"],
+                                        correlation=out["correlation"]))
 
 
 def _place_volume(corr: np.ndarray, template: np.ndarray, ref_masks: np.ndarray
@@ -381,13 +427,13 @@ def place_search(slices: np.ndarray, *, bundle, options: search.ImprovedOptions,
   return Placement(
       mask=mask, displacement=np.asarray(out["displacement"], np.int32),
       confidence=np.asarray(out["confidence"], np.float32),
-      details={"placed": np.asarray(out["placed"], bool),
-               "volume_displacement": np.asarray(out["volume_displacement"], np.int32),
-               "located": np.asarray(out["located"], np.int32),
-               "template_animal": np.asarray(out["animal"], np.int32),
-               "slice_offset": np.asarray(out["slice_offset"], np.int32),
-               "scale": scales[np.asarray(out["scale_index"])],
-               "signal": signal})
+      details=SearchDetails(
+          placed=np.asarray(out["placed"], bool),
+          volume_displacement=np.asarray(out["volume_displacement"], np.int32),
+          located=np.asarray(out["located"], np.int32),
+          template_animal=np.asarray(out["animal"], np.int32),
+          slice_offset=np.asarray(out["slice_offset"], np.int32),
+          scale=scales[np.asarray(out["scale_index"])], signal=signal))
 
 
 # --- the registry ------------------------------------------------------------------
@@ -425,7 +471,7 @@ def intensity(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
 def supervised(slices, *, bundle, slice_index=None, gradient=None) -> Placement:
   """The bundle's ``extractor`` network's brain mask (``rodent_gbp.extractor``); no saliency."""
   out = extractor.extract(_check(slices, bundle, slice_index)[0], bundle=bundle)
-  return Placement(mask=out["mask"], details={"probability": out["probability"]})
+  return Placement(mask=out["mask"], details=ExtractorDetails(probability=out["probability"]))
 
 
 def place_refined(slices: np.ndarray, *, bundle, slice_index: np.ndarray | None = None,
@@ -457,10 +503,11 @@ def place_refined(slices: np.ndarray, *, bundle, slice_index: np.ndarray | None 
     start = gbp_improved(slices, bundle=bundle, slice_index=slice_index,
                                    gradient=gradient)
   evidence = refine.evidence_image(slices, gradient, options)
-  out = refine.refine(start.details["placed"], evidence, options)
-  details = dict(start.details)
-  details.update({"start": start.mask, "evidence": evidence, "offset": out["offset"],
-                  "contour_radius": out["radius"]})
+  out = refine.refine(start.details.placed, evidence, options)
+  details = RefinedDetails(
+      **{f.name: getattr(start.details, f.name)
+         for f in dataclasses.fields(SearchDetails)},
+      start=start.mask, evidence=evidence, offset=out["offset"], contour_radius=out["radius"])
   return Placement(mask=out["mask"].astype(bool), displacement=start.displacement,
                    confidence=start.confidence, details=details)
 

@@ -88,13 +88,13 @@ def per_slice_rows(evals: list[evaluation.AnimalEvaluation], bank) -> list[dict[
         row |= {f"{name}_dy": int(pl.displacement[s, 0]),
                 f"{name}_dx": int(pl.displacement[s, 1])}
         if truth:
-          true = np.asarray(e.true_shifts)[pl.details["template_animal"][s]]
+          true = np.asarray(e.true_shifts)[pl.details.template_animal[s]]
           row |= {f"{name}_true_dy": true[0], f"{name}_true_dx": true[1],
                   f"{name}_abs_error_px": float(evaluation.placement_error(e, name)[s])}
         row |= {f"{name}_confidence_psr": float(pl.confidence[s]),
-                f"{name}_template_animal": bank.animal_ids[int(pl.details["template_animal"][s])],
-                f"{name}_slice_offset": int(pl.details["slice_offset"][s]),
-                f"{name}_scale": float(pl.details["scale"][s]),
+                f"{name}_template_animal": bank.animal_ids[int(pl.details.template_animal[s])],
+                f"{name}_slice_offset": int(pl.details.slice_offset[s]),
+                f"{name}_scale": float(pl.details.scale[s]),
                 f"{name}_brain_dice": float(e.slice_dice[name][s])}
       if e.oracle_dice is not None:
         row["oracle_dice"] = float(e.oracle_dice[s])
@@ -141,8 +141,7 @@ def placement_summary(evals: list[evaluation.AnimalEvaluation], bank) -> dict[st
   placement["per_slice"] = per_slice_rows(evals, bank)
   for name in evaluation.SEARCH_PLACERS:
     if name in evals[0].placements:
-      placement[name] = {"volume_displacement": {e.animal_id: e.placements[name].details[
-          "volume_displacement"] for e in evals}}
+      placement[name] = {"volume_displacement": {e.animal_id: e.placements[name].details.volume_displacement for e in evals}}
       if truth:
         placement[name]["mean_abs_error_px"] = evaluation.mean_error(evals, name)
   placement["options"] = {"gbp_improved": placement_lib.IMPROVED.to_dict(),
@@ -258,9 +257,9 @@ def write_figures(out: pathlib.Path, evals, volumes, bundle, *, removal: bool = 
   gbp = e.placements["gbp"].details
   figures.fig4_noisy(out / "fig4_no_removal.png", raw, e.labels["none"][s],
                      e.labels["manual"][s], v.label[s])
-  figures.fig6_enhanced(out / "fig6_enhanced.png", e.gradient[s], gbp["signal"][s])
-  figures.fig7_alignment(out / "fig7_alignment.png", gbp["template"][s], gbp["signal"][s],
-                         gbp["correlation"][s], raw, raw * e.masks["gbp"][s],
+  figures.fig6_enhanced(out / "fig6_enhanced.png", e.gradient[s], gbp.signal[s])
+  figures.fig7_alignment(out / "fig7_alignment.png", gbp.template[s], gbp.signal[s],
+                         gbp.correlation[s], raw, raw * e.masks["gbp"][s],
                          displacement=e.placements["gbp"].displacement[s])
   # Fig. 8: the slice with brain where GBP removal hurts CSF most.
   csf_true = v.label == 3

@@ -203,7 +203,7 @@ def main():
     out[f"{name}/displacement"] = placed.displacement
     out[f"{name}/placed"] = placed.mask
     for key in ("signal", "correlation"):
-      out[f"{name}/{key}"] = placed.details[key]
+      out[f"{name}/{key}"] = getattr(placed.details, key)
 
   if ARGS.local_only:
     mesh = meshes["all"]

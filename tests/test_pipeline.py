@@ -118,11 +118,11 @@ def test_gbp_placer_recovers_the_planted_shift(planted):
   for s in range(S):
     np.testing.assert_array_equal(out.mask[s], _shift(masks[0, s], SHIFTS[s]))
   # The signal is Eq. 1 of the given gradient image; the template Fig. 7a's.
-  np.testing.assert_allclose(out.details["signal"], enhance.enhance_gradient(gradient),
+  np.testing.assert_allclose(out.details.signal, enhance.enhance_gradient(gradient),
                              rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(out.details["template"],
+  np.testing.assert_allclose(out.details.template,
                              masks[0] * bundle.bank.gradients[0], atol=1e-7)
-  np.testing.assert_array_equal(out.details["gradient"], gradient)
+  np.testing.assert_array_equal(out.details.gradient, gradient)
   assert out.mask.dtype == bool and np.all(out.confidence > 1)
 
 

@@ -301,15 +301,15 @@ def test_search_placer_recovers_the_planted_volume_shift(planted, name):
   ref = bundle.bank.reference
   # The reference is aligned to itself: its truth is the planted shift.
   np.testing.assert_array_equal(out.displacement, np.broadcast_to(PLANT, (S, 2)))
-  np.testing.assert_array_equal(out.details["volume_displacement"], PLANT)
-  np.testing.assert_array_equal(out.details["template_animal"], ref)
+  np.testing.assert_array_equal(out.details.volume_displacement, PLANT)
+  np.testing.assert_array_equal(out.details.template_animal, ref)
   # The chosen bank slice is the slice's own (offsets are clipped at the ends).
-  used = np.clip(np.arange(S) + out.details["slice_offset"], 0, S - 1)
+  used = np.clip(np.arange(S) + out.details.slice_offset, 0, S - 1)
   np.testing.assert_array_equal(used, np.arange(S))
   # Brains of 8-12 px radius: scales 0.97 and 1.03 round to the same mask as
   # 1.0 (the first of tied candidates wins), so the mask is the known answer.
-  assert set(out.details["scale"].tolist()) <= {0.97, 1.0, 1.03}
-  np.testing.assert_array_equal(out.details["placed"], truth)
+  assert set(out.details.scale.tolist()) <= {0.97, 1.0, 1.03}
+  np.testing.assert_array_equal(out.details.placed, truth)
   # The removal mask is the placed one dilated by the reading's margin.
   options = placement.IMPROVED if name == "gbp_improved" else placement.INTENSITY
   np.testing.assert_array_equal(out.mask, np.asarray(candidates_lib.dilate(truth,
@@ -321,14 +321,14 @@ def test_search_placer_recovers_the_planted_volume_shift(planted, name):
 def test_reported_slice_offset_is_the_one_used(planted):
   bundle, images, _, _ = planted
   out = placement.intensity(images, bundle=bundle)
-  np.testing.assert_array_equal(out.details["slice_offset"], 0)
+  np.testing.assert_array_equal(out.details.slice_offset, 0)
 
 
 def test_gbp_improved_locates_with_the_log_gradient(planted):
   """``gbp_improved`` reads its signal from the given gradient image (no network pass)."""
   bundle, images, gradient, _ = planted
   out = placement.gbp_improved(images, bundle=bundle, gradient=gradient)
-  np.testing.assert_allclose(out.details["signal"], enhance.log_gradient(gradient), rtol=1e-6)
+  np.testing.assert_allclose(out.details.signal, enhance.log_gradient(gradient), rtol=1e-6)
   assert placement.IMPROVED.signal == "log" and placement.IMPROVED.template == "appearance"
   assert placement.INTENSITY.signal == "intensity"
   # The candidates are built once per bundle.

@@ -92,12 +92,11 @@ def ctx(study_model):
 @pytest.mark.parametrize("placer", ["intensity", "gbp_improved"])
 def test_shifted_volume_moves_the_volume_displacement_by_the_shift(ctx, placer):
   v = ctx.test[0]
-  base = placement.place(placer, v.image, bundle=ctx.bundle).details["volume_displacement"]
+  base = placement.place(placer, v.image, bundle=ctx.bundle).details.volume_displacement
   # Multiples of 4 keep the U-Net (two 2x2 pools) shift-equivariant for gbp_improved.
   for shift in [(4, -8), (-4, 4)]:
     moved = placement_study.shifted_volume(v, shift)
-    got = placement.place(placer, moved.image, bundle=ctx.bundle).details[
-        "volume_displacement"]
+    got = placement.place(placer, moved.image, bundle=ctx.bundle).details.volume_displacement
     np.testing.assert_allclose(got - base, shift, atol=1)
 
 

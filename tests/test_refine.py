@@ -201,8 +201,8 @@ def test_placer_refines_gbp_improved_and_checks_shapes(bundle_and_brain):
   out = placement.place("gbp_refined", images, bundle=bundle, gradient=gradient)
   assert out.mask.shape == images.shape and out.mask.dtype == bool
   np.testing.assert_array_equal(out.displacement, start.displacement)
-  np.testing.assert_array_equal(out.details["start"], start.mask)
-  assert _dice(start.details["placed"], truth) < 0.95
+  np.testing.assert_array_equal(out.details.start, start.mask)
+  assert _dice(start.details.placed, truth) < 0.95
   assert _dice(out.mask, truth) > 0.98
   with pytest.raises(UsageError, match="slices"):
     placement.place("gbp_refined", images[0], bundle=bundle, gradient=gradient[0])
@@ -214,9 +214,9 @@ def test_placer_refines_gbp_improved_and_checks_shapes(bundle_and_brain):
   # the evidence used is the one the switch names.
   alt = placement.place_refined(images, bundle=bundle, gradient=gradient,
                              options=refine.RefineOptions(source="intensity"), start=start)
-  np.testing.assert_allclose(alt.details["evidence"], refine.gradient_magnitude(images),
+  np.testing.assert_allclose(alt.details.evidence, refine.gradient_magnitude(images),
                              rtol=1e-6)
-  np.testing.assert_array_equal(out.details["evidence"], gradient)
+  np.testing.assert_array_equal(out.details.evidence, gradient)
 
 
 def test_study_split_and_grid():

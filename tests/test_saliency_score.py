@@ -106,7 +106,7 @@ def test_probability_reproduces_and_logit_changes_the_raw_pass():
 def test_probability_reproduces_and_logit_changes_the_placers_gradient_image():
   for score in ("probability", "logit"):
     b = _bundle(score)
-    got = placement.place("gbp", _slices(), bundle=b).details["gradient"]
+    got = placement.place("gbp", _slices(), bundle=b).details.gradient
     ref = _reference(b, score)
     if score == "probability":
       np.testing.assert_array_equal(got, _old(
@@ -128,11 +128,11 @@ def test_probability_reproduces_and_logit_changes_the_placers_gradient_image():
   b = _bundle("logit")
   assert placement.PaperOptions.from_config(b.network("tissue").config).score == "logit"
   planted = np.zeros((2, 16, 16), np.float32)
-  got = placement.place("gbp", _slices(), bundle=b, gradient=planted).details["gradient"]
+  got = placement.place("gbp", _slices(), bundle=b, gradient=planted).details.gradient
   np.testing.assert_array_equal(got, planted)
   opts = placement.PaperOptions(score="probability")
   got = placement.place_paper(_slices(), bundle=b, options=opts,
-                              gradient=planted).details["gradient"]
+                              gradient=planted).details.gradient
   np.testing.assert_allclose(got, _reference(b), rtol=1e-5, atol=1e-7)
 
 

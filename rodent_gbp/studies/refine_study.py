@@ -130,13 +130,13 @@ def prepare(volumes: Sequence, bundle, *, seed: int = 0,
                                          slice_offsets=placement.IMPROVED.slice_offsets)
     tp, fp, fn, _ = (int(c) for c in counts)
     out[v.animal_id] = {
-        "images": images, "truth": truth, "gradients": grads, "start": improved.details["placed"],
+        "images": images, "truth": truth, "gradients": grads, "start": improved.details.placed,
         "masks": {"gbp": paper.mask, "gbp_improved": improved.mask,
-                  "improved_undilated": improved.details["placed"],
+                  "improved_undilated": improved.details.placed,
                   "gbp_refined": shipped.mask},
         "dice": {"gbp": metrics.mask_dice(paper.mask, truth),
                  "gbp_improved": metrics.mask_dice(improved.mask, truth),
-                 "improved_undilated": metrics.mask_dice(improved.details["placed"], truth),
+                 "improved_undilated": metrics.mask_dice(improved.details.placed, truth),
                  "gbp_refined": metrics.mask_dice(shipped.mask, truth),
                  "oracle": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")},
         "cpu_s": time.process_time() - t0}

@@ -145,14 +145,14 @@ def placer_dice(volumes: Sequence, bundle, placers: Sequence[str] = PLACERS
       pl = placement.place(name, v.image, bundle=bundle,
                            slice_index=scan.bank_slice_index(len(v.image), n_bank))
       per[v.animal_id] = metrics.mask_dice(pl.mask, v.brainmask)
-      if "volume_displacement" in pl.details:
+      if isinstance(pl.details, placement.SearchDetails):
         # The one rigid shift per volume the GBP image locates (gbp_improved):
         # the intensity search within a few pixels of it does the rest.
         vd.setdefault(name, {})[v.animal_id] = [
-            int(d) for d in np.asarray(pl.details["volume_displacement"])]
+            int(d) for d in np.asarray(pl.details.volume_displacement)]
         # After the local search around it (volume mode: one shift for all
         # slices; the most common row is reported), the centre of the choice.
-        rows, counts = np.unique(np.asarray(pl.details["located"]).reshape(-1, 2), axis=0,
+        rows, counts = np.unique(np.asarray(pl.details.located).reshape(-1, 2), axis=0,
                                  return_counts=True)
         loc.setdefault(name, {})[v.animal_id] = [int(d) for d in rows[np.argmax(counts)]]
         rows, counts = np.unique(np.asarray(pl.displacement).reshape(-1, 2), axis=0,
