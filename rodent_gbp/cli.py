@@ -13,6 +13,11 @@ shows tracebacks for expected errors too.
   rodent-gbp-segment --input scan.nii.gz [--model_dir runs/main/model] \\
       --out_dir out/ [--placement=gbp_improved|gbp|intensity] [--plane auto|0|1|2]
       [--voxel_scale 0.1] [--truth mask.nii.gz]
+  rodent-gbp-segment --input scans/ --out_dir out/ [--shard 0/4] [--skip_existing]
+  rodent-gbp-segment --merge_summaries 'out/summary_shard*of4.csv' --out_dir out/
+
+Many scans in one call, shards and exit codes (0, 2, and 3 when some scans of
+many failed): ``rodent_gbp.batch``.
 
 (``--checkpoint`` is the deprecated old name of ``--model_dir``: accepted with a
 warning until 0.3.0.)
@@ -385,8 +390,26 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   from rodent_gbp import placement
   from rodent_gbp import scan
   before = set(fv)
-  flags.DEFINE_string("input", None, "The scan to segment (NIfTI .nii or .nii.gz).",
+  flags.DEFINE_multi_string(
+      "input", None, "The scan to segment (NIfTI .nii or .nii.gz), or a folder of scans "
+      "(every .nii / .nii.gz in it but masks and this tool's outputs); repeatable. Many "
+      "scans: one process, one model load, progress per scan, a failing scan listed and "
+      "the others go on, <out_dir>/summary.csv and index.html; a truth mask "
+      "<stem>_mask.nii[.gz] beside a scan gives Dice and HD95.", flag_values=fv)
+  flags.DEFINE_bool("skip_existing", False, "Skip a scan whose report <name>_report.json "
+                    "exists in --out_dir (listed as skipped).", flag_values=fv)
+  flags.DEFINE_string("shard", None, "K/N: segment every N-th scan of the inputs from the "
+                      "K-th (0-based, as cluster job arrays number their tasks); writes "
+                      "summary_shard<K>of<N>.csv. --merge_summaries joins the shards'.",
                       flag_values=fv)
+  flags.DEFINE_list("merge_summaries", None, "Shards' summary files (comma-separated paths "
+                    "or glob patterns): merged into <out_dir>/summary.csv and index.html; "
+                    "nothing is segmented.", flag_values=fv)
+  flags.DEFINE_bool("compile_cache", True, "JAX's persistent compilation cache (compiled "
+                    "programs kept between calls): in $JAX_COMPILATION_CACHE_DIR when set, "
+                    "else $XDG_CACHE_HOME/rodent_gbp/jax or ~/.cache/rodent_gbp/jax. "
+                    "--nocompile_cache turns it off.", flag_values=fv)
+  flags.DEFINE_bool("version", False, "Print the version and exit.", flag_values=fv)
   flags.DEFINE_string("model_dir", None, "A model folder (bundle), e.g. the main job's "
                       "<workdir>/model (networks, normalisation, template bank, voxel "
                       "size). Default: the model folder installed with the package "
@@ -457,16 +480,28 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
 
   @run_main
   def main(argv: list[str]) -> None:
-    from rodent_gbp import inference
+    import rodent_gbp
+    from rodent_gbp import batch
+    if fv["version"].value:
+      print(f"rodent-gbp-segment {rodent_gbp.__version__}")
+      return
     begin(argv, fv)
-    # Returns None: absl's app.run exits with main's return value.
-    inference.segment_scan(
+    log = functools.partial(print, flush=True)
+    if fv["merge_summaries"].value is not None:
+      batch.merge(fv["merge_summaries"].value, fv["out_dir"].value, log=log)
+      return
+    batch.enable_compile_cache(fv["compile_cache"].value)
+    # Returns None (absl's app.run exits with main's return value); some scans of
+    # many failed: exit code 3 (batch.EXIT_CODES).
+    code = batch.run(
         fv["input"].value, segment_model_dir(fv), fv["out_dir"].value,
+        shard=batch.parse_shard(fv["shard"].value), skip_existing=fv["skip_existing"].value,
         plane=fv["plane"].value, volume=fv["volume"].value, average=fv["average"].value,
         voxel_scale=fv["voxel_scale"].value, truth=fv["truth"].value,
         name=fv["name"].value, overwrite=fv["overwrite"].value, qc=fv["qc"].value,
-        placement=fv["placement"].value, displacement=fv["displacement"].value,
-        log=lambda msg: print(msg, flush=True))
+        placement=fv["placement"].value, displacement=fv["displacement"].value, log=log)
+    if code:
+      raise SystemExit(code)
 
   return main
 
@@ -477,8 +512,11 @@ def segment_main(argv: list[str] | None = None) -> None:
   fv = flags.FlagValues()
   define_segment_flags(fv)
   if any(a in ("-h", "--help", "-help") for a in argv[1:]):
-    print(f"usage: rodent-gbp-segment --input SCAN [--model_dir FOLDER] --out_dir OUT\n\n"
-          f"{fv.get_help()}")
+    from rodent_gbp import batch
+    codes = "\n".join(f"  {code}: {text}" for code, text in batch.EXIT_CODES.items())
+    print(f"usage: rodent-gbp-segment --input SCAN_OR_FOLDER [--input ...] "
+          f"[--model_dir FOLDER] --out_dir OUT\n       rodent-gbp-segment --merge_summaries "
+          f"A.csv,B.csv --out_dir OUT\n\nexit codes:\n{codes}\n\n{fv.get_help()}")
     raise SystemExit(0)
   try:
     rest = fv(argv)

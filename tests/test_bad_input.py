@@ -9,7 +9,7 @@ subprocesses (exit code, no 'Traceback' on stderr).
 | #  | binary  | case                                        | message contains                  |
 |----|---------|---------------------------------------------|-----------------------------------|
 | 1  | segment | input file missing                          | file not found                    |
-| 2  | segment | input is a folder                           | not a file                        |
+| 2  | segment | input is a folder without a scan            | holds no scan                     |
 | 3  | segment | empty file (0 bytes)                        | file is empty                     |
 | 4  | segment | text file named .nii                        | not a readable NIfTI file         |
 | 5  | segment | gzip of random bytes named .nii.gz          | not a readable NIfTI file         |
@@ -371,7 +371,7 @@ def _case_bad_name(t, scan, m):
 
 SEGMENT_CASES = {
     "missing_file": (_case_missing, "file not found"),
-    "input_is_folder": (_case_folder, "not a file"),
+    "input_is_folder": (_case_folder, "holds no scan"),
     "empty_file": (_case_empty, "file is empty"),
     "text_file": (_case_text, "not a readable NIfTI file"),
     "random_gzip": (_case_random_gz, "not a readable NIfTI file"),
