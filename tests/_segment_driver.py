@@ -10,14 +10,12 @@ arguments, after wrapping library functions of this process only:
   this run holds the lock;
 * ``STAGE``: ``none``; ``writing``: the process dies (``os._exit(9)``, no
   cleanup of any kind) at the second NIfTI file written into the temporary
-  folder; ``publishing``: it dies after the second output is renamed into the
-  output folder.
+  folder.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 import time
 
@@ -31,8 +29,7 @@ KILLED = 9
 
 def main() -> None:
   go, stage, sep, *argv = sys.argv[1:]
-  assert sep == "--" and stage in ("none", "writing", "publishing"), sys.argv
-  out_dir = pathlib.Path(next(a.split("=", 1)[1] for a in argv if a.startswith("--out_dir=")))
+  assert sep == "--" and stage in ("none", "writing"), sys.argv
   read_input = inference.read_input
 
   def paused_read(*args, **kw):
@@ -51,17 +48,6 @@ def main() -> None:
       return save(img, path, *a, **kw)
 
     inference.nib.save = dying_save
-  elif stage == "publishing":
-    replace, moved = os.replace, []
-
-    def dying_replace(src, dst, *a, **kw):
-      if pathlib.Path(dst).parent == out_dir:
-        moved.append(dst)
-        if len(moved) == 3:
-          os._exit(KILLED)
-      return replace(src, dst, *a, **kw)
-
-    os.replace = dying_replace
   cli.segment_main(["rodent-gbp-segment", *argv])
 
 

@@ -9,10 +9,11 @@ one with a truth mask beside it) and one truncated file:
   calls' masks; ``--skip_existing``, ``--shard`` and ``--merge_summaries``;
 * two runs into one folder (a real second process holding the lock): the
   second is refused with one line naming the outputs, nothing is lost;
-* runs killed (``os._exit`` in a subprocess, ``tests/_segment_driver.py``) or
-  interrupted (an exception in this process) at several stages, then run
-  again: nothing hidden or temporary is left, and the folder holds one whole
-  set whose report lists exactly its files;
+* a run killed while writing (``os._exit`` in that second process,
+  ``tests/_segment_driver.py``) and runs interrupted (an exception in this
+  process) after taking the lock, while writing and while renaming into
+  place, then run again: nothing hidden or temporary is left, and the folder
+  holds one whole set whose report lists exactly its files;
 * ``--overwrite --noqc`` removes the earlier QC figure; ``--version``;
   ``--help`` gives the exit codes.
 """
