@@ -166,7 +166,7 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 th{background:#f0f0f0}.failed{background:#fde2e2}.skipped{background:#eef}
 .warn{color:#a15c00}section{margin:2em 0;border-top:2px solid #ddd;padding-top:.5em}
 img{max-width:100%;border:1px solid #ccc}h2{font-size:17px;margin:.3em 0}
-.err{color:#b00020;font-family:monospace}"""
+.err{color:#b00020;font-family:monospace}.note{color:#555;font-family:monospace}"""
 
 
 def _qc_link(row: Mapping[str, Any], page_dir: pathlib.Path) -> str | None:
@@ -189,7 +189,8 @@ def index_html(rows: Sequence[Mapping[str, Any]], page_dir: pathlib.Path, *,
          f"<style>{_STYLE}</style></head><body><h1>{esc(title)}</h1>",
          f"<p>{len(rows)} scans: {counts['ok']} ok, {counts['failed']} failed, "
          f"{counts['skipped']} skipped.</p><table><tr>"
-         + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+         + "".join(f"<th>{esc(h)}</th>" for h in head[:-1]) + "<th>warnings (count) or "
+         "error</th></tr>"]
   for r in rows:
     cells = []
     for h in head:
@@ -198,6 +199,9 @@ def index_html(rows: Sequence[Mapping[str, Any]], page_dir: pathlib.Path, *,
         text = f"<a href='#scan-{esc(str(r['index']))}'>{text}</a>"
       if h == "warnings" and r.get("warnings"):
         text = f"<span class='warn'>{len(str(r['warnings']).split(_WARNING_SEP))}</span>"
+      if h == "warnings" and r["status"] == "failed":
+        error = str(r.get("error", ""))
+        text = f"<span class='err'>{esc(error[:120] + ('...' if len(error) > 120 else ''))}</span>"
       cells.append(f"<td>{text}</td>")
     out.append(f"<tr class='{esc(str(r['status']))}'>{''.join(cells)}</tr>")
   out.append("</table>")
@@ -205,7 +209,8 @@ def index_html(rows: Sequence[Mapping[str, Any]], page_dir: pathlib.Path, *,
     out.append(f"<section id='scan-{esc(str(r['index']))}'><h2>{esc(str(r['name']))} "
                f"({esc(str(r['status']))})</h2><p>{esc(str(r['scan']))}</p>")
     if r.get("error"):
-      out.append(f"<p class='err'>{esc(str(r['error']))}</p>")
+      kind = "err" if r["status"] == "failed" else "note"
+      out.append(f"<p class='{kind}'>{esc(str(r['error']))}</p>")
     numbers = [f"{k} {r[k]}" for k in ("slice_axis", "plane", "voxel_scale", "placement",
                                        "brain_mm3", "species_fit", "dice", "hd95_mm",
                                        "wall_s") if r.get(k) not in (None, "")]
