@@ -64,6 +64,7 @@ finished or removed by the next call of the same name.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import shutil
@@ -86,6 +87,8 @@ from rodent_gbp import pipeline
 from rodent_gbp import placement as placement_lib
 from rodent_gbp import scan
 from rodent_gbp.errors import DataError, InferenceError, UsageError
+
+_LOG = logging.getLogger(__name__)
 
 OUTPUTS = ("brainmask", "labels", "saliency")
 #: ``placement="auto"``: the bundle's supervised extractor where it has one
@@ -152,12 +155,12 @@ def _slice_rows(placed: placement_lib.Placement, native_mask: np.ndarray,
                           else float("nan")),
            "brain_voxels": int(native_mask[s].sum())}
     det = placed.details
-    if "volume_displacement" in det:
-      row |= {"volume_dy_vox": int(det["volume_displacement"][0]),
-              "volume_dx_vox": int(det["volume_displacement"][1]),
-              "template_animal": bank.animal_ids[int(det["template_animal"][s])],
-              "slice_offset": int(det["slice_offset"][s]),
-              "scale": float(det["scale"][s])}
+    if isinstance(det, placement_lib.SearchDetails):
+      row |= {"volume_dy_vox": int(det.volume_displacement[0]),
+              "volume_dx_vox": int(det.volume_displacement[1]),
+              "template_animal": bank.animal_ids[int(det.template_animal[s])],
+              "slice_offset": int(det.slice_offset[s]),
+              "scale": float(det.scale[s])}
     rows.append(row)
   return rows
 
@@ -433,7 +436,7 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
                  overwrite: bool = False, qc: bool = True, batch_size: int | None = None,
                  placement: str = DEFAULT_PLACEMENT, displacement: str | None = None,
                  species: str | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = _LOG.info) -> dict[str, Any]:
   """Segments one scan with a model bundle; writes the outputs and a report.
 
   Read (:func:`read_input`), fit to the model grid (:func:`fit_to_model`: every
@@ -495,8 +498,8 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
                 title=title)
   if not qc:
     paths.pop("qc")
-  if "volume_displacement" in placed.details:
-    d = placed.details["volume_displacement"]
+  if isinstance(placed.details, placement_lib.SearchDetails):
+    d = placed.details.volume_displacement
     log(f"{placement}: volume displacement ({d[0]}, {d[1]}) model voxels")
   log(f"cpu {report['cpu_seconds']:.1f} s, wall {report['wall_seconds']:.1f} s")
   log(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}")

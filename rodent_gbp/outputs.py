@@ -34,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import re
@@ -43,6 +44,8 @@ import threading
 from typing import Callable, Iterator, Sequence
 
 from rodent_gbp.errors import InferenceError
+
+_LOG = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
 TMP_SUFFIX = ".tmp"
@@ -118,7 +121,7 @@ def _unlock(path: pathlib.Path, fd: int) -> None:
 
 @contextlib.contextmanager
 def claim(out_dir: str | os.PathLike, name: str, names: Sequence[str], *,
-          report: str, log: Callable[[str], None] = print) -> Iterator[None]:
+          report: str, log: Callable[[str], None] = _LOG.info) -> Iterator[None]:
   """Holds the lock of ``name``'s outputs in ``out_dir`` for the ``with`` block.
 
   Creates ``out_dir`` if needed (removed again, when empty, if the block
@@ -212,7 +215,7 @@ def publish(tmp: pathlib.Path, out_dir: pathlib.Path, files: Sequence[str], *, r
 
 
 def recover(out_dir: pathlib.Path, name: str, names: Sequence[str], *, report: str,
-            log: Callable[[str], None] = print) -> list[pathlib.Path]:
+            log: Callable[[str], None] = _LOG.info) -> list[pathlib.Path]:
   """Finishes or removes what killed runs of ``name`` left in ``out_dir`` (hold the
   claim). A temporary folder with its report is published (the report lists
   the files), any other removed. Returns the folders handled."""

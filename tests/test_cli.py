@@ -286,7 +286,7 @@ def test_improved_placement_is_the_default(native, scan, smoke_bundle):
   # The intensity choice searches within choice_radius of the volume
   # displacement the saliency located: every slice's displacement is there.
   pl = native["placement"]
-  vol = pl.details["volume_displacement"]
+  vol = pl.details.volume_displacement
   disp = np.array([[int(r["dy_vox"]), int(r["dx_vox"])] for r in rows])
   np.testing.assert_array_equal(disp, pl.displacement)
   assert np.abs(disp - vol).max() <= placement.IMPROVED.choice_radius
