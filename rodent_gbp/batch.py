@@ -29,6 +29,7 @@ unit-tested with known answers; :func:`segment_many` runs them.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import pathlib
@@ -274,6 +275,9 @@ def segment_many(inputs: Sequence[str | os.PathLike], model_dir, out_dir: str | 
   rows: list[dict[str, Any]] = []
   with outputs.claim(out_dir, summary_path.name, [summary_path.name, index_path.name],
                      report=summary_path.name, log=log):
+    for own in (summary_path, index_path):  # a killed call's half-written rewrite
+      for stale in out_dir.glob(f".{glob.escape(own.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     summary_lib.write_summary(summary_path, rows)
     for count, i in enumerate(picked, 1):
       path, scan_name = scans[i], names[i]

@@ -92,6 +92,7 @@ def study(tmp_path_factory, scans, model_dir, smoke_bundle):
   """One batch call over the folder (the library's function, to watch compiles; the
   session's loaded bundle, whose programs the other tests here reuse)."""
   out = tmp_path_factory.mktemp("study")
+  (out / ".summary.csv.4242.tmp").write_text("half")  # a killed call's summary rewrite
   compiles, logs = [], []
   jax.monitoring.register_event_duration_secs_listener(
       lambda event, *a, **k: compiles.append(event) if "compile" in event else None)
