@@ -456,6 +456,10 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "sum of the slices' correlation maps). Default: the model's config "
                       "(volume for a model of the default config; the shipped model was "
                       "built with slice).", flag_values=fv)
+  # A string, checked by segment_scan: a bad value ends in the one-line error.
+  flags.DEFINE_string("species", None, "mouse or rat: the brain volume must fit that "
+                      "species' range (mouse 300-750, rat 1200-3200 mm^3) or the report "
+                      "warns. Default: either fits.", flag_values=fv)
   _key_flags_of_caller(fv, sorted(set(fv) - before))
 
 
@@ -499,7 +503,8 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
         plane=fv["plane"].value, volume=fv["volume"].value, average=fv["average"].value,
         voxel_scale=fv["voxel_scale"].value, truth=fv["truth"].value,
         name=fv["name"].value, overwrite=fv["overwrite"].value, qc=fv["qc"].value,
-        placement=fv["placement"].value, displacement=fv["displacement"].value, log=log)
+        placement=fv["placement"].value, displacement=fv["displacement"].value,
+        species=fv["species"].value, log=log)
     if code:
       raise SystemExit(code)
 

@@ -260,3 +260,20 @@ def test_stripped_t2_atlas_scan_keeps_its_brain(model_dir, tmp_path):
   assert report["brain_volume"]["fits"] == ["mouse"]
   labels = np.asarray(nib.load(str(out["paths"]["labels"])).dataobj)
   assert not (labels[~mask] > 0).any()
+
+
+def test_species_flag(scan, model_dir, tmp_path, capsys):
+  """--species rat on the phantom's mouse-sized brain: a warning in the report; an
+  unknown species: one error line, nothing written."""
+  import json
+  with pytest.raises(SystemExit) as e:
+    _segment(scan, model_dir, tmp_path / "bad", "--species=hamster")
+  assert e.value.code == 2 and not (tmp_path / "bad").exists()
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --species")
+  _segment(scan, model_dir, tmp_path / "rat", "--species=rat")
+  report = json.loads((tmp_path / "rat" / f"{data_stem(scan)}_report.json").read_text())
+  volume = report["brain_volume"]
+  assert volume["species_given"] == "rat"
+  outside = not 1200 <= volume["mm3"] <= 3200
+  assert (volume["warning"] is not None) == outside
+  assert (volume["warning"] in report["warnings"]) if outside else True
