@@ -104,9 +104,7 @@ class RefinedDetails(SearchDetails):
 
 @dataclasses.dataclass(frozen=True)
 class ExtractorDetails:
-  """``supervised``: the extractor's brain ``probability`` (S, H, W)."""
-
-  probability: np.ndarray
+  probability: np.ndarray  # ``supervised``: the extractor's brain probability (S, H, W)
 
 
 @dataclasses.dataclass
