@@ -67,8 +67,10 @@ def test_readme_segment_example_runs(tmp_path):
   if not epi.is_dir():
     pytest.skip(f"no local copy of mouse-epi at {epi}")
   text = (REPO / "README.md").read_text()
-  (line,) = [l for b in _blocks("bash") for l in b.splitlines()
-             if l.startswith("rodent-gbp-segment ")]
+  # The first example (one scan); the study examples (a folder, shards) follow it.
+  line = [l for b in _blocks("bash") for l in b.splitlines()
+          if l.startswith("rodent-gbp-segment ")][0]
+  assert line.startswith("rodent-gbp-segment --input scan.nii.gz "), line
   argv = shlex.split(line)
   assert "--checkpoint" not in line  # the installed model
   assert (models.default_model_dir() / "MODEL_CARD.md").is_file()
