@@ -256,7 +256,7 @@ def test_report_fields(plain, scan, model_dir):
   assert report["brain_volume"]["fits"] == fits
   assert (report["brain_volume"]["warning"] is not None) == (not fits)
   qc_png = out / "image_qc.png"
-  assert qc_png.is_file() and qc_png.stat().st_size < 300_000
+  assert qc_png.is_file() and qc_png.stat().st_size < 1_500_000  # 224 px a slice
 
 
 def test_brain_image_is_input_times_mask(plain, scan):
