@@ -109,6 +109,11 @@ class Bundle:
     return str(self.folder / name) if self.folder is not None else name
 
   @property
+  def file(self) -> str:
+    """Its ``bundle.json`` for messages (:meth:`where`)."""
+    return self.where(BUNDLE_FILE)
+
+  @property
   def slice_shape(self) -> tuple[int, int]:
     """(H, W) of the model grid (the bank's slices, else ``info["slice_shape"]``)."""
     if self.bank is None:

@@ -17,15 +17,17 @@ surroundings present) and outputs the brain mask;
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from rodent_gbp import bundle as bundle_lib
-from rodent_gbp import model as model_lib
 from rodent_gbp.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:  # annotations only: the user's start-up does not load flax for them
+  from rodent_gbp import model as model_lib
 
 NETWORK = "extractor"
 BRAIN = 1  # class index of brain in the extractor's output
@@ -105,7 +107,7 @@ def check_bundle(bundle) -> None:
   """Refuses a bundle without an ``extractor`` network (CheckpointError naming its file)."""
   if NETWORK not in bundle.networks:
     raise CheckpointError(
-        f"{bundle.where(bundle_lib.BUNDLE_FILE)}: the model bundle has no {NETWORK!r} "
+        f"{bundle.file}: the model bundle has no {NETWORK!r} "
         f"network (it has {', '.join(sorted(bundle.networks))}), which placement "
         "'supervised' needs; add one with experiments/train_extractor.py --model_dir")
 
