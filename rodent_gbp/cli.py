@@ -33,6 +33,12 @@ Folder flags have one meaning each, in every binary: ``--workdir`` a run's
 folder (everything the run writes), ``--model_dir`` a model folder (bundle:
 ``bundle.json`` ...), ``--checkpoint_dir`` an Orbax training-checkpoint folder,
 ``--out_dir`` a folder of written data or figures.
+
+Imports of the package stay inside the functions here, the one exception to
+"imports at module top" besides figure code: ``import rodent_gbp.cli`` (every
+binary, ``--version``, ``--merge_summaries``, a flag error) loads no JAX, and
+the extractor's training flags (``rodent_gbp.training.flags``) load only in the
+binaries that train, so ``rodent-gbp-segment`` loads no training code.
 """
 
 from __future__ import annotations
