@@ -456,7 +456,7 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
   check_arguments(input_path, out_dir, plane=plane, placement=placement,
                   displacement=displacement, volume=volume, average=average,
                   voxel_scale=voxel_scale)
-  scan.species_fit(1.0, species)  # an unknown --species is refused before any work
+  scan.check_species(species)
   input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
   name = scan.stem(input_path) if name is None else name
   if not outputs.held(out_dir, name):

@@ -95,11 +95,12 @@ def check_affine(affine, path) -> None:
                     "extent or are not independent)")
 
 
-def stored_pixdim(path: str | os.PathLike) -> np.ndarray:
+def stored_pixdim(path: str | os.PathLike, img: nib.Nifti1Image | None = None
+                  ) -> np.ndarray:
   """(3,) voxel sizes as the file's header stores them (``pixdim[1:4]``), read without
-  nibabel's fixes (which set a zero size to 1 at load)."""
-  klass = nib.Nifti2Header if isinstance(nib.load(str(path)), nib.Nifti2Image) \
-      else nib.Nifti1Header
+  nibabel's fixes (which set a zero size to 1 at load). ``img``: the file as
+  :func:`read` returned it (its header's class), else it is loaded."""
+  klass = type((img if img is not None else nib.load(str(path))).header)
   with nib.openers.ImageOpener(str(path)) as f:
     header = klass.from_fileobj(f, check=False)
   return np.asarray(header["pixdim"][1:4], np.float64)

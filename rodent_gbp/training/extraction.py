@@ -188,8 +188,8 @@ def train_extractor(train_volumes: Sequence[Any], val_volumes: Sequence[Any],
   model = model_lib.build_unet(config)
 
   def validate(params, mesh):
-    dice = validation_dice(params, val_volumes, model=model)
-    return float(np.mean(dice)), {"val_dice": float(np.mean(dice))}
+    score = float(np.mean(validation_dice(params, val_volumes, model=model)))
+    return score, {"val_dice": score}
 
   task = trainer.Task(
       name=NETWORK, config=config, slices={"image": images, "mask": masks},
