@@ -517,6 +517,14 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
   return main
 
 
+LABELS_HELP = (
+    "outputs per scan: <name>_brainmask.nii.gz (0/1, the brain extractor's mask), "
+    "<name>_labels.nii.gz\n(0 background = not brain, 1 white matter, 2 gray matter, 3 CSF; "
+    "0 outside the brain mask), <name>_brain.nii.gz,\n<name>_saliency.nii.gz, <name>_qc.png, "
+    "<name>_slices.csv, <name>_report.json. What the tissue classes mean and the truth\nthey"
+    " were learned from: the model folder's MODEL_CARD.md and the report's \"labels\" entry.")
+
+
 def segment_main(argv: list[str] | None = None) -> None:
   """The ``rodent-gbp-segment`` console script (flags on a private FlagValues)."""
   argv = list(sys.argv if argv is None else argv)
@@ -527,7 +535,8 @@ def segment_main(argv: list[str] | None = None) -> None:
     codes = "\n".join(f"  {code}: {text}" for code, text in batch.EXIT_CODES.items())
     print(f"usage: rodent-gbp-segment --input SCAN_OR_FOLDER [--input ...] "
           f"[--model_dir FOLDER] --out_dir OUT\n       rodent-gbp-segment --merge_summaries "
-          f"A.csv,B.csv --out_dir OUT\n\nexit codes:\n{codes}\n\n{fv.get_help()}")
+          f"A.csv,B.csv --out_dir OUT\n\n{LABELS_HELP}\n\nexit codes:\n{codes}\n\n"
+          f"{fv.get_help()}")
     raise SystemExit(0)
   try:
     rest = fv(argv)

@@ -76,6 +76,7 @@ import numpy as np
 from scipy import ndimage
 
 from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import classes
 from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import fileio
@@ -428,6 +429,18 @@ def write_outputs(paths: dict[str, pathlib.Path], out_dir: pathlib.Path, name: s
                   report=paths["report"].name, names=[p.name for p in paths.values()])
 
 
+def labels_record(bundle) -> dict[str, Any]:
+  """What the values of ``<name>_labels.nii.gz`` mean, for the report: the class of
+  each value, that labels lie inside the brain mask, and what the model's tissue
+  network learned them from (its bundle record, ``tissue_definition`` and
+  ``trained_on``, where the model folder states them)."""
+  info = bundle.network("tissue").info
+  return {"values": dict(enumerate(classes.TITLES)),
+          "inside": "the brain mask (brainmask.nii.gz): labels are 0 outside it",
+          "trained_on": info.get("trained_on", "not stated by the model folder"),
+          "definition": info.get("tissue_definition", "not stated by the model folder")}
+
+
 def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | None,
                  out_dir: str | os.PathLike, *, bundle: bundle_lib.Bundle | None = None,
                  plane: str | int = "auto", volume: int | None = None,
@@ -487,7 +500,7 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
             "placement": placement,
             "displacement": (bundle.network("tissue").config.displacement
                              if placement == "gbp" else None),
-            "truth": scores, "warnings": fit.warnings,
+            "truth": scores, "warnings": fit.warnings, "labels": labels_record(bundle),
             "outputs": {k: p.name for k, p in paths.items() if qc or k != "qc"},
             "cpu_seconds": time.process_time() - cpu0,
             "wall_seconds": time.perf_counter() - wall0}
