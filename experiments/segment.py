@@ -11,7 +11,7 @@
 The model folder is the main job's ``<workdir>/model`` (networks,
 normalisation, template bank, voxel size; ``rodent_gbp/bundle.py``); without
 ``--model_dir`` the folder installed with the package
-(``rodent_gbp/models/mouse_epi``). The slice axis is the header's
+(``rodent_gbp/models/mouse``). The slice axis is the header's
 anterior-posterior axis unless one voxel axis is >= 2x thicker than both
 others (then that one, with a warning); voxel sizes stored x10 are found by
 the field of view (widest >= 150 mm with its tenth 10-80 mm). The brain mask

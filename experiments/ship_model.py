@@ -1,7 +1,10 @@
-"""Builds the model folder installed with the package (``rodent_gbp/models/mouse_epi``).
+"""Builds the mouse_epi model folder (installed with the package up to 0.2.0).
 
   python experiments/ship_model.py --data_root ../shared/data/mouse-epi \
-      --workdir runs/ship --model_dir rodent_gbp/models/mouse_epi
+      --workdir runs/ship --model_dir runs/mouse_epi_model
+
+Its extractor is the one of the installed ``rodent_gbp/models/mouse``
+(``experiments/ship_tissue.py --base_model runs/mouse_epi_model``).
 
 The main job on mouse-epi animals 01-16 (validation 17-18, test 19-22;
 ``experiments/splits/mouse_epi_shipped.json``), then the supervised brain

@@ -5,13 +5,15 @@ Rows: a ``mouse_t2_atlas`` mouse (real T2, skull-stripped), the DSURQE average
 atlas brain placed into it (label map only). Columns: the real image (where
 one exists), the tissue target (0 background, 1 WM, 2 GM, 3 CSF, 4 brain of
 unknown or ignored tissue), then synthesised images of four keys
-(``synthesis.synthesize`` with the training options, ``p_real`` 0).
+(``synthesis.synthesize`` with the tissue network's training options,
+``tissue_synth.OPTIONS``, ``p_real`` 0: no real image swapped in).
 
   python experiments/synthesis_figure.py --out_dir experiments/results/tissue_synth
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 from absl import app
@@ -26,6 +28,7 @@ from rodent_gbp.datasets import cache
 from rodent_gbp.datasets import label_maps
 from rodent_gbp.datasets import mouse_dsurqe
 from rodent_gbp.datasets import mouse_t2_atlas
+from rodent_gbp.training import tissue_synth
 
 FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,7 +74,7 @@ def main(argv):
           ("head + atlas brain", _middle(label_maps.composite_heads(
               [head], [t2], copies=1, pixel_mm=PIXEL_MM, shape=SHAPE, seed=0), 0.5))]
   groups = jnp.asarray(label_maps.group_of_label())
-  options = synthesis.SynthOptions(p_real=0.0, max_zoom=1.4)
+  options = dataclasses.replace(tissue_synth.OPTIONS, p_real=0.0)
   fn = jax.jit(lambda key, b: synthesis.synthesize(
       key, b["labels"], b["target"], b["zoom"], groups, options))
   fig, axes = plt.subplots(len(rows), 2 + KEYS, figsize=(2.0 * (2 + KEYS), 2.1 * len(rows)))

@@ -65,8 +65,10 @@ flags.DEFINE_integer("batch_size", 16, "Batch size.")
 flags.DEFINE_integer("copies", 3, "Composite heads per mouse_epi training session.")
 flags.DEFINE_integer("seed", 0, "Seed (init, batches, synthesis, composites).")
 flags.DEFINE_float("p_real", 0.3, "Probability a slice with a real image uses it.")
-flags.DEFINE_string("base_model", str(REPO / "rodent_gbp" / "models" / "mouse_epi"),
+flags.DEFINE_string("base_model", str(REPO / "rodent_gbp" / "models" / "mouse"),
                     "Model folder whose extractor and template bank the fold bundles keep.")
+flags.DEFINE_string("model_only", None, "Train nothing: run each fold's tests with this "
+                    "model folder (e.g. an earlier shipped model, as the baseline).")
 flags.DEFINE_bool("test", True, "Run the tests after training.")
 flags.DEFINE_bool("all_train", False, "The shipped network: every atlas mouse but fold k's "
                   "validation mice, the mouse_epi animals of experiments/splits/"
@@ -168,6 +170,8 @@ def _test_dsurqe(root, model_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
 
 
 def _test_epi_foreground(result, heads) -> dict:
+  """Brain Dice of the tissue network's foreground on each head's raw slices;
+  ``result``: anything with the network's ``config`` and ``params``."""
   model = bundle_lib.Network(result.config, result.params).model
   out = {}
   for h in heads:
@@ -176,6 +180,21 @@ def _test_epi_foreground(result, heads) -> dict:
     out[h.name] = float(2 * np.sum((pred > 0) & (s.target > 0)) /
                         max(1, np.sum(pred > 0) + np.sum(s.target > 0)))
   return out
+
+
+def _model_only(k: int, root, epi_dir, work: pathlib.Path, atlas: dict, epi: dict) -> dict:
+  """The tests of fold ``k`` for the model folder ``--model_only`` (no training)."""
+  model_dir = pathlib.Path(FLAGS.model_only)
+  fold_dir = work / f"fold{k}"
+  record = {"fold": k, "mode": "model_only", "without": "", "model_dir": str(model_dir),
+            "split": {"mouse_t2_atlas": atlas, "mouse_epi": epi}, "history": [],
+            "kept_epoch": None,
+            "atlas_test": _test_atlas(root, atlas["test"], model_dir, fold_dir / "segment"),
+            "epi_test_foreground_dice": _test_epi_foreground(
+                bundle_lib.load_bundle(model_dir).networks["tissue"],
+                _heads(epi_dir, epi["test"], sessions=False))}
+  fileio.write_json(fold_dir / "result.json", record)
+  return record
 
 
 def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Path,
@@ -187,6 +206,8 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Pa
     # the placers are measured on them).
     atlas = {**atlas, "train": sorted(atlas["train"] + atlas["test"]), "test": []}
     epi = fileio.read_json(REPO / "experiments" / "splits" / "mouse_epi_shipped.json")
+  if FLAGS.model_only:
+    return _model_only(k, root, epi_dir, work, atlas, epi)
   use_atlas = FLAGS.without != "mouse_t2_atlas"
   use_dsurqe = FLAGS.without != "dsurqe"
   brains = [_atlas_brain(root, m) for m in atlas["train"]] if use_atlas else []
@@ -208,8 +229,13 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Pa
     options = dataclasses.replace(tissue_synth.OPTIONS, p_real=1.0)
     # The same budget in steps as the synthesis run of this fold.
     epochs = -(-steps // (len(slices) // FLAGS.batch_size))
-  val_brains = [_atlas_brain(root, m) for m in atlas["val"]] if use_atlas else []
-  val = _val_sets(val_brains, _heads(epi_dir, epi["val"], sessions=False))
+  if use_atlas:
+    val = _val_sets([_atlas_brain(root, m) for m in atlas["val"]],
+                    _heads(epi_dir, epi["val"], sessions=False))
+  else:
+    # No tissue truth left to select on (DSURQE trains): the last epoch is kept.
+    log("no tissue validation data without mouse_t2_atlas: the last epoch is kept")
+    val = []
   log(f"fold {k}: {len(slices)} training slices ({int(slices.has_image.sum())} with a real "
       f"image) from {len(brains)} brains and {len(heads)} heads; mode {FLAGS.mode}")
   config = tissue_synth.synth_config(features=FLAGS.features, epochs=epochs,

@@ -22,8 +22,11 @@ import nibabel as nib
 import numpy as np
 
 from rodent_gbp import cli
+from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import metrics
+from rodent_gbp import scan
+from rodent_gbp import tissue_table
 from rodent_gbp.datasets import mouse_t2_atlas
 
 FLAGS = flags.FLAGS
@@ -73,6 +76,27 @@ def _old_reading(folder: pathlib.Path, records: list[dict]) -> list[dict]:
   return out
 
 
+def grid_ceiling(pixel_mm: float = 0.25) -> dict:
+  """Tissue DSC of the truth itself taken to the model grid and back (nearest both
+  ways, as ``rodent-gbp-segment`` does) on every local ``mouse_t2_atlas`` mouse: what
+  a perfect network on the model grid scores on the native one."""
+  root = pathlib.Path(FLAGS.data_root) / "mouse-t2-atlas" / mouse_t2_atlas.LABEL_DIR
+  rows = {}
+  for path in sorted(root.glob("*.nii.gz")):
+    img = nib.as_closest_canonical(nib.load(path))
+    codes = tissue_table.to_tissue("mouse_t2_atlas", np.asarray(img.dataobj))
+    vs = nib.affines.voxel_sizes(img.affine)
+    sl = data.to_slices(codes)
+    h, w = sl.shape[1:]
+    grid = tuple(int(round(n * v / pixel_mm)) for n, v in zip((h, w), (vs[0], vs[2])))
+    down = scan.resample_inplane(sl, (vs[0], vs[2]), (pixel_mm, pixel_mm), grid, order=0)
+    back = scan.resample_inplane(down, (pixel_mm, pixel_mm), (vs[0], vs[2]), (h, w), order=0)
+    sc = tissue_table.score(np.where(back == tissue_table.IGNORE, tissue_table.GM, back), sl)
+    rows[path.name[:-7]] = {c: sc[c] for c in ("wm", "gm", "csf")}
+  return {"pixel_mm": pixel_mm, "mice": len(rows),
+          **{c: _stat([r[c] for r in rows.values()]) for c in ("wm", "gm", "csf")}}
+
+
 def summarise(name: str, folder: pathlib.Path) -> dict:
   folds = sorted(folder.glob("fold*/result.json"))
   records = [fileio.read_json(p) for p in folds]
@@ -80,7 +104,7 @@ def summarise(name: str, folder: pathlib.Path) -> dict:
   if not records:
     return out
   out["mode"], out["without"] = records[0]["mode"], records[0]["without"]
-  out["steps"] = [r["history"][-1]["step"] for r in records]
+  out["steps"] = [r["history"][-1]["step"] if r["history"] else None for r in records]
   out["kept_epoch"] = [r["kept_epoch"] for r in records]
   out["curves"] = {r["fold"]: [{k: h.get(k) for k in ("epoch", "step", "loss", "val_wm",
                                                       "val_gm", "val_csf", "val_brain")}
@@ -122,6 +146,13 @@ def markdown(summaries: list[dict]) -> str:
            "Gaussian mixture of the brain's intensities, darkest WM, brightest CSF): "
            "baselines on the same true brains.", ""]
   for s in summaries:
+    if s["run"] == "grid_ceiling":
+      lines += ["## The model grid's ceiling", "",
+                f"The truth itself taken to the model grid ({s['pixel_mm']} mm in-plane) and "
+                f"back, nearest both ways, on all {s['mice']} local `mouse_t2_atlas` mice "
+                "(mean +- sd over mice): WM " + _fmt(s["wm"]) + ", GM " + _fmt(s["gm"])
+                + ", CSF " + _fmt(s["csf"]) + ": what a network that is right on the "
+                "model grid scores on the native 0.15 mm grid.", ""]
     if "mode" not in s:
       continue
     what = f"mode `{s['mode']}`" + (f", without `{s['without']}`" if s["without"] else "")
@@ -161,6 +192,7 @@ def main(argv):
     name, folder = pair.split("=", 1)
     summaries.append(summarise(name, pathlib.Path(folder)))
   out.mkdir(parents=True, exist_ok=True)
+  summaries.append({"run": "grid_ceiling", **grid_ceiling()})
   fileio.write_json(out / "summary.json", summaries)
   (out / "summary.md").write_text(markdown(summaries))
   print((out / "summary.md").read_text())

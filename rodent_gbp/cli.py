@@ -419,7 +419,7 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("model_dir", None, "A model folder (bundle), e.g. the main job's "
                       "<workdir>/model (networks, normalisation, template bank, voxel "
                       "size). Default: the model folder installed with the package "
-                      "(rodent_gbp/models/mouse_epi).", flag_values=fv)
+                      "(rodent_gbp/models/mouse).", flag_values=fv)
   flags.DEFINE_string("checkpoint", None, "Deprecated: the old name of --model_dir "
                       f"(removed in {CHECKPOINT_FLAG_REMOVED_IN}).", flag_values=fv)
   flags.DEFINE_string("out_dir", None, "Output folder (created if needed).",

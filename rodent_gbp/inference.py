@@ -435,7 +435,7 @@ def labels_record(bundle) -> dict[str, Any]:
   network learned them from (its bundle record, ``tissue_definition`` and
   ``trained_on``, where the model folder states them)."""
   info = bundle.network("tissue").info
-  return {"values": dict(enumerate(classes.TITLES)),
+  return {"values": {str(v): t for v, t in enumerate(classes.TITLES)},
           "inside": "the brain mask (brainmask.nii.gz): labels are 0 outside it",
           "trained_on": info.get("trained_on", "not stated by the model folder"),
           "definition": info.get("tissue_definition", "not stated by the model folder")}

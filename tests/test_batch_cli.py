@@ -288,3 +288,4 @@ def test_version_and_exit_codes_in_help(capsys):
   for exit_code, text in batch.EXIT_CODES.items():
     assert f"  {exit_code}: {text}" in stdout
   assert "--shard" in stdout and "--merge_summaries" in stdout and "compile_cache" in stdout
+  assert "0 background = not brain, 1 white matter, 2 gray matter, 3 CSF" in stdout

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import json
 import pathlib
 import shutil
@@ -198,17 +199,21 @@ def test_default_model_folder_absent_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(models, "model_dir", lambda name=models.DEFAULT: tmp_path / name)
   with pytest.raises(CheckpointError, match="pass --model_dir") as e:
     models.default_model_dir()
-  assert str(tmp_path / "mouse_epi") in str(e.value)
-  # The real one lies inside the package, under models/mouse_epi.
+  assert str(tmp_path / "mouse") in str(e.value)
+  # The real one lies inside the package, under models/mouse.
   monkeypatch.undo()
-  assert models.model_dir() == REPO / "rodent_gbp" / "models" / "mouse_epi"
+  assert models.model_dir() == REPO / "rodent_gbp" / "models" / "mouse"
 
 
 def test_setup_cfg_packages_the_model_files():
   cfg = configparser.ConfigParser()
   cfg.read(REPO / "setup.cfg")
   patterns = cfg["options.package_data"]["rodent_gbp.models"].split()
-  assert {"*/*.msgpack", "*/*.json", "*/*.npz", "*/*.md"} <= set(patterns)
+  assert {"*/*.msgpack", "*/*.json", "*/*.npz", "*/*.md", "*/LICENSE"} <= set(patterns)
+  # Every file of the shipped folders is package data (the LICENSE travels with it).
+  for path in (REPO / "rodent_gbp" / "models").glob("*/*"):
+    rel = path.relative_to(REPO / "rodent_gbp" / "models").as_posix()
+    assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel
 
 
 # ------------------------------------------------------ end to end (smoke) --
@@ -281,7 +286,7 @@ def test_truth_scores_recomputed(plain, scan):
 def test_intensity_scale_with_the_default_model(plain, scan, model_dir, tmp_path,
                                                 monkeypatch):
   """x1000, no --model_dir: the planted default folder serves; the same mask."""
-  planted = tmp_path / "models" / "mouse_epi"
+  planted = tmp_path / "models" / models.DEFAULT
   shutil.copytree(model_dir, planted)
   monkeypatch.setattr(models, "model_dir", lambda name=models.DEFAULT: planted.parent / name)
   img = nib.load(str(scan))

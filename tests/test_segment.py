@@ -261,6 +261,11 @@ def test_stripped_t2_atlas_scan_keeps_its_brain(model_dir, tmp_path):
   assert report["brain_volume"]["fits"] == ["mouse"]
   labels = np.asarray(nib.load(str(out["paths"]["labels"])).dataobj)
   assert not (labels[~mask] > 0).any()
+  # The report says what the label values are and what the model's tissue network
+  # learned them from (the smoke model states no definition: said so).
+  assert report["labels"]["values"] == {"0": "Background", "1": "White matter",
+                                        "2": "Gray matter", "3": "CSF"}
+  assert report["labels"]["definition"] == "not stated by the model folder"
 
 
 def test_species_flag(scan, model_dir, tmp_path, capsys):

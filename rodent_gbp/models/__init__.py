@@ -1,8 +1,10 @@
 """Model folders installed with the package.
 
 ``rodent-gbp-segment`` without ``--model_dir`` uses :data:`DEFAULT`, the
-bundle folder ``rodent_gbp/models/mouse_epi/`` (a model trained on the
-mouse-epi set; ``rodent_gbp/bundle.py`` describes the folder). It is package
+bundle folder ``rodent_gbp/models/mouse/`` (a brain extractor trained on the
+mouse_epi set and a tissue network trained on atlas label maps with synthesised
+contrasts; its ``MODEL_CARD.md`` names the data and licences: the folder is
+GPL-3.0, see its ``LICENSE``; ``rodent_gbp/bundle.py`` describes the folder). It is package
 data (setup.cfg), so an installed package finds it through
 ``importlib.resources``; a checkout without it raises a clear error.
 """
@@ -14,7 +16,7 @@ import pathlib
 
 from rodent_gbp.errors import CheckpointError
 
-DEFAULT = "mouse_epi"
+DEFAULT = "mouse"
 
 
 def model_dir(name: str = DEFAULT) -> pathlib.Path:

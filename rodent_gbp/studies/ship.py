@@ -1,7 +1,10 @@
-"""The model folder installed with the package (``rodent_gbp/models/mouse_epi``).
+"""The mouse_epi model folder: the paper's tissue network on pseudo-labels and the extractor.
 
-:func:`build` makes it from the public mouse-epi set, from a seed, in one call
-(``experiments/ship_model.py``):
+It was the folder installed with the package up to 0.2.0
+(``rodent_gbp/models/mouse_epi``); its extractor lives on in the installed
+``rodent_gbp/models/mouse`` (``experiments/ship_tissue.py``), whose tissue network
+learned tissue from label maps instead. :func:`build` makes it from the public
+mouse-epi set, from a seed, in one call (``experiments/ship_model.py``):
 
 1. the main job (``job.run``, ``default`` config) on the
    split of ``experiments/splits/mouse_epi_shipped.json``: the tissue U-Net

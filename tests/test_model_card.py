@@ -1,0 +1,57 @@
+"""The model card names every set behind each network, with its licence and citation."""
+
+import numpy as np
+
+from rodent_gbp import bundle as bundle_lib
+from rodent_gbp import classes
+from rodent_gbp import tissue_table
+from rodent_gbp.studies import model_card
+from rodent_gbp.training import extraction
+from rodent_gbp.training import tissue_synth
+
+
+def _card():
+  split = {"train": ["01", "02"], "val": ["03"], "test": ["04"]}
+  bundle = bundle_lib.Bundle(
+      networks={"tissue": bundle_lib.Network(tissue_synth.synth_config(), {}, {
+                    "epoch": 7, "split": {"mouse_t2_atlas": {"train": ["m1"], "val": ["m2"]},
+                                          "mouse_epi": split}}),
+                "extractor": bundle_lib.Network(extraction.extractor_config(), {},
+                                                {"epoch": 3})},
+      normalisation={"method": "robust_max", "percentile": 99.0}, bank=None,
+      voxel_size=np.array([0.25, 1.0, 0.25]), voxel_size_source="training volumes",
+      split=split, info={"slice_shape": [80, 80], "extractor_split": split})
+  results = [{"run": "cv", "mode": "synth", "without": "", "folds": [0, 1],
+              "atlas_test": {"subjects": 2, "table": {
+                  w: {c: {"mean": 0.5, "sd": 0.1, "n": 2} for c in ("wm", "gm", "csf",
+                                                                   "brain_dice")}
+                  for w in ("network", "all_gm", "mixture")}}}]
+  history = [{"epoch": 0, "step": 10, "val_wm": 0.1, "val_gm": 0.8, "val_csf": 0.2,
+              "val_brain": 0.9}]
+  return model_card.card(bundle, placers={"supervised": {"04": 0.975}}, results=results,
+                         command="cmd", history=history)
+
+
+def test_card_names_every_source_with_licence_and_citation():
+  text = model_card.markdown(_card())
+  for net, names in model_card.NETWORK_SOURCES.items():
+    for n in names:
+      src = model_card.SOURCES[n]
+      row = [line for line in text.splitlines() if line.startswith(f"| `{net}` | `{n}`")]
+      assert len(row) == 1, (net, n)
+      assert src["licence"] in row[0] and src["cite"] in row[0]
+  assert "GPL-3.0" in text.split("## Networks")[0]          # the folder's licence, up front
+  for value, title in enumerate(classes.TITLES):
+    assert f"{value} {title}" in text
+  assert tissue_table.describe() in text
+  assert "| `supervised` | 0.9750 | 04 0.975 |" in text
+  assert "50.0 +- 10.0" in text                              # the CV table's numbers
+  assert "1 (step 10): 0.100 / 0.800 / 0.200 / 0.900" in text
+
+
+def test_every_tissue_source_is_gpl_or_named():
+  """The tissue network's label sources are GPL-3.0: the folder carrying it must be."""
+  licences = {model_card.SOURCES[n]["licence"].split(" ")[0]
+              for n in model_card.NETWORK_SOURCES["tissue"]}
+  assert "GPL-3.0" in licences
+  assert set(model_card.NETWORK_SOURCES) == {"tissue", "extractor"}
