@@ -39,7 +39,7 @@ from rodent_gbp import fileio
 from rodent_gbp import inference
 from rodent_gbp import tissue_table
 from rodent_gbp.datasets import cache
-from rodent_gbp.errors import CheckpointError
+from rodent_gbp.errors import CheckpointError, UsageError
 from rodent_gbp.studies import model_card
 
 FLAGS = flags.FLAGS
@@ -55,6 +55,8 @@ flags.DEFINE_string("data_root", str(REPO.parent / "shared" / "data"),
                     "Folder with mouse-epi/, mouse-t2-atlas/ and mouse-dsurqe/.")
 flags.DEFINE_string("data_cache", None,
                     "Where converted sets are kept (default: the project's cache).")
+flags.DEFINE_string("training_command", None, "The command that trained --run, for the "
+                    "card, when the run's result.json does not record it.")
 flags.DEFINE_string("split_file", str(REPO / "experiments" / "splits" /
                                       "mouse_epi_shipped.json"),
                     "mouse_epi animals: the bank's (train) and the placers' test animals.")
@@ -106,9 +108,13 @@ def main(argv):
         placers[p][a] = rep["truth"]["dice"]
       log(f"{p}: brain Dice " + ", ".join(f"{a} {d:.4f}" for a, d in placers[p].items()))
   results = fileio.read_json(FLAGS.results) if pathlib.Path(FLAGS.results).is_file() else []
+  record = fileio.read_json(run / "result.json")
+  training_command = record.get("command") or FLAGS.training_command
+  if not training_command:
+    raise UsageError(f"{run / 'result.json'} records no command: give --training_command")
   card = model_card.card(bundle, placers=placers, results=results,
                          command="python experiments/ship_tissue.py " + " ".join(sys.argv[1:]),
-                         history=fileio.read_json(run / "result.json")["history"])
+                         history=record["history"], training_command=training_command)
   card["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
   fileio.write_json(out / "card.json", card)
   (out / "MODEL_CARD.md").write_text(model_card.markdown(card))

@@ -40,6 +40,7 @@ import numpy as np
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import cli
 from rodent_gbp import fileio
+from rodent_gbp import metrics
 from rodent_gbp import tissue_table
 from rodent_gbp.datasets import cache
 from rodent_gbp.datasets import label_maps
@@ -123,6 +124,9 @@ def _segment(inputs: list[pathlib.Path], model_dir: pathlib.Path, out_dir: pathl
 
 
 def _mixture(image: np.ndarray, brain: np.ndarray, seed: int) -> np.ndarray:
+  """A plain 3-class Gaussian mixture of the brain's intensities (darkest WM,
+  brightest CSF). Not the main job's ``mixture`` baseline (``results.baseline_counts``:
+  N4 bias correction first, several starts): cheaper, and a weaker baseline."""
   from sklearn.mixture import GaussianMixture  # the [data] extra
   x = image[brain].reshape(-1, 1).astype(np.float64)
   gm = GaussianMixture(3, random_state=seed).fit(x)
@@ -177,8 +181,7 @@ def _test_epi_foreground(result, heads) -> dict:
   for h in heads:
     s = label_maps.real_head_slices(h, pixel_mm=PIXEL_MM, shape=SHAPE)
     pred = tissue_synth.predict(result.params, s.image, model=model)
-    out[h.name] = float(2 * np.sum((pred > 0) & (s.target > 0)) /
-                        max(1, np.sum(pred > 0) + np.sum(s.target > 0)))
+    out[h.name] = metrics.mask_dice(pred > 0, s.target > 0)
   return out
 
 
@@ -253,6 +256,7 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Pa
       "tissue_definition": tissue_table.describe()})
   model_dir = bundle_lib.save_bundle(fold_dir / "model", bundle)
   record = {"fold": k, "mode": FLAGS.mode, "without": FLAGS.without, "split": split,
+            "command": "python experiments/tissue_synth.py " + " ".join(sys.argv[1:]),
             "training_slices": len(slices), "kept_epoch": result.kept_epoch,
             "best_score": result.best_score, "history": result.history,
             "options": dataclasses.asdict(options), "config": config.to_dict()}

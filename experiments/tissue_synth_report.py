@@ -142,9 +142,10 @@ def markdown(summaries: list[dict]) -> str:
            "subjects), on each scan's native grid, classes by `rodent_gbp/tissue_table.csv` "
            "(ignored structures left out of WM/GM/CSF, counted as brain). `network`: "
            "`rodent-gbp-segment` with the run's model folder (the published skull-stripped "
-           "images: their nonzero voxels are the brain); `all_gm` and `mixture` (a 3-class "
-           "Gaussian mixture of the brain's intensities, darkest WM, brightest CSF): "
-           "baselines on the same true brains.", ""]
+           "images: their nonzero voxels are the brain); `all_gm` and `mixture` (a plain "
+           "3-class Gaussian mixture of the brain's intensities, darkest WM, brightest CSF, "
+           "without the N4 correction of the main job's mixture baseline): baselines on "
+           "the same true brains.", ""]
   for s in summaries:
     if s["run"] == "grid_ceiling":
       lines += ["## The model grid's ceiling", "",

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -355,22 +354,3 @@ def synthesize(key: jax.Array, labels: jax.Array, target: jax.Array, zoom: jax.A
     has_image = jnp.ones(labels.shape[:1], jnp.bool_)
   one = lambda k, l, t, z, im, hi: synthesize_one(k, l, t, z, group_of_label, options, im, hi)
   return jax.vmap(one)(keys, labels, target, zoom, image, has_image)
-
-
-StepFn = Callable[[jax.Array, Mapping[str, jax.Array]], tuple[jax.Array, jax.Array]]
-
-
-def synthesize_fn(options: SynthOptions, group_of_label: Any) -> StepFn:
-  """``fn(key, batch) -> (image (B, H, W), target (B, H, W))`` for a training step.
-
-  ``batch`` holds ``labels``, ``target``, ``zoom`` and optionally ``image`` and
-  ``has_image``; ``group_of_label`` becomes a constant of the step.
-  """
-  groups = jnp.asarray(group_of_label, jnp.int32)
-
-  def fn(key: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    out = synthesize(key, batch["labels"], batch["target"], batch["zoom"], groups,
-                     options, batch.get("image"), batch.get("has_image"))
-    return out["image"], out["target"]
-
-  return fn

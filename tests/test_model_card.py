@@ -1,9 +1,12 @@
 """The model card names every set behind each network, with its licence and citation."""
 
+import json
+
 import numpy as np
 
 from rodent_gbp import bundle as bundle_lib
 from rodent_gbp import classes
+from rodent_gbp import models
 from rodent_gbp import tissue_table
 from rodent_gbp.studies import model_card
 from rodent_gbp.training import extraction
@@ -29,7 +32,8 @@ def _card():
   history = [{"epoch": 0, "step": 10, "val_wm": 0.1, "val_gm": 0.8, "val_csf": 0.2,
               "val_brain": 0.9}]
   return model_card.card(bundle, placers={"supervised": {"04": 0.975}}, results=results,
-                         command="cmd", history=history)
+                         command="cmd", history=history,
+                         training_command="python experiments/tissue_synth.py --seed 0")
 
 
 def test_card_names_every_source_with_licence_and_citation():
@@ -47,11 +51,21 @@ def test_card_names_every_source_with_licence_and_citation():
   assert "| `supervised` | 0.9750 | 04 0.975 |" in text
   assert "50.0 +- 10.0" in text                              # the CV table's numbers
   assert "1 (step 10): 0.100 / 0.800 / 0.200 / 0.900" in text
+  assert "trained by: `python experiments/tissue_synth.py --seed 0` (seed 0;" in text
 
 
-def test_every_tissue_source_is_gpl_or_named():
-  """The tissue network's label sources are GPL-3.0: the folder carrying it must be."""
-  licences = {model_card.SOURCES[n]["licence"].split(" ")[0]
-              for n in model_card.NETWORK_SOURCES["tissue"]}
-  assert "GPL-3.0" in licences
-  assert set(model_card.NETWORK_SOURCES) == {"tissue", "extractor"}
+def test_installed_folder_carries_the_licence_of_its_data():
+  """The installed folder: a GPL-3.0 LICENSE (its tissue network learned from GPL-3.0
+  sets), a card naming each network's sets, the label values, seed and commands."""
+  folder = models.default_model_dir()
+  assert (folder / "LICENSE").read_text().lstrip().startswith("GNU GENERAL PUBLIC LICENSE")
+  card = json.loads((folder / "card.json").read_text())
+  gpl = [n for n in card["network_sources"]["tissue"]
+         if card["sources"][n]["licence"].startswith("GPL-3.0")]
+  assert gpl and card["licence"].startswith("GPL-3.0")
+  text = (folder / "MODEL_CARD.md").read_text()
+  for names in card["network_sources"].values():
+    for n in names:
+      assert card["sources"][n]["cite"] in text and f"`{n}`" in text
+  assert "0 Background, 1 White matter, 2 Gray matter, 3 CSF" in text
+  assert f"seed {card['seed']}" in text and "tissue_synth.py" in card["training_command"]

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from rodent_gbp import data
-from rodent_gbp import fileio
+from rodent_gbp import nifti
 from rodent_gbp import scan
 from rodent_gbp import tissue_table
 from rodent_gbp.errors import DataError
@@ -103,19 +103,6 @@ class SliceSet:
     return {"labels": self.labels, "target": self.target, "image": self.image,
             "has_image": self.has_image, "zoom": self.zoom}
 
-  def save(self, path: pathlib.Path) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with fileio.atomic_path(path) as tmp:
-      with open(tmp, "wb") as f:
-        np.savez_compressed(f, **dataclasses.asdict(self))
-
-  @classmethod
-  def load(cls, path: pathlib.Path) -> "SliceSet":
-    with np.load(path, allow_pickle=False) as z:
-      return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
-
-
 def concat(sets: Sequence[SliceSet]) -> SliceSet:
   """One set of all slices of ``sets`` (in order)."""
   if not sets:
@@ -164,7 +151,7 @@ def t2_brain(image: np.ndarray, structures: np.ndarray, affine: np.ndarray,
   ids = np.where(structures > 0, T2_OFFSET + structures, AIR).astype(np.int16)
   return Brain(f"mouse_t2_atlas:{subject}", ids, target,
                np.where(structures > 0, image, 0).astype(np.float32),
-               np.abs(np.diag(affine)[:3]).astype(np.float64))
+               nifti.voxel_sizes(affine))
 
 
 def dsurqe_brain(image: np.ndarray, structures: np.ndarray, affine: np.ndarray) -> Brain:
@@ -173,7 +160,7 @@ def dsurqe_brain(image: np.ndarray, structures: np.ndarray, affine: np.ndarray) 
   ids = dsurqe_ids(structures)
   return Brain("dsurqe:average", ids, target,
                np.where(structures > 0, image, 0).astype(np.float32),
-               np.abs(np.diag(affine)[:3]).astype(np.float64))
+               nifti.voxel_sizes(affine))
 
 
 def _inplane(slices: np.ndarray, vs: Sequence[float], pixel_mm: float,
@@ -227,8 +214,7 @@ def read_head(folder: pathlib.Path, name: str) -> Head:
       raise DataError(f"{path}: missing ({folder} is not a converted mouse_epi session)")
     img = nib.as_closest_canonical(nib.load(path))
     arrays.append(np.asarray(img.dataobj, np.float32))
-  vs = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
-  return Head(name, arrays[0], arrays[1] > 0, vs)
+  return Head(name, arrays[0], arrays[1] > 0, nifti.voxel_sizes(img.affine))
 
 
 def head_classes(head: Head) -> np.ndarray:

@@ -59,9 +59,18 @@ NOT_TRAINED_ON = (
 )
 
 
+# What of a report's run the card keeps: its tables, not per-subject rows or curves.
+_RUN_KEYS = ("run", "mode", "without", "folds", "steps", "kept_epoch", "atlas_test",
+             "dsurqe_test", "epi_test_foreground_dice")
+# Runs that trained nothing: said so beside their numbers.
+_NOTES = {"model_only": "an existing model folder, no training; its mouse_epi row includes "
+                        "animals it was trained on"}
+
+
 def card(bundle, *, placers: dict[str, dict[str, float]], results: Sequence[dict],
-         command: str, history: Sequence[dict]) -> dict[str, Any]:
-  """What MODEL_CARD.md states (JSON-ready)."""
+         command: str, history: Sequence[dict], training_command: str) -> dict[str, Any]:
+  """What MODEL_CARD.md states (JSON-ready). ``command``: the one that built the
+  folder; ``training_command``: the one that trained its tissue network."""
   tissue = bundle.networks["tissue"]
   extractor = bundle.networks["extractor"]
   return {
@@ -80,12 +89,25 @@ def card(bundle, *, placers: dict[str, dict[str, float]], results: Sequence[dict
       "placers_brain_dice": {p: {"mean": float(np.mean(list(v.values()))), "per_animal": v}
                              for p, v in placers.items()},
       "bank_split": bundle.split,
-      "results": list(results),
+      "results": [_table_only(r) for r in results if "mode" in r],
       "validation_curve": [{k: h.get(k) for k in ("epoch", "step", "val_wm", "val_gm",
                                                   "val_csf", "val_brain")} for h in history],
       "not_trained_on": list(NOT_TRAINED_ON),
       "command": command,
+      "training_command": training_command,
+      "seed": int(tissue.config.seed),
+      "extractor_seed": int(extractor.config.seed),
   }
+
+
+def _table_only(run: dict) -> dict:
+  out = {k: run[k] for k in _RUN_KEYS if k in run}
+  for key in ("atlas_test", "dsurqe_test"):
+    if key in out:
+      out[key] = {k: v for k, v in out[key].items() if k != "per_subject"}
+  if "epi_test_foreground_dice" in out:
+    out["epi_test_foreground_dice"] = {"folds": out["epi_test_foreground_dice"]["folds"]}
+  return out
 
 
 def _pct(s: dict | None) -> str:
@@ -101,7 +123,8 @@ def _results_lines(results: Sequence[dict]) -> list[str]:
       continue
     what = f"`{r['run']}`: mode {r['mode']}" + (f", trained without {r['without']}"
                                                 if r.get("without") else "")
-    lines += [f"- {what}, folds {', '.join(map(str, r['folds']))}:"]
+    note = f" ({_NOTES[r['mode']]})" if r["mode"] in _NOTES else ""
+    lines += [f"- {what}, folds {', '.join(map(str, r['folds']))}{note}:"]
     for key, title in (("atlas_test", "mouse_t2_atlas test mice"), ("dsurqe_test", "DSURQE")):
       if key in r:
         t = r[key]["table"]
@@ -177,5 +200,7 @@ def markdown(c: dict[str, Any]) -> str:
   lines += ["", "## Not trained on", ""] + [f"- {x}" for x in c["not_trained_on"]]
   lines += ["", "## Files", "", "| file | bytes |", "|---|---|"]
   lines += [f"| {k} | {v} |" for k, v in c.get("files", {}).items()]
-  lines += ["", f"Made by: `{c['command']}`", ""]
+  lines += ["", f"Tissue network trained by: `{c['training_command']}` (seed {c['seed']}; "
+            f"the extractor's seed {c['extractor_seed']}).",
+            f"Folder made by: `{c['command']}`", ""]
   return "\n".join(lines)

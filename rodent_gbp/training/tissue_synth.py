@@ -55,10 +55,10 @@ UNKNOWN = tissue_table.IGNORE   # target code 4
 
 
 # The synthesis ranges the tissue network is trained with: the defaults of
-# ``synthesis.SynthOptions`` narrowed where a CPU budget of a few thousand steps
-# learned nothing of WM in the first thousand steps (fold 0 of the
-# cross-validation, experiments/results/tissue_synth/README.md): labels of one
-# tissue look alike more often, less noise, fewer coarse acquisitions and turns;
+# ``synthesis.SynthOptions`` narrowed after a pilot run on fold 0 with the defaults
+# learned no WM in its first 1,100 steps (fold 0's validation mice; its test mice's
+# scores were printed too, so fold 0 is not wholly independent of this choice):
+# labels of one tissue look alike more often, less noise, fewer coarse acquisitions and turns;
 # zoom up to 1.4 so that ``mouse_epi`` heads at their stated voxel size (brains
 # 1.4x a mouse's) and atlas mice at theirs are both inside the range.
 OPTIONS = synthesis.SynthOptions(p_coherent=0.8, max_noise=0.05, p_low_res=0.2,
