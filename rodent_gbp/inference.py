@@ -14,6 +14,8 @@ job's test animals:
    * slice axis: the header's anterior-posterior axis, unless one voxel axis
      is >= ``scan.THICK_RATIO`` = 2x thicker than both others: then that
      axis, with a warning; ``plane`` overrides (a plane name or a voxel axis);
+     where only the header named it, the first pass's brain mask is read
+     (``orient.brain_axes``) and a confident other reading cuts again;
    * intensity: an offset (minimum negative or above 5% of the robust
      maximum) is subtracted; the bundle's rule (a division by a robust
      maximum) then removes any scanner scale;
@@ -43,12 +45,9 @@ job's test animals:
    empty or fits none (or not the ``species`` given), the placer, CPU
    seconds, and with ``truth`` Dice and HD95 in mm).
 
-An input already skull-stripped (background exactly zero, one connected
-brain-sized region inside the field of view: ``scan.looks_stripped``) keeps its
-own brain as the mask (placement ``stripped``), said in the report.
-
-Refused before any work: stored voxel sizes (``pixdim``) that are zero,
-negative or not finite. Warned: an oblique or sheared affine.
+An input already skull-stripped (``scan.looks_stripped``) keeps its own brain
+as the mask (placement ``stripped``). Refused before any work: stored voxel
+sizes that are zero, negative or not finite. Warned: an oblique or sheared affine.
 
 Without a model folder the shipped default (``rodent_gbp.models``) is used.
 Safe to run twice and to kill (``rodent_gbp.outputs``): the call holds a lock
@@ -81,8 +80,9 @@ from rodent_gbp import configs
 from rodent_gbp import data
 from rodent_gbp import fileio
 from rodent_gbp import metrics
-from rodent_gbp import nifti
 from rodent_gbp import models
+from rodent_gbp import nifti
+from rodent_gbp import orient
 from rodent_gbp import outputs
 from rodent_gbp import pipeline
 from rodent_gbp import placement as placement_lib
@@ -376,6 +376,25 @@ def to_input_grid(inp: Input, fit: ModelGrid, placed, labels, gradient, brain=No
   return native, arrays
 
 
+def axis_from_image(fit: ModelGrid, mask_file: np.ndarray, plane,
+                    log: Callable[[str], None]) -> int | None:
+  """The brain's axes read from the mask (``orient.brain_axes``) go to the report; the
+  voxel axis to cut along instead when the slice axis was open (``orient.axis_is_open``)
+  and the mask, read with confidence, disagrees (else a warning), or None."""
+  axes = orient.brain_axes(mask_file, nifti.voxel_sizes(fit.affine))
+  fit.decisions["slice_axis"]["image"] = axes
+  if not axes["confident"] or axes["ap"] == fit.slice_axis:
+    return None
+  if orient.axis_is_open(fit.affine, plane):
+    log(f"slice axis from the image: {axes['reason']}; cut again across voxel axis "
+        f"{axes['ap']}, not the header's {fit.slice_axis}")
+    return axes["ap"]
+  fit.warnings.append(f"the brain mask reads anterior-posterior along voxel axis "
+                      f"{axes['ap']}, not the slice axis {fit.slice_axis} the voxel sizes "
+                      "or --plane chose")
+  log(f"warning: {fit.warnings[-1]}")
+
+
 def score(inp: Input, fit: ModelGrid, mask_file: np.ndarray, truth, species: str | None,
           log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
   """(brain volume record with the species it fits, scores against the truth or
@@ -485,12 +504,22 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
                                                   displacement=displacement)
   placement = choose_placement(placement, bundle)
   placement_lib.check_placer(placement, bundle)
-  fit = fit_to_model(inp, bundle, plane=plane, voxel_scale=voxel_scale, name=name, log=log)
-  placement, raw, placed, labels, stripped = place(inp, fit, bundle, placement,
-                                                   batch_size=batch_size, species=species,
-                                                   log=log)
-  native, arrays = to_input_grid(inp, fit, placed, labels, raw["gradient"],
-                                 stripped.pop("brain"))
+  requested = placement
+  for attempt in range(2):  # a second pass when the image re-decides the slice axis
+    fit = fit_to_model(inp, bundle, plane=plane, voxel_scale=voxel_scale, name=name, log=log)
+    placement, raw, placed, labels, stripped = place(inp, fit, bundle, requested,
+                                                     batch_size=batch_size, species=species,
+                                                     log=log)
+    native, arrays = to_input_grid(inp, fit, placed, labels, raw["gradient"],
+                                   stripped.pop("brain"))
+    axis = None if attempt else axis_from_image(fit, arrays["brainmask"] > 0, plane, log)
+    if axis is None:
+      break
+    first, plane = fit.decisions["slice_axis"], str(axis)
+  if attempt:
+    fit.decisions["slice_axis"]["reason"] = (f"the image ({first['image']['reason']}); the "
+                                             f"header's choice was: {first['reason']}")
+    fit.decisions["slice_axis"]["image"] = first["image"]
   rows = _slice_rows(placed, native["brainmask"], fit.bank_index, fit.vs_model, bundle.bank,
                      placement)
   brain_volume, scores = score(inp, fit, arrays["brainmask"] > 0, truth, species, log)
