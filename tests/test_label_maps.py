@@ -46,7 +46,7 @@ def _toy_head_and_brain():
 
 def test_place_brain_puts_the_atlas_brain_in_the_head():
   head, brain = _toy_head_and_brain()
-  labels, target, zoom = label_maps.place_brain(head, brain)
+  labels, target, scale = label_maps.place_brain(head, brain)
   inside = target > 0
   # The placed brain covers the head's mask well (the fit matches centroid and spread).
   dice = 2 * (inside & head.mask).sum() / (inside.sum() + head.mask.sum())
@@ -57,7 +57,12 @@ def test_place_brain_puts_the_atlas_brain_in_the_head():
   assert np.all(labels[head.mask & ~inside] == label_maps.GAP)
   assert set(np.unique(labels[~head.mask & ~inside])) <= {0, 1, 2, 3, 4, 5}
   # Zoom: head pixels (0.25 mm, header) hold brain of (atlas spread / head spread) size.
-  assert 0.3 < zoom < 1.5
+  assert scale.shape == (3,) and np.all((0.3 < scale) & (scale < 1.5)), scale
+  # Each plane's slices carry the mean scale of its two in-plane axes as zoom.
+  for plane, axes in (("coronal", [0, 2]), ("axial", [0, 1]), ("sagittal", [1, 2])):
+    s = label_maps.head_slices(head, labels, target, scale, pixel_mm=0.25, shape=(40, 40),
+                               subject="toy", plane=plane)
+    np.testing.assert_allclose(s.zoom, np.mean(scale[axes]), rtol=1e-6)
 
 
 def test_head_classes_follow_the_quantiles():
@@ -80,6 +85,16 @@ def test_slices_on_the_model_grid():
   r = label_maps.real_head_slices(head, pixel_mm=0.25, shape=(40, 40))
   assert r.has_image.all() and set(np.unique(r.target)) == {0, tissue_table.IGNORE}
   np.testing.assert_array_equal(r.labels == label_maps.BRAIN_UNKNOWN, r.target > 0)
+  # Other planes: one slice per voxel across the plane's axis, the physical extent kept
+  # (the head's A-P voxels are 1 mm: 4 model pixels each).
+  for plane, count, axes in (("axial", 40, (0, 1)), ("sagittal", 40, (1, 2))):
+    t = label_maps.real_head_slices(head, pixel_mm=0.25, shape=(40, 40), plane=plane)
+    assert t.labels.shape == (count, 40, 40)
+    assert t.target.sum() > 0
+    for dim, axis in enumerate(axes):
+      voxels = int(head.mask.any(axis=tuple(a for a in range(3) if a != axis)).sum())
+      pixels = int((t.target > 0).any(axis=(0, 2 - dim)).sum())
+      assert abs(pixels - voxels * head.voxel_mm[axis] / 0.25) <= 2, (plane, axis)
 
 
 def test_group_of_label_follows_the_table():

@@ -244,8 +244,8 @@ def fit_masks(moving: np.ndarray, moving_mm: np.ndarray, fixed: np.ndarray,
 
 
 def place_brain(head: Head, brain: Brain, *, ap_shift: float = 0.0
-                ) -> tuple[np.ndarray, np.ndarray, float]:
-  """(ids, target, in-plane scale) on the head's grid: the head's classes
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(ids, target, scale (3,) per RAS axis) on the head's grid: the head's classes
   outside, the atlas brain's structures where the fitted brain lies, :data:`GAP`
   in the head's mask beyond it. ``ap_shift``: a shift (in head slices) of the
   positions sampled along A-P, so that several heads see other atlas slices."""
@@ -261,47 +261,61 @@ def place_brain(head: Head, brain: Brain, *, ap_shift: float = 0.0
   labels = head_classes(head)
   labels = np.where(head.mask, GAP, labels)
   labels = np.where(target > 0, ids, labels).astype(np.int16)
-  return labels, target.astype(np.uint8), float(np.mean(scale[[0, 2]]))
+  return labels, target.astype(np.uint8), scale
 
 
-def head_slices(head: Head, labels: np.ndarray, target: np.ndarray, zoom: float, *,
-                pixel_mm: float, shape: tuple[int, int], subject: str) -> SliceSet:
-  """A composite head's coronal slices on the model grid (no real image)."""
-  vs = (head.voxel_mm[0], head.voxel_mm[2])
-  ids = _inplane(data.to_slices(labels), vs, pixel_mm, shape, 0)
-  tg = _inplane(data.to_slices(target), vs, pixel_mm, shape, 0)
+def _plane_mm(voxel_mm: np.ndarray, plane: str) -> tuple[float, float]:
+  """In-plane voxel sizes (H, W) of ``plane``'s slices of a RAS+ volume."""
+  return tuple(float(voxel_mm[a]) for a in data.plane_axes(plane)[1:])
+
+
+def head_slices(head: Head, labels: np.ndarray, target: np.ndarray, scale: np.ndarray, *,
+                pixel_mm: float, shape: tuple[int, int], subject: str,
+                plane: str = "coronal") -> SliceSet:
+  """A composite head's slices of ``plane`` on the model grid (no real image);
+  their zoom is the mean of ``scale`` (:func:`place_brain`) over the plane's axes."""
+  vs = _plane_mm(head.voxel_mm, plane)
+  zoom = float(np.mean(np.asarray(scale, np.float64)[list(data.plane_axes(plane)[1:])]))
+  ids = _inplane(data.to_slices(labels, plane), vs, pixel_mm, shape, 0)
+  tg = _inplane(data.to_slices(target, plane), vs, pixel_mm, shape, 0)
   n = len(ids)
   return SliceSet(ids.astype(np.int16), tg.astype(np.uint8), np.zeros(ids.shape, np.float32),
                   np.zeros(n, bool), np.full(n, zoom, np.float32), np.full(n, subject))
 
 
-def real_head_slices(head: Head, *, pixel_mm: float, shape: tuple[int, int]) -> SliceSet:
-  """A real ``mouse_epi`` head: its image, the brain as tissue unknown (code 4),
-  labels from its intensity classes (so it can be synthesised too)."""
-  vs = (head.voxel_mm[0], head.voxel_mm[2])
+def real_head_slices(head: Head, *, pixel_mm: float, shape: tuple[int, int],
+                     plane: str = "coronal") -> SliceSet:
+  """A real ``mouse_epi`` head's slices of ``plane``: its image, the brain as
+  tissue unknown (code 4), labels from its intensity classes (so it can be
+  synthesised too). Slices across a thick voxel axis's neighbours (axial,
+  sagittal of ``mouse_epi``) are resampled linearly from the thick voxels."""
+  vs = _plane_mm(head.voxel_mm, plane)
   labels = np.where(head.mask, BRAIN_UNKNOWN, head_classes(head)).astype(np.int16)
   target = np.where(head.mask, tissue_table.IGNORE, 0).astype(np.uint8)
-  ids = _inplane(data.to_slices(labels), vs, pixel_mm, shape, 0)
-  tg = _inplane(data.to_slices(target), vs, pixel_mm, shape, 0)
-  image = _inplane(data.to_slices(data.normalise_intensity(head.image)[0]), vs, pixel_mm,
-                   shape, 1)
+  ids = _inplane(data.to_slices(labels, plane), vs, pixel_mm, shape, 0)
+  tg = _inplane(data.to_slices(target, plane), vs, pixel_mm, shape, 0)
+  image = _inplane(data.to_slices(data.normalise_intensity(head.image)[0], plane), vs,
+                   pixel_mm, shape, 1)
   n = len(ids)
   return SliceSet(ids.astype(np.int16), tg.astype(np.uint8), image.astype(np.float32),
                   np.ones(n, bool), np.ones(n, np.float32), np.full(n, head.name))
 
 
 def composite_heads(heads: Iterable[Head], brains: Sequence[Brain], *, copies: int,
-                    pixel_mm: float, shape: tuple[int, int], seed: int) -> SliceSet:
+                    pixel_mm: float, shape: tuple[int, int], seed: int,
+                    planes: Sequence[str] = ("coronal",)) -> SliceSet:
   """``copies`` composites of every head, each with an atlas brain drawn from
-  ``brains`` and a random A-P shift (seeded)."""
+  ``brains`` and a random A-P shift (seeded), cut into slices of each of
+  ``planes``."""
   rng = np.random.default_rng(seed)
   out = []
   for head in heads:
     for _ in range(copies):
       brain = brains[int(rng.integers(len(brains)))]
       labels, target, scale = place_brain(head, brain, ap_shift=float(rng.uniform(-0.5, 0.5)))
-      out.append(head_slices(head, labels, target, scale, pixel_mm=pixel_mm, shape=shape,
-                             subject=f"{head.name}+{brain.name}"))
+      out += [head_slices(head, labels, target, scale, pixel_mm=pixel_mm, shape=shape,
+                          subject=f"{head.name}+{brain.name}", plane=plane)
+              for plane in planes]
   if not out:
     raise DataError("no heads to place atlas brains into")
   return concat(out)

@@ -172,6 +172,8 @@ class Task:
     validate: ``validate(params, mesh) -> (score, record fields)`` after every
       epoch, higher is better; None: no validation, the latest epoch is kept.
     describe: the validation part of an epoch's progress line from its record.
+    init_params: params to start from instead of ``config.seed``'s initialisation
+      (a fine-tune; the optimiser starts fresh); ignored on resume.
   """
 
   name: str
@@ -180,6 +182,7 @@ class Task:
   step: Callable[..., tuple[TrainState, dict]]
   validate: Callable[[PyTree, jax.sharding.Mesh], tuple[float, dict]] | None = None
   describe: Callable[[dict], str] = lambda record: ""
+  init_params: PyTree | None = None
 
 
 @dataclasses.dataclass
@@ -256,6 +259,11 @@ def fit(task: Task, checkpoint_dir, *, split: dict | None = None,
   model = model_lib.build_unet(config)
   state = create_train_state(config, jax.random.PRNGKey(config.seed),
                              task.slices["image"].shape[1:3])
+  if task.init_params is not None:
+    params = jax.tree.map(jnp.asarray, task.init_params)
+    if jax.tree.structure(params) != jax.tree.structure(state.params):
+      raise ValueError(f"{task.name}: init_params do not fit the config's network")
+    state = state.replace(params=params, opt_state=optim.make_optimizer(config).init(params))
   track_best = task.validate is not None
   history: list[dict] = []
   best, best_epoch, best_params = -math.inf, None, None
