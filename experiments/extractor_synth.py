@@ -36,6 +36,7 @@ import sys
 
 from absl import app
 from absl import flags
+import nibabel as nib
 import numpy as np
 
 from rodent_gbp import bundle as bundle_lib
@@ -43,8 +44,10 @@ from rodent_gbp import cli
 from rodent_gbp import data
 from rodent_gbp import extractor
 from rodent_gbp import fileio
+from rodent_gbp import inference
 from rodent_gbp import metrics
 from rodent_gbp import model as model_lib
+from rodent_gbp import models
 from rodent_gbp.datasets import cache
 from rodent_gbp.datasets import label_maps
 from rodent_gbp.datasets import mouse_dsurqe
@@ -77,6 +80,9 @@ flags.DEFINE_string("baseline", str(REPO / "experiments" / "results" /
                                     "extraction_cv_mouse_epi" / "per_animal.csv"),
                     "The committed extraction CV's per-animal CSV (shown beside).")
 flags.DEFINE_bool("figures", True, "Write QC figures of the test animals.")
+flags.DEFINE_string("rat", str(REPO.parent / "shared" / "data" / "rat-t2w" / "sub-15_T2w.nii.gz"),
+                    "The rat-t2w scan, segmented with each stage's model (no truth: brain "
+                    "volume and QC); empty: skipped.")
 
 PIXEL_MM = 0.25
 SHAPE = (80, 80)
@@ -189,6 +195,37 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, brains, work: pa
   return record
 
 
+def transfer(folders: dict, work: pathlib.Path, root: pathlib.Path, log) -> dict:
+  """``folders`` (label -> (model folder, output folder)) through ``rodent-gbp-segment`` on scans of
+  other contrasts: DSURQE's in-skull ex-vivo average (truth: its labels > 0; its
+  label map trained as a placed brain, its image was never seen) and rat-t2w (no
+  truth: brain volume and the QC figure)."""
+  inputs = work / "transfer_inputs"
+  if not (inputs / "dsurqe.nii.gz").is_file():
+    inputs.mkdir(parents=True, exist_ok=True)
+    image, structures, affine = mouse_dsurqe.read_dsurqe(root / "mouse-dsurqe")[:3]
+    nib.save(nib.Nifti1Image(image.astype(np.float32), affine), inputs / "dsurqe.nii.gz")
+    nib.save(nib.Nifti1Image((structures > 0).astype(np.uint8), affine),
+             inputs / "dsurqe_truth.nii.gz")
+  cases = [("dsurqe", inputs / "dsurqe.nii.gz", inputs / "dsurqe_truth.nii.gz")]
+  if FLAGS.rat:
+    cases.append(("rat_t2w", pathlib.Path(FLAGS.rat), None))
+  out = {}
+  for label, (folder, out_dir) in folders.items():
+    bundle = bundle_lib.load_bundle(folder)
+    for name, path, truth in cases:
+      res = inference.segment_scan(path, None, out_dir,
+                                   bundle=bundle, truth=truth, name=name, overwrite=True,
+                                   log=lambda m: None)
+      rep = res["report"]
+      out.setdefault(label, {})[name] = {
+          "brain_mm3": rep["brain_volume"]["mm3"],
+          "dice": None if rep["truth"] is None else rep["truth"]["dice"],
+          "hd95_mm": None if rep["truth"] is None else rep["truth"]["hd95_mm"]}
+      log(f"{folder} {name}: {out[label][name]}")
+  return out
+
+
 def _baseline() -> dict[str, float]:
   path = pathlib.Path(FLAGS.baseline)
   if not path.is_file():
@@ -221,6 +258,10 @@ def summarise(work: pathlib.Path) -> dict:
                             "hd95_sd": float(h.std(ddof=1)) if len(h) > 1 else 0.0,
                             "committed_cv_dsc_mean": float(np.nanmean(b))}
   out["per_animal"] = rows
+  out["transfer"] = {f"fold{k}": fileio.read_json(work / f"fold{k}" / "result.json").get(
+      "transfer", {}) for k in folds}
+  if (work / "transfer_shipped.json").is_file():
+    out["transfer"]["shipped"] = fileio.read_json(work / "transfer_shipped.json")
   return out
 
 
@@ -243,6 +284,17 @@ def markdown(summary: dict, command: str) -> str:
     lines.append(f"| {r['fold']} | {r['animal']} | {r['stage']} | "
                  f"{100 * r['brain_dsc']:.1f} | {r['brain_hd95_mm']:.2f} | "
                  f"{100 * r['committed_cv_dsc']:.1f} |")
+  lines += ["", "Other contrasts through `rodent-gbp-segment` (DSURQE: in-skull ex-vivo "
+            "average, truth its labels > 0; rat-t2w: no truth, brain volume only; a rat "
+            "brain is about 1,200-3,200 mm^3):", "",
+            "| model | stage | DSURQE brain Dice | DSURQE HD95 mm | rat-t2w brain mm^3 |",
+            "|---|---|---|---|---|"]
+  for model, stages in summary.get("transfer", {}).items():
+    for stage, cases in stages.items():
+      d, r = cases.get("dsurqe", {}), cases.get("rat_t2w", {})
+      lines.append(f"| {model} | {stage} | {d.get('dice', float('nan')):.4f} | "
+                   f"{d.get('hd95_mm', float('nan')):.2f} | "
+                   f"{r.get('brain_mm3', float('nan')):.0f} |")
   lines += ["", f"Command: `{command}`", ""]
   return "\n".join(lines)
 
@@ -263,6 +315,18 @@ def main(argv):
       log(f"fold {k}: done ({work / f'fold{k}' / 'result.json'}), skipped")
       continue
     run_fold(int(k), root, epi_dir, brains, work, log)
+  for k in FLAGS.folds:
+    path = work / f"fold{k}" / "result.json"
+    rec = fileio.read_json(path)
+    if "transfer" not in rec:
+      fold = work / f"fold{k}"
+      rec["transfer"] = transfer({st: (fold / st / "model", fold / st / "transfer")
+                                  for st in STAGES if (fold / st / "model").is_dir()},
+                                 work, root, log)
+      fileio.write_json(path, rec)
+  if not (work / "transfer_shipped.json").is_file():
+    fileio.write_json(work / "transfer_shipped.json", transfer(
+        {"shipped": (models.default_model_dir(), work / "shipped_transfer")}, work, root, log))
   summary = summarise(work)
   fileio.write_json(work / "summary.json", summary)
   command = "python experiments/extractor_synth.py " + " ".join(sys.argv[1:])
