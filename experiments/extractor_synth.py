@@ -8,9 +8,9 @@ For each fold k of ``experiments/folds/mouse_epi.json``, the brain extractor
    mouse and DSURQE placed into them; coronal, axial and sagittal slices;
    mouse and rat sizes); no real image of any set, no validation (the last
    step is kept): the fold's test animals' real EPI is a contrast never seen;
-2. ``finetune``: from the synth params, the training heads' real images are
-   used ``--p_real`` of the time; the epoch is kept by the fold's validation
-   animals' brain Dice.
+2. ``finetune``: from the synth params, half real training heads (their real
+   image used ``--p_real`` of the time), half synthesised slices; the epoch is
+   kept by the fold's validation animals' brain Dice.
 
 Both are tested as the committed extraction CV was
 (``experiments/results/extraction_cv_mouse_epi``): session 1 of the fold's test
@@ -66,9 +66,9 @@ flags.DEFINE_string("workdir", None, "Where the folds' runs and the summary go."
                     required=True)
 flags.DEFINE_list("folds", ["0", "1", "2", "3", "4"], "Folds to run.")
 flags.DEFINE_integer("synth_steps", 9000, "Steps of the synthesis-only stage.")
-flags.DEFINE_integer("finetune_steps", 2000, "Steps of the fine-tune with real images "
+flags.DEFINE_integer("finetune_steps", 2500, "Steps of the fine-tune with real images "
                      "(0: no fine-tune).")
-flags.DEFINE_float("p_real", 0.7, "Fine-tune: probability a slice with a real image uses it.")
+flags.DEFINE_float("p_real", 0.9, "Fine-tune: probability a slice with a real image uses it.")
 flags.DEFINE_integer("features", 8, "U-Net base features.")
 flags.DEFINE_integer("batch_size", 16, "Batch size.")
 flags.DEFINE_integer("copies", 2, "Composite heads per mouse_epi training session.")
@@ -80,6 +80,9 @@ flags.DEFINE_string("baseline", str(REPO / "experiments" / "results" /
                                     "extraction_cv_mouse_epi" / "per_animal.csv"),
                     "The committed extraction CV's per-animal CSV (shown beside).")
 flags.DEFINE_bool("figures", True, "Write QC figures of the test animals.")
+flags.DEFINE_string("split_file", None, "Instead of the folds: train one model on this "
+                    "split (e.g. experiments/splits/mouse_epi_shipped.json) into "
+                    "<workdir>/shipped, tested on its test animals and the other contrasts.")
 flags.DEFINE_string("rat", str(REPO.parent / "shared" / "data" / "rat-t2w" / "sub-15_T2w.nii.gz"),
                     "The rat-t2w scan, segmented with each stage's model (no truth: brain "
                     "volume and QC); empty: skipped.")
@@ -151,9 +154,12 @@ def test(result, volumes, fold_dir: pathlib.Path, stage: str) -> dict:
 
 
 def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, brains, work: pathlib.Path,
-             log) -> dict:
-  split = fileio.read_json(REPO / "experiments" / "folds" / "mouse_epi.json")["folds"][k]
-  fold_dir = work / f"fold{k}"
+             log, *, split: dict | None = None, name: str | None = None) -> dict:
+  """Fold ``k`` of the fold file into ``<work>/fold<k>``, or ``split`` into ``<work>/<name>``
+  (``k`` then only seeds the composites)."""
+  if split is None:
+    split = fileio.read_json(REPO / "experiments" / "folds" / "mouse_epi.json")["folds"][k]
+  fold_dir = work / (name or f"fold{k}")
   heads = _heads(epi_dir, split["train"])
   slices = training_slices(heads, brains, k)
   vols = extraction.load_split(epi_dir, split, log=log, source="mouse_epi")
@@ -170,8 +176,12 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, brains, work: pa
   stages = {"synth": (result, extractor_synth.OPTIONS)}
   if FLAGS.finetune_steps > 0:
     options = dataclasses.replace(extractor_synth.OPTIONS, p_real=FLAGS.p_real)
-    ft_config = dataclasses.replace(config, epochs=_epochs(FLAGS.finetune_steps, len(slices)))
-    ft = extractor_synth.train(slices, vols["val"], ft_config, options,
+    ft_slices = extractor_synth.finetune_slices(slices, seed=FLAGS.seed + k)
+    ft_config = dataclasses.replace(config, epochs=_epochs(FLAGS.finetune_steps,
+                                                           len(ft_slices)))
+    log(f"fine-tune: {len(ft_slices)} slices, {int(ft_slices.has_image.sum())} with a real "
+        "image")
+    ft = extractor_synth.train(ft_slices, vols["val"], ft_config, options,
                                init_params=result.params,
                                checkpoint_dir=fold_dir / "finetune" / "checkpoints",
                                split=split, resume=True, log=log)
@@ -260,8 +270,8 @@ def summarise(work: pathlib.Path) -> dict:
   out["per_animal"] = rows
   out["transfer"] = {f"fold{k}": fileio.read_json(work / f"fold{k}" / "result.json").get(
       "transfer", {}) for k in folds}
-  if (work / "transfer_shipped.json").is_file():
-    out["transfer"]["shipped"] = fileio.read_json(work / "transfer_shipped.json")
+  if (work / "transfer_installed.json").is_file():
+    out["transfer"]["installed"] = fileio.read_json(work / "transfer_installed.json")
   return out
 
 
@@ -310,6 +320,17 @@ def main(argv):
   epi_dir = cache.prepare("mouse_epi", data_root=root / "mouse-epi",
                           cache_dir=FLAGS.data_cache, resolution="native", log=log)
   brains = _brains(root)
+  if FLAGS.split_file:
+    run_dir = work / "shipped"
+    if not (run_dir / "result.json").is_file():
+      run_fold(0, root, epi_dir, brains, work, log, split=fileio.read_json(FLAGS.split_file),
+               name="shipped")
+    rec = fileio.read_json(run_dir / "result.json")
+    rec["transfer"] = transfer({st: (run_dir / st / "model", run_dir / st / "transfer")
+                                for st in STAGES if (run_dir / st / "model").is_dir()},
+                               work, root, log)
+    fileio.write_json(run_dir / "result.json", rec)
+    return
   for k in FLAGS.folds:
     if (work / f"fold{k}" / "result.json").is_file():
       log(f"fold {k}: done ({work / f'fold{k}' / 'result.json'}), skipped")
@@ -324,9 +345,10 @@ def main(argv):
                                   for st in STAGES if (fold / st / "model").is_dir()},
                                  work, root, log)
       fileio.write_json(path, rec)
-  if not (work / "transfer_shipped.json").is_file():
-    fileio.write_json(work / "transfer_shipped.json", transfer(
-        {"shipped": (models.default_model_dir(), work / "shipped_transfer")}, work, root, log))
+  if not (work / "transfer_installed.json").is_file():
+    fileio.write_json(work / "transfer_installed.json", transfer(
+        {"mouse_epi_extractor": (models.default_model_dir(), work / "installed_transfer")},
+        work, root, log))
   summary = summarise(work)
   fileio.write_json(work / "summary.json", summary)
   command = "python experiments/extractor_synth.py " + " ".join(sys.argv[1:])

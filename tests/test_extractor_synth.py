@@ -34,6 +34,18 @@ def test_rat_sized_copies_scale_the_zoom_only():
   assert all(str(x).endswith("@rat") for x in both.subject[4:])
 
 
+def test_finetune_slices_are_half_real_mouse_sized_heads():
+  s = _toy_heads(n=6)
+  s = dataclasses.replace(s, has_image=np.array([True, True, False, False, False, False]))
+  both = extractor_synth.with_rat_sizes(s)            # rat copies of the real ones too
+  ft = extractor_synth.finetune_slices(both, seed=1)
+  real = ft.has_image & ~np.char.endswith(ft.subject.astype(str), "@rat")
+  assert len(ft) == 4 and real.sum() == 2
+  np.testing.assert_allclose(ft.zoom[real], 0.7)       # the real ones at their own size
+  again = extractor_synth.finetune_slices(both, seed=1)
+  np.testing.assert_array_equal(again.zoom, ft.zoom)   # seeded
+
+
 def _volume(slices, mask):
   return data.Volume(animal_id="toy", image=slices, label=None, brainmask=mask, meta={},
                      normalisation={}, affine=np.diag([0.25, 1.0, 0.25, 1.0]),

@@ -14,10 +14,11 @@ Two stages, each a fixed number of steps through ``trainer.fit``:
 * ``synth``: synthesised images only (``p_real = 0``): no real image of any
   set is seen, and no validation image either (the last step is kept), so a
   test on real scans measures a contrast never seen;
-* ``finetune``: starts from the ``synth`` params; slices that have a real
-  image use it with probability ``p_real``; the epoch is kept by the
-  validation animals' 3D brain Dice (``extraction.validation_dice``), as the
-  real-image extractor is.
+* ``finetune``: starts from the ``synth`` params, on :func:`finetune_slices`
+  (half real mouse-sized heads, whose real image is used with probability
+  ``p_real``, half synthesised slices so the synthesis is not forgotten); the
+  epoch is kept by the validation animals' 3D brain Dice
+  (``extraction.validation_dice``), as the real-image extractor is.
 
 Target: brain = tissue code 1..4 of the label map, background otherwise
 (``losses.segmentation_loss``, soft Dice + cross-entropy).
@@ -79,6 +80,22 @@ def with_rat_sizes(slices: label_maps.SliceSet, scale: float = RAT_SCALE
   rat = dataclasses.replace(slices, zoom=(slices.zoom * scale).astype(np.float32),
                             subject=np.char.add(slices.subject.astype(str), "@rat"))
   return label_maps.concat([slices, rat])
+
+
+def finetune_slices(slices: label_maps.SliceSet, seed: int = 0) -> label_maps.SliceSet:
+  """The fine-tune's set: every mouse-sized slice with a real image, and as many
+  slices drawn (seeded) from the others (synthesised: composites, rat sizes), so
+  that half of the batches' slices are real images and half keep the synthesis."""
+  rat = np.char.endswith(slices.subject.astype(str), "@rat")
+  real = np.flatnonzero(slices.has_image & ~rat)
+  others = np.flatnonzero(~(slices.has_image & ~rat))
+  if not len(real):
+    raise ValueError("no mouse-sized slice with a real image to fine-tune on")
+  pick = np.random.default_rng(seed).choice(others, size=min(len(real), len(others)),
+                                            replace=False)
+  keep = np.sort(np.concatenate([real, pick]))
+  return label_maps.SliceSet(**{f.name: getattr(slices, f.name)[keep]
+                                for f in dataclasses.fields(label_maps.SliceSet)})
 
 
 def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], *,
