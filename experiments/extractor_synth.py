@@ -131,7 +131,7 @@ def training_slices(heads, brains, k: int) -> label_maps.SliceSet:
                                                 plane=plane), plane) for h in heads]
     parts.append(_keep(label_maps.composite_heads(
         heads, brains, copies=FLAGS.copies, pixel_mm=PIXEL_MM, shape=SHAPE,
-        seed=FLAGS.seed + k, planes=(plane,)), plane))
+        seed=FLAGS.seed + k, planes=(plane,), gap_is_brain=True), plane))
   return extractor_synth.with_rat_sizes(label_maps.concat(parts))
 
 

@@ -43,7 +43,10 @@ Per slice, in this order:
    ``sqrt((x + s n1)^2 + (s n2)^2)`` with ``s ~ U(0, max_noise)``;
 6. with probability ``p_masked`` the image times its brain mask (target in
    1..4), as a skull-stripped scan; then :func:`robust_max_normalise`, the
-   rule of ``rodent_gbp.data.normalise_intensity`` that inference applies.
+   rule of ``rodent_gbp.data.normalise_intensity`` that inference applies;
+7. with probability ``p_crop`` (0 by default) a field of view that ends
+   inside the slice (:func:`field_of_view`): image, target and labels 0 beyond
+   it, as a tightly cropped scan padded onto the model grid.
 
 The key of a slice is split into one key per stage whatever the options, so
 switching a stage off does not change the draws of the others. Example::
@@ -106,6 +109,8 @@ class SynthOptions:
   p_real: float = 0.3
   p_masked: float = 0.5
   percentile: float = 99.0
+  p_crop: float = 0.0
+  max_crop: float = 0.35
 
   def __post_init__(self):
     # An integer given for a float field (p_real=1) would make an integer jax draw.
@@ -317,8 +322,30 @@ def synthesize_one(key: jax.Array, labels: jax.Array, target: jax.Array, zoom: j
   masked = jax.random.bernoulli(k_mask, options.p_masked)
   x = jnp.where(masked & ~brain, 0.0, x)
   x, scale = robust_max_normalise(x, options.percentile)
+  if options.p_crop > 0:
+    x, target, labels = field_of_view(jax.random.fold_in(k_mask, 1), x, target, labels,
+                                      options)
   return dict(image=x, target=target, labels=labels, intensities=means,
               scale=peak * scale)
+
+
+def field_of_view(key: jax.Array, x: jax.Array, target: jax.Array, labels: jax.Array,
+                  options: SynthOptions) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """With probability ``p_crop`` a scan whose field of view ends inside the
+  slice: each side is cut by ``U(0, max_crop)`` of the size with probability
+  1/2; image, target and labels are 0 beyond (as the zero padding of a tightly
+  cropped scan on the model grid: no image there, so no brain either)."""
+  k_on, k_side, k_cut = jax.random.split(key, 3)
+  h, w = x.shape
+  cut = jax.random.uniform(k_cut, (4,), jnp.float32, 0.0, options.max_crop)
+  cut = jnp.where(jax.random.bernoulli(k_side, 0.5, (4,)), cut, 0.0)
+  rows = jnp.arange(h, dtype=jnp.float32)[:, None] + 0.5
+  cols = jnp.arange(w, dtype=jnp.float32)[None, :] + 0.5
+  box = ((rows >= cut[0] * h) & (rows <= h - cut[1] * h)
+         & (cols >= cut[2] * w) & (cols <= w - cut[3] * w))
+  box = box | ~jax.random.bernoulli(k_on, options.p_crop)
+  return (jnp.where(box, x, 0.0), jnp.where(box, target, 0).astype(target.dtype),
+          jnp.where(box, labels, 0).astype(labels.dtype))
 
 
 def synthesize(key: jax.Array, labels: jax.Array, target: jax.Array, zoom: jax.Array,

@@ -168,3 +168,30 @@ def test_all_stages_on_are_finite_and_shaped(on):
   assert out["target"].shape == (B, N, N) and out["target"].dtype == np.int32
   assert out["intensities"].shape == (B, L) and out["intensities"].dtype == np.float32
   assert np.all(np.isfinite(out["image"])) and np.all(out["image"] >= 0)
+
+
+def test_field_of_view_cut_is_a_box_with_nothing_beyond(inputs):
+  """p_crop 1: image, target and labels are zero outside one axis-aligned box
+  per slice (the rest as without the cut); the cut is off by default."""
+  crop = dataclasses.replace(OFF, p_crop=1.0, max_crop=0.4)
+  labels = np.where(inputs["labels"] == 0, 1, inputs["labels"])   # no label 0 anywhere
+  filled = {**inputs, "labels": labels, "target": TABLE[labels]}
+  cut = 0
+  for key in range(4):
+    out = _call(crop, key, **filled)
+    full = _call(OFF, key, **filled)
+    for b in range(B):
+      kept = out["labels"][b] == full["labels"][b]
+      box_r = np.flatnonzero(kept.any(axis=1))
+      box_c = np.flatnonzero(kept.any(axis=0))
+      # What is kept is one box; outside it everything is 0, inside it untouched.
+      inside = np.zeros((N, N), bool)
+      inside[box_r.min():box_r.max() + 1, box_c.min():box_c.max() + 1] = True
+      np.testing.assert_array_equal(kept, inside)
+      np.testing.assert_array_equal(out["image"][b][inside], full["image"][b][inside])
+      np.testing.assert_array_equal(out["target"][b][inside], full["target"][b][inside])
+      assert np.all(out["image"][b][~inside] == 0) and np.all(out["target"][b][~inside] == 0)
+      assert np.all(out["labels"][b][~inside] == 0)
+      cut += int((~kept).any())
+  assert cut > 0
+  assert OFF.p_crop == 0.0 and sy.SynthOptions().p_crop == 0.0

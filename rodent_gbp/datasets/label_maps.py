@@ -243,12 +243,14 @@ def fit_masks(moving: np.ndarray, moving_mm: np.ndarray, fixed: np.ndarray,
   return scale, cf - scale * cm
 
 
-def place_brain(head: Head, brain: Brain, *, ap_shift: float = 0.0
+def place_brain(head: Head, brain: Brain, *, ap_shift: float = 0.0, gap_is_brain: bool = False
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(ids, target, scale (3,) per RAS axis) on the head's grid: the head's classes
   outside, the atlas brain's structures where the fitted brain lies, :data:`GAP`
   in the head's mask beyond it. ``ap_shift``: a shift (in head slices) of the
-  positions sampled along A-P, so that several heads see other atlas slices."""
+  positions sampled along A-P, so that several heads see other atlas slices.
+  ``gap_is_brain``: :data:`GAP` gets target 4 (brain of unknown tissue, as the
+  head's manual mask says) instead of 0 (background)."""
   scale, shift = fit_masks(head.mask, head.voxel_mm, brain.target > 0, brain.voxel_mm)
   grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in head.mask.shape],
                               indexing="ij"), axis=0)
@@ -261,6 +263,8 @@ def place_brain(head: Head, brain: Brain, *, ap_shift: float = 0.0
   labels = head_classes(head)
   labels = np.where(head.mask, GAP, labels)
   labels = np.where(target > 0, ids, labels).astype(np.int16)
+  if gap_is_brain:  # the head's manual mask counts as brain (of unknown tissue) too
+    target = np.where(labels == GAP, tissue_table.IGNORE, target)
   return labels, target.astype(np.uint8), scale
 
 
@@ -303,7 +307,8 @@ def real_head_slices(head: Head, *, pixel_mm: float, shape: tuple[int, int],
 
 def composite_heads(heads: Iterable[Head], brains: Sequence[Brain], *, copies: int,
                     pixel_mm: float, shape: tuple[int, int], seed: int,
-                    planes: Sequence[str] = ("coronal",)) -> SliceSet:
+                    planes: Sequence[str] = ("coronal",), gap_is_brain: bool = False
+                    ) -> SliceSet:
   """``copies`` composites of every head, each with an atlas brain drawn from
   ``brains`` and a random A-P shift (seeded), cut into slices of each of
   ``planes``."""
@@ -312,7 +317,8 @@ def composite_heads(heads: Iterable[Head], brains: Sequence[Brain], *, copies: i
   for head in heads:
     for _ in range(copies):
       brain = brains[int(rng.integers(len(brains)))]
-      labels, target, scale = place_brain(head, brain, ap_shift=float(rng.uniform(-0.5, 0.5)))
+      labels, target, scale = place_brain(head, brain, ap_shift=float(rng.uniform(-0.5, 0.5)),
+                                          gap_is_brain=gap_is_brain)
       out += [head_slices(head, labels, target, scale, pixel_mm=pixel_mm, shape=shape,
                           subject=f"{head.name}+{brain.name}", plane=plane)
               for plane in planes]

@@ -6,8 +6,10 @@ mouse EPI. This module trains the same network (``UNet``, 2 classes,
 :mod:`rodent_gbp.extractor`) on images synthesised inside the jitted step
 (:func:`rodent_gbp.synthesis.synthesize`) from whole-head label maps
 (:mod:`rodent_gbp.datasets.label_maps`): the ``mouse_epi`` training heads
-split by intensity and atlas brains placed into them, cut along all three
-axes, at mouse size and at rat size by scale (:data:`RAT_SCALE`).
+split by intensity and atlas brains placed into them (the head's manual mask
+beyond the placed brain counts as brain, as the masks the network is judged
+on draw it), cut along all three axes, at mouse size and at rat size by scale
+(:data:`RAT_SCALE`).
 
 Two stages, each a fixed number of steps through ``trainer.fit``:
 
@@ -55,12 +57,13 @@ RAT_SCALE = 1.7
 
 #: The synthesis ranges of the extractor: every contrast (independent label
 #: intensities half of the time), thick and coarse acquisitions, strong bias,
-#: quarter turns and flips (orientation is not known), no brain-masked images
-#: (a stripped input skips the extractor in the CLI).
+#: quarter turns and flips (orientation is not known), fields of view that end
+#: inside the head 30 % of the time (tightly cropped scans), no brain-masked
+#: images (a stripped input skips the extractor in the CLI).
 OPTIONS = synthesis.SynthOptions(p_coherent=0.5, max_noise=0.08, p_low_res=0.4,
                                  max_low_res=4.0, max_blur_px=1.5, bias_strength=0.5,
                                  p_turn=0.25, rotate_deg=20.0, max_zoom=1.3, p_real=0.0,
-                                 p_masked=0.0)
+                                 p_masked=0.0, p_crop=0.3)
 
 
 def synth_extractor_config(*, features: int = 8, depth: int = 3, epochs: int = 10,
