@@ -80,9 +80,6 @@ flags.DEFINE_string("baseline", str(REPO / "experiments" / "results" /
                                     "extraction_cv_mouse_epi" / "per_animal.csv"),
                     "The committed extraction CV's per-animal CSV (shown beside).")
 flags.DEFINE_bool("figures", True, "Write QC figures of the test animals.")
-flags.DEFINE_string("split_file", None, "Instead of the folds: train one model on this "
-                    "split (e.g. experiments/splits/mouse_epi_shipped.json) into "
-                    "<workdir>/shipped, tested on its test animals and the other contrasts.")
 flags.DEFINE_string("rat", str(REPO.parent / "shared" / "data" / "rat-t2w" / "sub-15_T2w.nii.gz"),
                     "The rat-t2w scan, segmented with each stage's model (no truth: brain "
                     "volume and QC); empty: skipped.")
@@ -154,12 +151,10 @@ def test(result, volumes, fold_dir: pathlib.Path, stage: str) -> dict:
 
 
 def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, brains, work: pathlib.Path,
-             log, *, split: dict | None = None, name: str | None = None) -> dict:
-  """Fold ``k`` of the fold file into ``<work>/fold<k>``, or ``split`` into ``<work>/<name>``
-  (``k`` then only seeds the composites)."""
-  if split is None:
-    split = fileio.read_json(REPO / "experiments" / "folds" / "mouse_epi.json")["folds"][k]
-  fold_dir = work / (name or f"fold{k}")
+             log) -> dict:
+  """Fold ``k`` of the fold file into ``<work>/fold<k>``."""
+  split = fileio.read_json(REPO / "experiments" / "folds" / "mouse_epi.json")["folds"][k]
+  fold_dir = work / f"fold{k}"
   heads = _heads(epi_dir, split["train"])
   slices = training_slices(heads, brains, k)
   vols = extraction.load_split(epi_dir, split, log=log, source="mouse_epi")
@@ -248,9 +243,10 @@ def summarise(work: pathlib.Path) -> dict:
   """Mean +- sd over the test animals of the folds done, beside the baseline."""
   base = _baseline()
   folds = sorted(int(p.parent.name[4:]) for p in work.glob("fold*/result.json"))
-  rows, out = [], {"folds": folds, "stages": {}}
+  rows, out = [], {"folds": folds, "stages": {}, "commands": {}}
   for k in folds:
     rec = fileio.read_json(work / f"fold{k}" / "result.json")
+    out["commands"][str(k)] = rec.get("command")
     for stage in STAGES:
       for a, m in rec.get(stage, {}).get("per_animal", {}).items():
         rows.append({"fold": k, "stage": stage, "animal": a, **m,
@@ -277,8 +273,8 @@ def summarise(work: pathlib.Path) -> dict:
 
 def markdown(summary: dict, command: str) -> str:
   lines = ["# Brain extraction from label maps: mouse_epi CV test animals", "",
-           f"Folds done: {', '.join(map(str, summary['folds']))} of 5 "
-           "(`experiments/folds/mouse_epi.json`); session 1 of each fold's test animals, "
+           f"Folds done: {', '.join(map(str, summary['folds']))} ({len(summary['folds'])} of 5, "
+           "`experiments/folds/mouse_epi.json`); session 1 of each fold's test animals, "
            "native 0.25 mm grid, `extractor.extract` (8-orientation average, largest "
            "component, holes filled).", "",
            "| stage | animals | brain DSC % mean +- sd | worst | HD95 mm | committed "
@@ -305,7 +301,8 @@ def markdown(summary: dict, command: str) -> str:
       lines.append(f"| {model} | {stage} | {d.get('dice', float('nan')):.4f} | "
                    f"{d.get('hd95_mm', float('nan')):.2f} | "
                    f"{r.get('brain_mm3', float('nan')):.0f} |")
-  lines += ["", f"Command: `{command}`", ""]
+  lines += [""] + [f"Fold {k} trained by: `{c}`" for k, c in summary.get("commands", {}).items()]
+  lines += ["", f"Summary written by: `{command}`", ""]
   return "\n".join(lines)
 
 
@@ -320,17 +317,6 @@ def main(argv):
   epi_dir = cache.prepare("mouse_epi", data_root=root / "mouse-epi",
                           cache_dir=FLAGS.data_cache, resolution="native", log=log)
   brains = _brains(root)
-  if FLAGS.split_file:
-    run_dir = work / "shipped"
-    if not (run_dir / "result.json").is_file():
-      run_fold(0, root, epi_dir, brains, work, log, split=fileio.read_json(FLAGS.split_file),
-               name="shipped")
-    rec = fileio.read_json(run_dir / "result.json")
-    rec["transfer"] = transfer({st: (run_dir / st / "model", run_dir / st / "transfer")
-                                for st in STAGES if (run_dir / st / "model").is_dir()},
-                               work, root, log)
-    fileio.write_json(run_dir / "result.json", rec)
-    return
   for k in FLAGS.folds:
     if (work / f"fold{k}" / "result.json").is_file():
       log(f"fold {k}: done ({work / f'fold{k}' / 'result.json'}), skipped")
