@@ -3,7 +3,8 @@ r"""Builds the shipped model folder whose tissue network learned tissue from lab
   python experiments/ship_tissue.py --run runs/ts/shipped/fold0 \
       --base_model <a model folder with the mouse_epi extractor> \
       --results experiments/results/tissue_synth/summary.json \
-      --model_dir rodent_gbp/models/mouse
+      --model_dir rodent_gbp/models/mouse \
+      --extractor_command "python experiments/ship_model.py ..."
 
 The folder takes:
 
@@ -57,6 +58,8 @@ flags.DEFINE_string("data_cache", None,
                     "Where converted sets are kept (default: the project's cache).")
 flags.DEFINE_string("training_command", None, "The command that trained --run, for the "
                     "card, when the run's result.json does not record it.")
+flags.DEFINE_string("extractor_command", None, "The command that trained --base_model's "
+                    "extractor, for the card.", required=True)
 flags.DEFINE_string("split_file", str(REPO / "experiments" / "splits" /
                                       "mouse_epi_shipped.json"),
                     "mouse_epi animals: the bank's (train) and the placers' test animals.")
@@ -114,7 +117,8 @@ def main(argv):
     raise UsageError(f"{run / 'result.json'} records no command: give --training_command")
   card = model_card.card(bundle, placers=placers, results=results,
                          command="python experiments/ship_tissue.py " + " ".join(sys.argv[1:]),
-                         history=record["history"], training_command=training_command)
+                         history=record["history"], training_command=training_command,
+                         extractor_command=FLAGS.extractor_command)
   card["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
   fileio.write_json(out / "card.json", card)
   (out / "MODEL_CARD.md").write_text(model_card.markdown(card))

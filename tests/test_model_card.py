@@ -33,7 +33,8 @@ def _card():
               "val_brain": 0.9}]
   return model_card.card(bundle, placers={"supervised": {"04": 0.975}}, results=results,
                          command="cmd", history=history,
-                         training_command="python experiments/tissue_synth.py --seed 0")
+                         training_command="python experiments/tissue_synth.py --seed 0",
+                         extractor_command="python experiments/ship_model.py --seed 0")
 
 
 def test_card_names_every_source_with_licence_and_citation():
@@ -51,7 +52,8 @@ def test_card_names_every_source_with_licence_and_citation():
   assert "| `supervised` | 0.9750 | 04 0.975 |" in text
   assert "50.0 +- 10.0" in text                              # the CV table's numbers
   assert "1 (step 10): 0.100 / 0.800 / 0.200 / 0.900" in text
-  assert "trained by: `python experiments/tissue_synth.py --seed 0` (seed 0;" in text
+  assert "trained by: `python experiments/tissue_synth.py --seed 0` (seed 0)." in text
+  assert "Extractor trained by: `python experiments/ship_model.py --seed 0` (seed 0)." in text
 
 
 def test_installed_folder_carries_the_licence_of_its_data():
@@ -69,3 +71,4 @@ def test_installed_folder_carries_the_licence_of_its_data():
       assert card["sources"][n]["cite"] in text and f"`{n}`" in text
   assert "0 Background, 1 White matter, 2 Gray matter, 3 CSF" in text
   assert f"seed {card['seed']}" in text and "tissue_synth.py" in card["training_command"]
+  assert "ship_model.py" in card["extractor_command"] and card["extractor_command"] in text

@@ -68,9 +68,11 @@ _NOTES = {"model_only": "an existing model folder, no training; its mouse_epi ro
 
 
 def card(bundle, *, placers: dict[str, dict[str, float]], results: Sequence[dict],
-         command: str, history: Sequence[dict], training_command: str) -> dict[str, Any]:
+         command: str, history: Sequence[dict], training_command: str,
+         extractor_command: str) -> dict[str, Any]:
   """What MODEL_CARD.md states (JSON-ready). ``command``: the one that built the
-  folder; ``training_command``: the one that trained its tissue network."""
+  folder; ``training_command``: the one that trained its tissue network;
+  ``extractor_command``: the one that trained its extractor."""
   tissue = bundle.networks["tissue"]
   extractor = bundle.networks["extractor"]
   return {
@@ -95,6 +97,7 @@ def card(bundle, *, placers: dict[str, dict[str, float]], results: Sequence[dict
       "not_trained_on": list(NOT_TRAINED_ON),
       "command": command,
       "training_command": training_command,
+      "extractor_command": extractor_command,
       "seed": int(tissue.config.seed),
       "extractor_seed": int(extractor.config.seed),
   }
@@ -200,7 +203,8 @@ def markdown(c: dict[str, Any]) -> str:
   lines += ["", "## Not trained on", ""] + [f"- {x}" for x in c["not_trained_on"]]
   lines += ["", "## Files", "", "| file | bytes |", "|---|---|"]
   lines += [f"| {k} | {v} |" for k, v in c.get("files", {}).items()]
-  lines += ["", f"Tissue network trained by: `{c['training_command']}` (seed {c['seed']}; "
-            f"the extractor's seed {c['extractor_seed']}).",
+  lines += ["", f"Tissue network trained by: `{c['training_command']}` (seed {c['seed']}).",
+            f"Extractor trained by: `{c.get('extractor_command') or 'not recorded'}` (seed "
+            f"{c['extractor_seed']}).",
             f"Folder made by: `{c['command']}`", ""]
   return "\n".join(lines)
