@@ -89,15 +89,6 @@ SHAPE = (80, 80)
 STAGES = ("synth", "finetune")
 
 
-def _heads(epi_dir: pathlib.Path, animals) -> list[label_maps.Head]:
-  out = []
-  for a in animals:
-    out.append(label_maps.read_head(epi_dir / a, f"mouse_epi:{a}"))
-    if (epi_dir / a / "session2").is_dir():
-      out.append(label_maps.read_head(epi_dir / a / "session2", f"mouse_epi:{a}_2"))
-  return out
-
-
 def _brains(root: pathlib.Path) -> list[label_maps.Brain]:
   mice = fileio.read_json(REPO / "experiments" / "folds" / "mouse_t2_atlas.json")["animals"]
   base = root / "mouse-t2-atlas"
@@ -155,7 +146,7 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, brains, work: pa
   """Fold ``k`` of the fold file into ``<work>/fold<k>``."""
   split = fileio.read_json(REPO / "experiments" / "folds" / "mouse_epi.json")["folds"][k]
   fold_dir = work / f"fold{k}"
-  heads = _heads(epi_dir, split["train"])
+  heads = label_maps.read_heads(epi_dir, split["train"])
   slices = training_slices(heads, brains, k)
   vols = extraction.load_split(epi_dir, split, log=log, source="mouse_epi")
   log(f"fold {k}: {len(slices)} label-map slices from {len(heads)} heads and "

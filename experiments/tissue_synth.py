@@ -95,15 +95,6 @@ def _atlas_brain(root: pathlib.Path, mouse: str) -> label_maps.Brain:
   return label_maps.t2_brain(image, structures, affine, mouse)
 
 
-def _heads(epi_dir: pathlib.Path, animals, sessions: bool) -> list[label_maps.Head]:
-  out = []
-  for a in animals:
-    out.append(label_maps.read_head(epi_dir / a, f"mouse_epi:{a}"))
-    if sessions and (epi_dir / a / "session2").is_dir():
-      out.append(label_maps.read_head(epi_dir / a / "session2", f"mouse_epi:{a}_2"))
-  return out
-
-
 def _val_sets(brains, heads) -> list[tissue_synth.ValidationSet]:
   sets = []
   for b in brains:
@@ -195,7 +186,7 @@ def _model_only(k: int, root, epi_dir, work: pathlib.Path, atlas: dict, epi: dic
             "atlas_test": _test_atlas(root, atlas["test"], model_dir, fold_dir / "segment"),
             "epi_test_foreground_dice": _test_epi_foreground(
                 bundle_lib.load_bundle(model_dir).networks["tissue"],
-                _heads(epi_dir, epi["test"], sessions=False))}
+                label_maps.read_heads(epi_dir, epi["test"], sessions=False))}
   fileio.write_json(fold_dir / "result.json", record)
   return record
 
@@ -216,7 +207,7 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Pa
   brains = [_atlas_brain(root, m) for m in atlas["train"]] if use_atlas else []
   if use_dsurqe:
     brains.append(dsurqe)
-  heads = _heads(epi_dir, epi["train"], sessions=True)
+  heads = label_maps.read_heads(epi_dir, epi["train"], sessions=True)
   parts = [label_maps.brain_slices(b, pixel_mm=PIXEL_MM, shape=SHAPE) for b in brains]
   parts += [label_maps.real_head_slices(h, pixel_mm=PIXEL_MM, shape=SHAPE) for h in heads]
   parts.append(label_maps.composite_heads(heads, brains, copies=FLAGS.copies,
@@ -234,7 +225,7 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Pa
     epochs = -(-steps // (len(slices) // FLAGS.batch_size))
   if use_atlas:
     val = _val_sets([_atlas_brain(root, m) for m in atlas["val"]],
-                    _heads(epi_dir, epi["val"], sessions=False))
+                    label_maps.read_heads(epi_dir, epi["val"], sessions=False))
   else:
     # No tissue truth left to select on (DSURQE trains): the last epoch is kept.
     log("no tissue validation data without mouse_t2_atlas: the last epoch is kept")
@@ -270,7 +261,7 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, work: pathlib.Pa
       record["dsurqe_test"] = _test_dsurqe(root, model_dir, fold_dir / "segment_dsurqe")
     if epi["test"]:
       record["epi_test_foreground_dice"] = _test_epi_foreground(
-          result, _heads(epi_dir, epi["test"], sessions=False))
+          result, label_maps.read_heads(epi_dir, epi["test"], sessions=False))
   fileio.write_json(fold_dir / "result.json", record)
   return record
 

@@ -169,3 +169,17 @@ def test_train_from_label_maps_runs_and_selects(tmp_path):
   scores = [r["val_mean_tissue_dice"] for r in run.history]
   assert run.kept_epoch == 1 + max(range(2), key=lambda i: (np.nan_to_num(scores[i], nan=-1), i))
   assert len(again.history) == 2 and again.kept_epoch == run.kept_epoch
+
+
+def test_read_heads_takes_second_sessions_when_asked(tmp_path):
+  import nibabel as nib
+  for folder in (tmp_path / "01", tmp_path / "02", tmp_path / "02" / "session2"):
+    folder.mkdir(parents=True)
+    for stem, value in (("image", 1.0), ("brainmask", 1)):
+      nib.save(nib.Nifti1Image(np.full((4, 3, 4), value, np.float32),
+                               np.diag([0.25, 1.0, 0.25, 1.0])), folder / f"{stem}.nii.gz")
+  heads = label_maps.read_heads(tmp_path, ["01", "02"])
+  assert [h.name for h in heads] == ["mouse_epi:01", "mouse_epi:02", "mouse_epi:02_2"]
+  assert [h.name for h in label_maps.read_heads(tmp_path, ["02"], sessions=False)] == [
+      "mouse_epi:02"]
+  np.testing.assert_allclose(heads[0].voxel_mm, [0.25, 1.0, 0.25])

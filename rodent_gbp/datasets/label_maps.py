@@ -217,6 +217,19 @@ def read_head(folder: pathlib.Path, name: str) -> Head:
   return Head(name, arrays[0], arrays[1] > 0, nifti.voxel_sizes(img.affine))
 
 
+def read_heads(data_dir: pathlib.Path, animals: Iterable[str], *, sessions: bool = True
+               ) -> list[Head]:
+  """Session 1 of each animal of a converted ``mouse_epi`` folder and, with
+  ``sessions``, its ``session2`` where there is one (named ``mouse_epi:<a>_2``)."""
+  data_dir = pathlib.Path(data_dir)
+  out = []
+  for a in animals:
+    out.append(read_head(data_dir / a, f"mouse_epi:{a}"))
+    if sessions and (data_dir / a / "session2").is_dir():
+      out.append(read_head(data_dir / a / "session2", f"mouse_epi:{a}_2"))
+  return out
+
+
 def head_classes(head: Head) -> np.ndarray:
   """(X, Y, Z) int16: air (0) and the head classes 1..5 outside the brain by
   quantiles (:data:`HEAD_QUANTILES`) of the in-plane smoothed image; the brain 0."""

@@ -38,7 +38,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rodent_gbp import configs
 from rodent_gbp import model as model_lib
@@ -46,7 +45,7 @@ from rodent_gbp import synthesis
 from rodent_gbp.datasets import label_maps
 from rodent_gbp.training import extraction
 from rodent_gbp.training import losses
-from rodent_gbp.training import optim
+from rodent_gbp.training import tissue_synth
 from rodent_gbp.training import trainer
 
 _LOG = logging.getLogger(__name__)
@@ -105,23 +104,12 @@ def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], *,
                model: model_lib.UNet, config: configs.Config,
                options: synthesis.SynthOptions, groups: jax.Array
                ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
-  """One update: synthesise the batch (keyed by ``fold_in(rng, step)``), fit brain."""
-  out = synthesis.synthesize(jax.random.fold_in(state.rng, state.step), batch["labels"],
-                             batch["target"], batch["zoom"], groups, options,
-                             image=batch["image"], has_image=batch["has_image"])
-  x, brain = out["image"], (out["target"] > 0).astype(jnp.int32)
+  """One update: synthesise the batch (``tissue_synth.synthesis_step``), fit brain."""
+  def brain_loss(logits, target):
+    return losses.segmentation_loss(logits, (target > 0).astype(jnp.int32), config.loss)
 
-  def loss_of(params):
-    logits = model.apply({"params": params}, x[..., None])
-    return losses.segmentation_loss(logits, brain, config.loss)
-
-  (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  updates, opt_state = optim.make_optimizer(config).update(grads, state.opt_state,
-                                                           state.params)
-  return (state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state),
-          {"loss": loss, "grad_norm": optax.tree.norm(grads),
-           "lr": optim.learning_rate_fn(config)(state.step)})
+  return tissue_synth.synthesis_step(state, batch, model=model, config=config,
+                                     options=options, groups=groups, loss=brain_loss)
 
 
 def train(slices: label_maps.SliceSet, val_volumes: Sequence[Any], config: configs.Config,

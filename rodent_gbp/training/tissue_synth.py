@@ -101,28 +101,38 @@ def partial_label_loss(logits: jax.Array, target: jax.Array) -> tuple[jax.Array,
   return dice + ce, {"dice_loss": dice, "ce": ce}
 
 
-def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], *,
-               model: model_lib.UNet, config: configs.Config,
-               options: synthesis.SynthOptions, groups: jax.Array
-               ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
-  """One update: synthesise the batch's images (keyed by ``fold_in(rng, step)``)
-  and fit the partial-label loss."""
+def synthesis_step(state: trainer.TrainState, batch: dict[str, jax.Array], *,
+                   model: model_lib.UNet, config: configs.Config,
+                   options: synthesis.SynthOptions, groups: jax.Array,
+                   loss: Callable[[jax.Array, jax.Array], tuple[jax.Array, dict]]
+                   ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
+  """One update on images synthesised from the batch's label slices (keyed by
+  ``fold_in(rng, step)``): ``loss(logits, target)`` with the synthesised target
+  codes 0..4. The tissue network's and the extractor's (``extractor_synth``) step."""
   out = synthesis.synthesize(jax.random.fold_in(state.rng, state.step), batch["labels"],
                              batch["target"], batch["zoom"], groups, options,
                              image=batch["image"], has_image=batch["has_image"])
   x, t = out["image"], out["target"]
 
   def loss_of(params):
-    logits = model.apply({"params": params}, x[..., None])
-    return partial_label_loss(logits, t)
+    return loss(model.apply({"params": params}, x[..., None]), t)
 
-  (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  (value, _), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   updates, opt_state = optim.make_optimizer(config).update(grads, state.opt_state,
                                                            state.params)
   return (state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state),
-          {"loss": loss, "grad_norm": optax.tree.norm(grads),
+          {"loss": value, "grad_norm": optax.tree.norm(grads),
            "lr": optim.learning_rate_fn(config)(state.step)})
+
+
+def train_step(state: trainer.TrainState, batch: dict[str, jax.Array], *,
+               model: model_lib.UNet, config: configs.Config,
+               options: synthesis.SynthOptions, groups: jax.Array
+               ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
+  """One update: synthesise the batch and fit the partial-label loss."""
+  return synthesis_step(state, batch, model=model, config=config, options=options,
+                        groups=groups, loss=partial_label_loss)
 
 
 @dataclasses.dataclass
