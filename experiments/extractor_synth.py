@@ -80,6 +80,9 @@ flags.DEFINE_string("baseline", str(REPO / "experiments" / "results" /
                                     "extraction_cv_mouse_epi" / "per_animal.csv"),
                     "The committed extraction CV's per-animal CSV (shown beside).")
 flags.DEFINE_bool("figures", True, "Write QC figures of the test animals.")
+flags.DEFINE_bool("retransfer", False, "Run the other labs' scans again through "
+                  "rodent-gbp-segment for folds already done (after a change of the "
+                  "prediction or its post-processing); their training is not repeated.")
 flags.DEFINE_string("rat", str(REPO.parent / "shared" / "data" / "rat-t2w" / "sub-15_T2w.nii.gz"),
                     "The rat-t2w scan, segmented with each stage's model (no truth: brain "
                     "volume and QC); empty: skipped.")
@@ -266,8 +269,8 @@ def markdown(summary: dict, command: str) -> str:
   lines = ["# Brain extraction from label maps: mouse_epi CV test animals", "",
            f"Folds done: {', '.join(map(str, summary['folds']))} ({len(summary['folds'])} of 5, "
            "`experiments/folds/mouse_epi.json`); session 1 of each fold's test animals, "
-           "native 0.25 mm grid, `extractor.extract` (8-orientation average, largest "
-           "component, holes filled).", "",
+           "native 0.25 mm grid, `extractor.extract` (8-orientation average, "
+           "`extractor.postprocess`).", "",
            "| stage | animals | brain DSC % mean +- sd | worst | HD95 mm | committed "
            "extraction CV, same animals |", "|---|---|---|---|---|---|"]
   for stage, s in summary["stages"].items():
@@ -316,13 +319,13 @@ def main(argv):
   for k in FLAGS.folds:
     path = work / f"fold{k}" / "result.json"
     rec = fileio.read_json(path)
-    if "transfer" not in rec:
+    if "transfer" not in rec or FLAGS.retransfer:
       fold = work / f"fold{k}"
       rec["transfer"] = transfer({st: (fold / st / "model", fold / st / "transfer")
                                   for st in STAGES if (fold / st / "model").is_dir()},
                                  work, root, log)
       fileio.write_json(path, rec)
-  if not (work / "transfer_installed.json").is_file():
+  if not (work / "transfer_installed.json").is_file() or FLAGS.retransfer:
     fileio.write_json(work / "transfer_installed.json", transfer(
         {"mouse_epi_extractor": (models.default_model_dir(), work / "installed_transfer")},
         work, root, log))

@@ -10,8 +10,9 @@ surroundings present) and outputs the brain mask;
 * Prediction: the brain probability averaged over the 8 in-plane
   orientations (test-time augmentation, :func:`brain_probability`).
 * Post-processing (``scipy.ndimage``): threshold the brain probability at
-  0.5, keep the largest 3D connected component (face connectivity), fill
-  holes in every slice and then in 3D.
+  0.5, keep the largest 3D connected component (face connectivity) and every
+  part of the brain that an empty slice cut off from it (:func:`brain_components`),
+  fill holes in every slice and then in 3D.
 """
 
 from __future__ import annotations
@@ -36,20 +37,37 @@ BRAIN = 1  # class index of brain in the extractor's output
 # --- post-processing -----------------------------------------------------------------
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-  """The largest face-connected component of a boolean array (empty stays empty)."""
+# A component on slices the largest one does not reach is kept when it holds at
+# least this fraction of the largest's voxels: a brain cut in two along the slice
+# axis by one slice the network left empty (DSURQE's cerebellum and brain stem
+# behind slice 13), not a speck or a blob beside the brain.
+SPLIT_FRACTION = 0.1
+
+
+def brain_components(mask: np.ndarray, fraction: float = SPLIT_FRACTION) -> np.ndarray:
+  """(S, H, W) bool: the largest face-connected component plus every other one
+  that shares no slice with it and holds at least ``fraction`` of its voxels.
+  A component beside the brain on the brain's own slices is dropped whatever
+  its size (empty stays empty)."""
   mask = np.asarray(mask, bool)
   labels, n = ndimage.label(mask)
   if n <= 1:
     return mask.copy()
   sizes = np.bincount(labels.ravel())
   sizes[0] = 0
-  return labels == int(np.argmax(sizes))
+  big = int(np.argmax(sizes))
+  on_slices = np.zeros((n + 1, len(mask)), bool)     # component x slice
+  for s, lab in enumerate(labels):
+    on_slices[np.unique(lab), s] = True
+  keep = (sizes >= fraction * sizes[big]) & ~(on_slices & on_slices[big]).any(axis=1)
+  keep[0], keep[big] = False, True
+  return keep[labels]
 
 
 def postprocess(mask: np.ndarray) -> np.ndarray:
-  """(S, H, W) bool: largest 3D component, holes filled per slice, then in 3D."""
-  mask = largest_component(mask)
+  """(S, H, W) bool: the brain's components (:func:`brain_components`), holes
+  filled per slice, then in 3D."""
+  mask = brain_components(mask)
   mask = np.stack([ndimage.binary_fill_holes(s) for s in mask]) if len(mask) else mask
   return ndimage.binary_fill_holes(mask)
 

@@ -8,6 +8,7 @@ import pathlib
 
 import jax
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from rodent_gbp.training import flags as training_flags
@@ -82,6 +83,34 @@ def test_postprocess_keeps_the_largest_component_and_fills_holes():
   np.testing.assert_array_equal(extractor.postprocess(cavity), np.pad(
       np.ones((5, 7, 7), bool), ((0, 0), (1, 1), (1, 1))))
   assert not extractor.postprocess(np.zeros((2, 4, 4), bool)).any()
+
+
+def test_postprocess_keeps_a_brain_cut_in_two_by_an_empty_slice():
+  mask = np.zeros((9, 16, 16), bool)
+  mask[4:9, 3:13, 3:13] = True              # the larger part: 5 slices of 100
+  mask[0:2, 4:12, 4:12] = True              # cut off by empty slices 2-3: 128 voxels (>= 10 %)
+  mask[5:7, 14:16, 0:16] = True             # beside the brain on its own slices: 64, dropped
+  mask[2, 0:2, 0:2] = True                  # a speck on a slice of its own: 4 (< 10 %), dropped
+  expect = np.zeros_like(mask)
+  expect[4:9, 3:13, 3:13] = True
+  expect[0:2, 4:12, 4:12] = True
+  np.testing.assert_array_equal(extractor.postprocess(mask), expect)
+  # Brute force: the kept set by the rule's definition, component by component.
+  labels, n = ndimage.label(mask)
+  sizes = [(labels == c).sum() for c in range(1, n + 1)]
+  big = 1 + int(np.argmax(sizes))
+  big_slices = (labels == big).any(axis=(1, 2))
+  kept = [c for c in range(1, n + 1) if c == big or (
+      sizes[c - 1] >= extractor.SPLIT_FRACTION * sizes[big - 1]
+      and not ((labels == c).any(axis=(1, 2)) & big_slices).any())]
+  np.testing.assert_array_equal(extractor.brain_components(mask), np.isin(labels, kept))
+  # The same cut-off part under 10 % of the larger part is dropped.
+  small = mask.copy()
+  small[0:2] = False
+  small[0, 6:8, 6:8] = True
+  only = np.zeros_like(mask)
+  only[4:9, 3:13, 3:13] = True
+  np.testing.assert_array_equal(extractor.postprocess(small), only)
 
 
 def test_hd95_known_answers():
