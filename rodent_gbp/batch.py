@@ -345,10 +345,20 @@ def run(inputs: Sequence[str | os.PathLike] | None, model_dir, out_dir, *,
   return EXIT_OK
 
 
+# Flags of a segmentation run, which ``--merge_summaries`` (no scan is segmented) refuses.
+SCAN_FLAGS = ("input", "model_dir", "shard", "truth", "name", "plane", "placement",
+              "voxel_scale", "volume", "skip_existing", "overwrite")
+
+
 def merge(entries: Sequence[str], out_dir: str | os.PathLike,
-          log: Callable[[str], None] = _LOG.info) -> list[dict[str, Any]]:
+          log: Callable[[str], None] = _LOG.info, given: Sequence[str] = ()
+          ) -> list[dict[str, Any]]:
   """``--merge_summaries``: the shards' summaries as ``<out_dir>/summary.csv`` and
-  ``index.html`` (``summary.merge_summaries``)."""
+  ``index.html`` (``summary.merge_summaries``). ``given``: flags of a segmentation
+  run that were also given; refused, since they would be ignored."""
+  if given:
+    raise UsageError("--merge_summaries joins the shards' summaries and segments no scan; "
+                     "it takes --out_dir only, not " + ", ".join(f"--{n}" for n in given))
   if not out_dir:
     raise UsageError("--out_dir is required (where the merged summary.csv goes)")
   paths = summary_lib.expand_summaries(entries)

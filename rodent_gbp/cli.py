@@ -410,7 +410,7 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_list("merge_summaries", None, "Shards' summary files (comma-separated paths "
                     "or glob patterns): merged into <out_dir>/summary.csv and index.html; "
-                    "nothing is segmented.", flag_values=fv)
+                    "nothing is segmented (takes --out_dir only).", flag_values=fv)
   flags.DEFINE_bool("compile_cache", True, "JAX's persistent compilation cache (compiled "
                     "programs kept between calls): in $JAX_COMPILATION_CACHE_DIR when set, "
                     "else $XDG_CACHE_HOME/rodent_gbp/jax or ~/.cache/rodent_gbp/jax. "
@@ -470,11 +470,8 @@ def define_segment_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def segment_model_dir(fv: flags.FlagValues = flags.FLAGS) -> str | None:
-  """``--model_dir``, or the deprecated ``--checkpoint`` with one warning line on stderr.
-
-  Raises:
-    UsageError: both given, naming different folders.
-  """
+  """``--model_dir``, or the deprecated ``--checkpoint`` with one warning line on stderr
+  (UsageError: both given, naming different folders)."""
   new, old = fv["model_dir"], fv["checkpoint"]
   if old.value is None:
     return new.value
@@ -498,7 +495,8 @@ def segment_command(fv: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]],
     begin(argv, fv)
     log = functools.partial(print, flush=True)
     if fv["merge_summaries"].value is not None:
-      batch.merge(fv["merge_summaries"].value, fv["out_dir"].value, log=log)
+      given = [n for n in batch.SCAN_FLAGS if fv[n].present]
+      batch.merge(fv["merge_summaries"].value, fv["out_dir"].value, log=log, given=given)
       return
     batch.enable_compile_cache(fv["compile_cache"].value)
     # Returns None (absl's app.run exits with main's return value); some scans of

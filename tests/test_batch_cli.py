@@ -162,6 +162,11 @@ def test_skip_existing_shards_and_merge(study, scans, model_dir, capsys):
   # Skipped rows carry the existing report's numbers.
   assert [r["brain_mm3"] for r in merged] == [str(r["brain_mm3"]) for r in rows]
   assert "<img src='../a_qc.png'" in (out / "merged" / "index.html").read_text()
+  # With a scan flag too, it would be ignored: refused, naming it, nothing written.
+  code, _, stderr = _segment([f"--merge_summaries={out}/summary_shard*of2.csv",
+                              f"--input={scans}", f"--out_dir={out / 'again'}"], capsys)
+  assert code == 2 and "--merge_summaries" in stderr and "not --input" in stderr, stderr
+  assert not (out / "again").exists()
 
 
 def test_two_names_alike_are_refused_before_any_work(scans, tmp_path, capsys):
