@@ -206,12 +206,9 @@ def check_arguments(input_path, out_dir, *, plane, placement, displacement, volu
 
 def load_model(model_dir, *, bundle=None, displacement: str | None = None
                ) -> tuple[bundle_lib.Bundle, str, str]:
-  """(the bundle to segment with, its folder, where it came from).
-
-  ``bundle``: an already loaded bundle (not changed: a ``displacement``
-  gives a copy whose tissue config says it); else ``model_dir`` or the
-  shipped default.
-  """
+  """(the bundle to segment with, its folder, where it came from). ``bundle``: an
+  already loaded bundle (not changed: a ``displacement`` gives a copy whose tissue
+  config says it); else ``model_dir`` or the shipped default."""
   if bundle is not None:
     folder, source = bundle.folder, "given bundle"
   elif model_dir:
@@ -533,7 +530,8 @@ def segment_scan(input_path: str | os.PathLike, model_dir: str | os.PathLike | N
             "outputs": {k: p.name for k, p in paths.items() if qc or k != "qc"},
             "cpu_seconds": time.process_time() - cpu0,
             "wall_seconds": time.perf_counter() - wall0}
-  title = (f"{name}: {fit.plane} slices across voxel axis {fit.slice_axis}, {placement}; "
+  shown = "coronal (the image's A-P)" if attempt else fit.plane  # the header's after a re-cut
+  title = (f"{name}: {shown} slices across voxel axis {fit.slice_axis}, {placement}; "
            f"brain {brain_volume['mm3']:.0f} mm$^3$" + ("" if scores is None else
            f"; Dice {scores['dice']:.3f}, HD95 {scores['hd95_mm']:.2f} mm"))
   write_outputs(paths, out_dir, name, inp, fit, arrays, native, rows, report, qc=qc,
