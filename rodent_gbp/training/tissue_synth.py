@@ -46,6 +46,7 @@ from rodent_gbp import model as model_lib
 from rodent_gbp import synthesis
 from rodent_gbp import tissue_table
 from rodent_gbp.datasets import label_maps
+from rodent_gbp.training import losses
 from rodent_gbp.training import optim
 from rodent_gbp.training import trainer
 
@@ -95,9 +96,8 @@ def partial_label_loss(logits: jax.Array, target: jax.Array) -> tuple[jax.Array,
   w = jnp.concatenate([jnp.ones_like(brain)[..., None],
                        jnp.repeat(known.astype(logits.dtype)[..., None], 3, axis=-1)], -1)
   truth = jnp.concatenate([(1.0 - brain)[..., None], onehot[..., 1:]], axis=-1)
-  inter = jnp.sum(w * probs * truth, axis=(0, 1, 2))
-  total = jnp.sum(w * probs, axis=(0, 1, 2)) + jnp.sum(w * truth, axis=(0, 1, 2))
-  dice = 1.0 - jnp.mean((2.0 * inter + 1.0) / (total + 1.0))
+  # w is 0 / 1: the soft Dice of the weighted maps counts only the known pixels.
+  dice = losses.dice_loss(w * probs, w * truth)
   return dice + ce, {"dice_loss": dice, "ce": ce}
 
 
