@@ -80,6 +80,18 @@ flags.DEFINE_string("baseline", str(REPO / "experiments" / "results" /
                                     "extraction_cv_mouse_epi" / "per_animal.csv"),
                     "The committed extraction CV's per-animal CSV (shown beside).")
 flags.DEFINE_bool("figures", True, "Write QC figures of the test animals.")
+flags.DEFINE_string("rat_head", "", "A whole-head rat scan of trusted voxel size to add "
+                    "as a label map (its own size, atlas brains stretched to its brain); "
+                    "empty: none. It is then no test for the transfer.")
+flags.DEFINE_string("rat_head_mask", "", "The rat head's brain mask (NIfTI on its grid); "
+                    "empty: made with the installed model through rodent-gbp-segment into "
+                    "<workdir>/rat_head (look at its QC figure).")
+flags.DEFINE_list("rat_head_slices", ["2", "24"], "First and stop coronal slice (RAS A-P "
+                  "voxel index) of the rat head where its mask is trusted.")
+flags.DEFINE_integer("rat_copies", 8, "Composite heads made of the rat head.")
+flags.DEFINE_enum("without", "", ["", "dsurqe", "mouse_t2_atlas"],
+                  "Leave one atlas out of the label maps (a transfer run: DSURQE's image "
+                  "then tests a source the network never saw in any form).")
 flags.DEFINE_bool("retransfer", False, "Run the other labs' scans again through "
                   "rodent-gbp-segment for folds already done (after a change of the "
                   "prediction or its post-processing); their training is not repeated.")
@@ -93,7 +105,10 @@ STAGES = ("synth", "finetune")
 
 
 def _brains(root: pathlib.Path) -> list[label_maps.Brain]:
+  """Every ``mouse_t2_atlas`` mouse and DSURQE, less ``--without``."""
   mice = fileio.read_json(REPO / "experiments" / "folds" / "mouse_t2_atlas.json")["animals"]
+  if FLAGS.without == "mouse_t2_atlas":
+    mice = []
   base = root / "mouse-t2-atlas"
   out = []
   for m in mice:
@@ -101,8 +116,9 @@ def _brains(root: pathlib.Path) -> list[label_maps.Brain]:
         base / mouse_t2_atlas.IMAGE_DIR / f"{m}.nii.gz",
         base / mouse_t2_atlas.LABEL_DIR / f"{m}.nii.gz")
     out.append(label_maps.t2_brain(image, structures, affine, m))
-  image, structures, affine = mouse_dsurqe.read_dsurqe(root / "mouse-dsurqe")[:3]
-  out.append(label_maps.dsurqe_brain(image, structures, affine))
+  if FLAGS.without != "dsurqe":
+    image, structures, affine = mouse_dsurqe.read_dsurqe(root / "mouse-dsurqe")[:3]
+    out.append(label_maps.dsurqe_brain(image, structures, affine))
   return out
 
 
@@ -115,15 +131,41 @@ def _keep(s: label_maps.SliceSet, plane: str) -> label_maps.SliceSet:
                                 for f in dataclasses.fields(label_maps.SliceSet)})
 
 
-def training_slices(heads, brains, k: int) -> label_maps.SliceSet:
-  parts = []
+def training_slices(heads, brains, k: int, rat_heads=()) -> label_maps.SliceSet:
+  """Real and composite ``mouse_epi`` heads at mouse and (by scale) rat size,
+  then composites of ``rat_heads`` at their own size."""
+  parts, rats = [], []
   for plane in data.PLANES:
     parts += [_keep(label_maps.real_head_slices(h, pixel_mm=PIXEL_MM, shape=SHAPE,
                                                 plane=plane), plane) for h in heads]
     parts.append(_keep(label_maps.composite_heads(
         heads, brains, copies=FLAGS.copies, pixel_mm=PIXEL_MM, shape=SHAPE,
         seed=FLAGS.seed + k, planes=(plane,), gap_is_brain=True), plane))
-  return extractor_synth.with_rat_sizes(label_maps.concat(parts))
+    if rat_heads:
+      rats.append(_keep(label_maps.composite_heads(
+          rat_heads, brains, copies=FLAGS.rat_copies, pixel_mm=PIXEL_MM, shape=SHAPE,
+          seed=FLAGS.seed + k, planes=(plane,), gap_is_brain=True), plane))
+  return label_maps.concat([extractor_synth.with_rat_sizes(label_maps.concat(parts))] + rats)
+
+
+def rat_heads(work: pathlib.Path, log) -> list[label_maps.Head]:
+  """``--rat_head`` as a label-map head (none without it); its mask made with the
+  installed model where ``--rat_head_mask`` is not given."""
+  if not FLAGS.rat_head:
+    return []
+  mask = FLAGS.rat_head_mask
+  if not mask:
+    out = work / "rat_head"
+    mask = out / "rat_head_brainmask.nii.gz"
+    if not mask.is_file():
+      inference.segment_scan(FLAGS.rat_head, None, out, name="rat_head", overwrite=True,
+                             log=log)
+  first, stop = (int(x) for x in FLAGS.rat_head_slices)
+  head = label_maps.read_scan_head(FLAGS.rat_head, mask, "rat_t2w:head",
+                                   ap_range=(first, stop))
+  log(f"rat head {FLAGS.rat_head}: mask {mask}, coronal slices {first}..{stop - 1}, "
+      f"{int(head.mask.sum() * np.prod(head.voxel_mm))} mm^3 of brain")
+  return [head]
 
 
 def _epochs(steps: int, n: int) -> int:
@@ -150,11 +192,16 @@ def run_fold(k: int, root: pathlib.Path, epi_dir: pathlib.Path, brains, work: pa
   split = fileio.read_json(REPO / "experiments" / "folds" / "mouse_epi.json")["folds"][k]
   fold_dir = work / f"fold{k}"
   heads = label_maps.read_heads(epi_dir, split["train"])
-  slices = training_slices(heads, brains, k)
+  slices = training_slices(heads, brains, k, rat_heads(work, log))
   vols = extraction.load_split(epi_dir, split, log=log, source="mouse_epi")
   log(f"fold {k}: {len(slices)} label-map slices from {len(heads)} heads and "
       f"{len(brains)} atlas brains (all three planes, mouse and rat sizes)")
+  n_rat = int(np.char.startswith(slices.subject.astype(str), "rat_t2w:").sum())
+  if n_rat:
+    log(f"fold {k}: {n_rat} of them from the rat head ({FLAGS.rat_head})")
   record = {"fold": k, "split": split, "training_slices": len(slices),
+            "rat_head": FLAGS.rat_head or None, "rat_head_slices": n_rat,
+            "without": FLAGS.without or None,
             "command": "python experiments/extractor_synth.py " + " ".join(sys.argv[1:])}
   config = extractor_synth.synth_extractor_config(
       features=FLAGS.features, batch_size=FLAGS.batch_size, seed=FLAGS.seed,

@@ -183,3 +183,32 @@ def test_read_heads_takes_second_sessions_when_asked(tmp_path):
   assert [h.name for h in label_maps.read_heads(tmp_path, ["02"], sessions=False)] == [
       "mouse_epi:02"]
   np.testing.assert_allclose(heads[0].voxel_mm, [0.25, 1.0, 0.25])
+
+
+def test_a_head_of_known_size_keeps_it_and_its_scan_is_read_checked(tmp_path):
+  import nibabel as nib
+  from rodent_gbp.errors import DataError
+  head, brain = _toy_head_and_brain()
+  # Stored LPS-like (x flipped): read back in RAS+, the A-P range cut where asked.
+  affine = np.diag([-0.25, 1.0, 0.25, 1.0])
+  nib.save(nib.Nifti1Image(head.image[::-1], affine), tmp_path / "head.nii.gz")
+  nib.save(nib.Nifti1Image(head.mask[::-1].astype(np.uint8), affine), tmp_path / "mask.nii.gz")
+  rat = label_maps.read_scan_head(tmp_path / "head.nii.gz", tmp_path / "mask.nii.gz", "rat:toy",
+                                  ap_range=(1, 5))
+  assert rat.size_known and rat.image.shape == (40, 4, 40)
+  np.testing.assert_array_equal(rat.mask, head.mask[:, 1:5])
+  np.testing.assert_allclose(rat.image, head.image[:, 1:5])
+  labels, target, scale = label_maps.place_brain(rat, brain)
+  # The atlas brain is stretched to the head's brain; the slices keep the head's size.
+  s = label_maps.head_slices(rat, labels, target, scale, pixel_mm=0.25, shape=(40, 40),
+                             subject="rat:toy")
+  np.testing.assert_array_equal(s.zoom, 1.0)
+  mouse = label_maps.head_slices(head, *label_maps.place_brain(head, brain), pixel_mm=0.25,
+                                 shape=(40, 40), subject="toy")
+  assert not np.allclose(mouse.zoom, 1.0)
+  nib.save(nib.Nifti1Image(np.zeros((40, 5, 40), np.uint8), affine), tmp_path / "other.nii.gz")
+  with pytest.raises(DataError, match="other.nii.gz: not on the grid"):
+    label_maps.read_scan_head(tmp_path / "head.nii.gz", tmp_path / "other.nii.gz", "x")
+  with pytest.raises(DataError, match="coronal slices 4..6"):
+    label_maps.read_scan_head(tmp_path / "head.nii.gz", tmp_path / "mask.nii.gz", "x",
+                              ap_range=(4, 7))

@@ -25,7 +25,9 @@ the masks (centroid and spread along each RAS axis: the head takes the atlas
 brain's physical size, so that set's uncertain voxel size does not matter); its
 structures replace the head's labels inside the atlas brain. The stored
 ``zoom`` of a head slice is the in-plane scale that brings the head to that
-physical size (the synthesis draws a random zoom around it).
+physical size (the synthesis draws a random zoom around it). A head of known
+voxel size (a rat's, :func:`read_scan_head`) keeps its own size instead: the
+atlas brain is stretched to its brain, and its zoom is 1.
 """
 
 from __future__ import annotations
@@ -197,12 +199,19 @@ def brain_slices(brain: Brain, *, pixel_mm: float, shape: tuple[int, int],
 
 @dataclasses.dataclass
 class Head:
-  """A real ``mouse_epi`` head in RAS+: image, manual brain mask, voxel sizes."""
+  """A real head in RAS+: image, brain mask, voxel sizes.
+
+  ``size_known``: the voxel sizes are trusted (a rat head of its own size), so
+  a composite keeps the head's size (zoom 1) and the placed atlas brain is
+  scaled to the head's brain; otherwise (``mouse_epi``, whose voxel size is
+  treated as unknown) the head is zoomed to the atlas brain's physical size.
+  """
 
   name: str
   image: np.ndarray
   mask: np.ndarray
   voxel_mm: np.ndarray
+  size_known: bool = False
 
 
 def read_head(folder: pathlib.Path, name: str) -> Head:
@@ -215,6 +224,31 @@ def read_head(folder: pathlib.Path, name: str) -> Head:
     img = nib.as_closest_canonical(nib.load(path))
     arrays.append(np.asarray(img.dataobj, np.float32))
   return Head(name, arrays[0], arrays[1] > 0, nifti.voxel_sizes(img.affine))
+
+
+def read_scan_head(image_path: str | pathlib.Path, mask_path: str | pathlib.Path, name: str,
+                   *, ap_range: tuple[int, int] | None = None) -> Head:
+  """A whole-head scan of trusted voxel size and its brain mask (two NIfTI files
+  on one grid), in RAS+, as a :class:`Head` with ``size_known``. ``ap_range``:
+  (first, stop) coronal slices (RAS A-P voxel index) to keep, where the mask is
+  trusted."""
+  imgs = [nib.as_closest_canonical(nib.load(str(p))) for p in (image_path, mask_path)]
+  if imgs[0].shape[:3] != imgs[1].shape[:3] or not np.allclose(imgs[0].affine, imgs[1].affine,
+                                                                atol=1e-3):
+    raise DataError(f"{mask_path}: not on the grid of {image_path} "
+                    f"({imgs[1].shape[:3]} against {imgs[0].shape[:3]})")
+  image = np.asarray(imgs[0].dataobj, np.float32)
+  image = image if image.ndim == 3 else image[..., 0]
+  mask = np.asarray(imgs[1].dataobj) > 0
+  if ap_range is not None:
+    first, stop = ap_range
+    if not 0 <= first < stop <= image.shape[1]:
+      raise DataError(f"{image_path}: coronal slices {first}..{stop - 1} are not within its "
+                      f"{image.shape[1]}")
+    image, mask = image[:, first:stop], mask[:, first:stop]
+  if not mask.any():
+    raise DataError(f"{mask_path}: the brain mask is empty")
+  return Head(name, image, mask, nifti.voxel_sizes(imgs[0].affine), size_known=True)
 
 
 def read_heads(data_dir: pathlib.Path, animals: Iterable[str], *, sessions: bool = True
@@ -290,9 +324,11 @@ def head_slices(head: Head, labels: np.ndarray, target: np.ndarray, scale: np.nd
                 pixel_mm: float, shape: tuple[int, int], subject: str,
                 plane: str = "coronal") -> SliceSet:
   """A composite head's slices of ``plane`` on the model grid (no real image);
-  their zoom is the mean of ``scale`` (:func:`place_brain`) over the plane's axes."""
+  their zoom is the mean of ``scale`` (:func:`place_brain`) over the plane's axes,
+  or 1 for a head whose size is known (``Head.size_known``)."""
   vs = _plane_mm(head.voxel_mm, plane)
-  zoom = float(np.mean(np.asarray(scale, np.float64)[list(data.plane_axes(plane)[1:])]))
+  zoom = 1.0 if head.size_known else float(
+      np.mean(np.asarray(scale, np.float64)[list(data.plane_axes(plane)[1:])]))
   ids = _inplane(data.to_slices(labels, plane), vs, pixel_mm, shape, 0)
   tg = _inplane(data.to_slices(target, plane), vs, pixel_mm, shape, 0)
   n = len(ids)
