@@ -284,10 +284,13 @@ def summarise(work: pathlib.Path) -> dict:
   """Mean +- sd over the test animals of the folds done, beside the baseline."""
   base = _baseline()
   folds = sorted(int(p.parent.name[4:]) for p in work.glob("fold*/result.json"))
-  rows, out = [], {"folds": folds, "stages": {}, "commands": {}}
+  rows, out = [], {"folds": folds, "stages": {}, "commands": {}, "rat_head": None,
+                   "without": None}
   for k in folds:
     rec = fileio.read_json(work / f"fold{k}" / "result.json")
     out["commands"][str(k)] = rec.get("command")
+    out["rat_head"] = out["rat_head"] or rec.get("rat_head")
+    out["without"] = out["without"] or rec.get("without")
     for stage in STAGES:
       for a, m in rec.get(stage, {}).get("per_animal", {}).items():
         rows.append({"fold": k, "stage": stage, "animal": a, **m,
@@ -331,7 +334,14 @@ def markdown(summary: dict, command: str) -> str:
     lines.append(f"| {r['fold']} | {r['animal']} | {r['stage']} | "
                  f"{100 * r['brain_dsc']:.1f} | {r['brain_hd95_mm']:.2f} | "
                  f"{100 * r['committed_cv_dsc']:.1f} |")
-  lines += ["", "Other contrasts through `rodent-gbp-segment` (DSURQE: in-skull ex-vivo "
+  lines.append("")
+  if summary.get("rat_head"):
+    lines += [f"The rat scan was a label map of this training (`--rat_head "
+              f"{summary['rat_head']}`, its mask the installed extractor's): its volume here "
+              "is no test.", ""]
+  if summary.get("without"):
+    lines += [f"Trained without `{summary['without']}` in the label maps.", ""]
+  lines += ["Other contrasts through `rodent-gbp-segment` (DSURQE: in-skull ex-vivo "
             "average, truth its labels > 0; rat-t2w: no truth, brain volume only; a rat "
             "brain is about 1,200-3,200 mm^3):", "",
             "| model | stage | DSURQE brain Dice | DSURQE HD95 mm | rat-t2w brain mm^3 |",
